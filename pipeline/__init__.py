@@ -1,0 +1,1 @@
+"""Hydra entry point, typed configs, MLflow tracking and the five stages."""

@@ -1,0 +1,34 @@
+"""``python -m pipeline``: the one entry point (Hydra).
+
+``stage=all`` (default) runs prepare → finetune → search → secure_eval → report under one
+parent MLflow run; ``stage=<name>`` runs one stage, its upstream runs taken from
+``upstream.<stage>=<run id>`` or the newest FINISHED run with matching config.
+"""
+from __future__ import annotations
+
+import sys
+
+if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12 only
+    sys.exit(
+        f"cipherprune needs Python 3.11 (spu==0.9.5 supports <3.12); this is "
+        f"{sys.version.split()[0]}. Create the venv with python3.11 (see README.md)."
+    )
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from pipeline.config import PipelineConfig, register_configs  # noqa: E402
+from pipeline.runner import run_pipeline  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dcfg: DictConfig) -> None:
+    cfg = OmegaConf.to_object(dcfg)
+    assert isinstance(cfg, PipelineConfig)
+    run_pipeline(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Typed configuration schemas (Hydra structured configs).
+
+Every YAML file under ``conf/`` extends one of these dataclasses through the defaults
+list, so a typo in a key or a wrong type fails at composition with the key named, and
+enum-typed fields reject unknown names with the allowed values listed. ``__main__``
+converts the composed config once with ``OmegaConf.to_object``; below that, stages only
+see these dataclasses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Stage(str, Enum):
+    all = "all"
+    prepare = "prepare"
+    finetune = "finetune"
+    search = "search"
+    secure_eval = "secure_eval"
+    report = "report"
+
+
+CHAIN: tuple[Stage, ...] = (Stage.prepare, Stage.finetune, Stage.search, Stage.secure_eval, Stage.report)
+
+
+class Family(str, Enum):
+    bert = "bert"
+    gpt2 = "gpt2"
+
+
+class Task(str, Enum):
+    synthetic = "synthetic"
+    sst2 = "sst2"
+    mrpc = "mrpc"
+    rte = "rte"
+    qnli = "qnli"
+    stsb = "stsb"
+    mnli = "mnli"
+    cola = "cola"
+    wikitext2 = "wikitext2"
+
+
+class Truncation(str, Enum):
+    truncate = "truncate"
+    reject = "reject"
+
+
+class Ops(str, Enum):
+    exact = "exact"
+    emulated = "emulated"
+
+
+class Protocol(str, Enum):
+    REF2K = "REF2K"
+    SEMI2K = "SEMI2K"
+    CHEETAH = "CHEETAH"
+    ABY3 = "ABY3"
+
+
+class Transport(str, Enum):
+    threads = "threads"
+    processes = "processes"
+
+
+class Method(str, Enum):
+    none = "none"
+    bolt_we = "bolt_we"
+    prune = "prune"
+    prune_reduce = "prune_reduce"
+
+
+@dataclass
+class ModelConfig:
+    """Which transformer. ``checkpoint`` (a local Hugging Face directory) or ``package``
+    (a Python package exposing ``get_model_path()``) gives pretrained weights; with
+    neither, a random model of the shape below is built (timing, tests)."""
+
+    name: str = MISSING
+    family: Family = Family.bert
+    checkpoint: Optional[str] = None
+    package: Optional[str] = None
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    max_positions: int = 64
+    vocab_size: int = 0  # 0: taken from the tokenizer / checkpoint
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded offline task: the label depends on a few signal tokens among fillers."""
+
+    n_train: int = 2000
+    n_dev: int = 400
+    seq_len: int = 30
+    n_signal: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    task: Task = Task.synthetic
+    glue_dir: Optional[str] = None  # local GLUE tsv tree; None: Hugging Face hub
+    max_length: int = 32
+    truncation: Truncation = Truncation.truncate
+    train_limit: Optional[int] = None
+    dev_limit: Optional[int] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per λ."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-4
+    threshold_lr: float = 1e-2
+    lambdas: list[float] = field(default_factory=lambda: [0.05, 0.2])
+    temperatures: list[float] = field(default_factory=lambda: [1e-3])
+    hard_epochs: int = 1
+    ops: Ops = Ops.emulated
+    patience: int = 2
+    max_steps: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class SearchConfig:
+    """Pick the most aggressive candidate within ``max_drop`` points of the baseline."""
+
+    max_drop: float = 0.5
+
+
+@dataclass
+class ProtocolConfig:
+    protocol: Protocol = Protocol.CHEETAH
+    field: str = "FM64"
+    fraction_bits: int = 18
+    transport: Transport = Transport.threads
+    connect_timeout_s: float = 30.0
+    recv_timeout_s: float = 60.0
+
+
+@dataclass
+class SecureEvalConfig:
+    methods: list[Method] = field(
+        default_factory=lambda: [Method.none, Method.bolt_we, Method.prune, Method.prune_reduce]
+    )
+    num_examples: int = 2
+    random_weights: bool = False  # timing runs: cost does not depend on weight values
+
+
+@dataclass
+class ReportConfig:
+    name: str = "default"
+    experiments: list[str] = field(default_factory=list)  # empty: this config's experiment
+    tables: list[str] = field(default_factory=lambda: ["table1", "table2"])
+    figures: list[str] = field(
+        default_factory=lambda: ["kept_tokens", "breakdown", "pareto", "scaling"]
+    )
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite under outputs/
+    experiment: str = "cipherprune"
+    resume: bool = True  # skip a stage whose identical run already FINISHED
+
+
+@dataclass
+class UpstreamConfig:
+    """Run ids of upstream stages; None picks the newest FINISHED matching run."""
+
+    prepare: Optional[str] = None
+    finetune: Optional[str] = None
+    search: Optional[str] = None
+
+
+@dataclass
+class PathsConfig:
+    root: str = str(PROJECT_ROOT)
+    outputs: str = str(PROJECT_ROOT / "outputs")
+
+
+@dataclass
+class PipelineConfig:
+    stage: Stage = Stage.all
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    secure_eval: SecureEvalConfig = field(default_factory=SecureEvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files can extend them by name."""
+    cs = ConfigStore.instance()
+    cs.store(name="pipeline_schema", node=PipelineConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="protocol", name="protocol_schema", node=ProtocolConfig)
+    cs.store(group="report", name="report_schema", node=ReportConfig)

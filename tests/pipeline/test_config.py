@@ -1,0 +1,60 @@
+"""Config composition: every experiment composes; typos and bad names fail at composition."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from pipeline.config import Method, Protocol, Stage, Task
+from tests.pipeline.conftest import CONF_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_default_composes(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.stage is Stage.all
+    assert cfg.model.name == "tiny_bert" and cfg.data.task is Task.synthetic
+    assert cfg.protocol.protocol is Protocol.CHEETAH
+    assert cfg.secure_eval.methods == [Method.none, Method.bolt_we, Method.prune, Method.prune_reduce]
+
+
+def test_there_are_experiments():
+    assert {"table1_smoke", "table2_smoke"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(compose_cfg, name):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.tracking.experiment, name
+    assert cfg.model.layers > 0 and cfg.data.max_length > 0
+
+
+def test_typo_in_key_names_the_key(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("finetune.lamdas=[0.1]")
+    assert "lamdas" in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_names_the_key(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("finetune.epochs=many")
+    assert "epochs" in str(err.value.__cause__ or err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "bad"),
+    [("protocol.protocol=CHEETA", "CHEETA"), ("stage=train", "train"), ("data.task=imdb", "imdb"),
+     ("secure_eval.methods=[none,magic]", "magic")],
+)
+def test_unknown_enum_value_is_named_with_choices(compose_cfg, override, bad):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as err:
+        compose_cfg(override)
+    text = str(err.value.__cause__ or err.value)
+    assert bad in text and "Valid values" in text
+
+
+def test_unknown_model_lists_options(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("model=gpt5")
+    assert "gpt5" in str(err.value) and "tiny_bert" in str(err.value)

@@ -1,0 +1,121 @@
+"""MLflow tracking: FAILED on exceptions, parent grouping, resume, upstream errors, a real server."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import runner
+from pipeline.config import Stage
+from pipeline.stages import STAGES
+from pipeline.tracking import Tracker, UpstreamMissing
+
+
+def _fake_stage(calls: list[str], fail: bool = False) -> SimpleNamespace:
+    def run(ctx) -> None:
+        calls.append(ctx.run.run_id)
+        ctx.run.log_metrics({"acc/dev": 0.75})
+        if fail:
+            raise RuntimeError("boom in stage")
+
+    return SimpleNamespace(params=lambda cfg: {"model": cfg.model.name}, run=run)
+
+
+@pytest.fixture
+def tracker(compose_cfg, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Tracker(compose_cfg())
+
+
+def test_stage_exception_leaves_run_failed(tracker, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls, fail=True))
+    with pytest.raises(RuntimeError, match="boom in stage"):
+        runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
+    run = tracker.client.get_run(calls[0])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["stage"] == "prepare"
+    assert run.data.params["model"] == "tiny_bert"
+
+
+def test_chain_groups_stages_under_parent_and_resumes(tracker, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls))
+    monkeypatch.setitem(STAGES, Stage.finetune, _fake_stage(calls))
+    with tracker.parent("chain", {"kind": "chain"}) as parent_id:
+        first = runner.run_stages(tracker.cfg, tracker, (Stage.prepare, Stage.finetune), [])
+    runs = {r.info.run_id: r for r in tracker.client.search_runs([tracker.experiment_id])}
+    assert runs[parent_id].info.status == "FINISHED"
+    for stage in (Stage.prepare, Stage.finetune):
+        child = runs[first[stage]]
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.info.status == "FINISHED" and child.data.metrics["acc/dev"] == 0.75
+    assert runs[first[Stage.finetune]].data.tags["upstream_prepare"] == first[Stage.prepare]
+    # identical config + code: both stages are reused, nothing runs again
+    second = runner.run_stages(tracker.cfg, tracker, (Stage.prepare, Stage.finetune), [])
+    assert second == first and len(calls) == 2
+
+
+def test_failed_run_is_rerun_not_reused(tracker, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls, fail=True))
+    with pytest.raises(RuntimeError):
+        runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
+    monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls))
+    produced = runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
+    assert len(calls) == 2 and produced[Stage.prepare] == calls[1]
+
+
+def test_missing_upstream_is_named(tracker, compose_cfg):
+    with pytest.raises(UpstreamMissing, match="no FINISHED 'prepare' run.*stage=prepare"):
+        runner.run_stages(tracker.cfg, tracker, (Stage.finetune,), [])
+    cfg = compose_cfg("upstream.prepare=0123456789abcdef")
+    with pytest.raises(UpstreamMissing, match="0123456789abcdef"):
+        runner.run_stages(cfg, Tracker(cfg), (Stage.finetune,), [])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
+    """A tracking server with a SQL backend on loopback, reached through MLFLOW_TRACKING_URI."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                MlflowClient(uri).search_experiments()
+                break
+            except Exception:  # noqa: BLE001 - server still starting
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not start within 90 s")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        calls: list[str] = []
+        monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls))
+        tracker = Tracker(compose_cfg())
+        assert tracker.uri == uri
+        produced = runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
+        run = MlflowClient(uri).get_run(produced[Stage.prepare])
+        assert run.info.status == "FINISHED" and run.data.metrics["acc/dev"] == 0.75
+        artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "config")}
+        assert {"config/resolved.json", "config/overrides.json"} <= artifacts
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
