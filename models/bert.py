@@ -1,0 +1,292 @@
+"""BERT classifier with switchable ops and encrypted-token-pruning semantics.
+
+State-dict names and shapes equal Hugging Face ``BertForSequenceClassification``
+(``bert.embeddings...``, ``bert.encoder.layer.{i}...``, ``bert.pooler.dense``,
+``classifier``); the learnable per-layer thresholds live outside those names as
+``pruning.theta`` / ``pruning.beta`` (shape ``[L]``).
+
+Pruning follows docs/ARCHITECTURE.md with a "present" mask ``p`` (no physical removal):
+layer l's attention keys are masked by ``attention_mask ∧ p``, the importance score
+``S_i = (1/(H·n_l)) Σ_h Σ_j A_h[j, i]`` averages over present query rows ``j`` only and
+``p ← p ∧ M`` after the attention block. ``mask_mode="soft"`` replaces ``M`` by the LTP soft
+mask ``σ((S − θ_l)/T)`` (accumulated product; hidden states are multiplied by it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models import ops
+from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod
+
+
+@dataclass
+class PruneOutput:
+    """Model output.
+
+    ``logits``: ``[B, num_labels]``. ``kept_tokens``: ``[B, L]`` float, ``k_l`` = tokens
+    present after layer l's prune (they run layer l's FFN and enter layer l+1; layer 0
+    receives the padded length ``n_0``); for soft masks it is the soft count.
+    ``keep_ratio``: ``[L]`` mean over the batch of ``Σ_i p_i·a_i / Σ_i a_i`` (``a`` = attention
+    mask; differentiable in soft mode). ``scores``: per-layer ``[B, n]`` importance scores.
+    """
+
+    logits: torch.Tensor
+    kept_tokens: torch.Tensor
+    keep_ratio: torch.Tensor
+    scores: list[torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- masks
+def importance_scores(probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``S`` ``[B, n]`` from attention ``probs`` ``[B, H, n, n]`` averaged over heads and the
+    present query rows (``present`` ``[B, n]``, 0/1 or soft weights)."""
+    w = present.to(probs.dtype)
+    recv = torch.einsum("bhji,bj->bi", probs, w)
+    return recv / (probs.shape[1] * w.sum(dim=1, keepdim=True).clamp_min(1e-9))
+
+
+def hard_prune_mask(
+    scores: torch.Tensor, theta: torch.Tensor | float, attention_mask: torch.Tensor,
+    cls_index: int = 0,
+) -> torch.Tensor:
+    """``M = [S > θ] ∧ attention_mask`` ``[B, n]`` bool, ``M[cls_index] = 1`` (strict ``>``: ties prune)."""
+    m = (scores > theta) & attention_mask.bool()
+    m[:, cls_index] = True
+    return m
+
+
+def reduce_high_mask(
+    scores: torch.Tensor, beta: torch.Tensor | float, kept: torch.Tensor, cls_index: int = 0
+) -> torch.Tensor:
+    """Π_reduce's high group ``[B, n]`` bool: ``[S > β] ∧ kept``, [CLS] always high."""
+    h = (scores > beta) & kept.bool()
+    h[:, cls_index] = True
+    return h
+
+
+def bolt_we_mask(scores: torch.Tensor, cls_index: int = 0) -> torch.Tensor:
+    """BOLT word elimination: keep the top ``⌈n/2⌉`` of ``scores`` ``[B, n]`` ([CLS] forced);
+    ties broken by position (stable)."""
+    s = scores.detach().clone()
+    s[:, cls_index] = math.inf
+    order = torch.sort(-s, dim=1, stable=True).indices[:, : math.ceil(s.shape[1] / 2)]
+    m = torch.zeros_like(s, dtype=torch.bool)
+    return m.scatter(1, order, True)
+
+
+def soft_prune_mask(
+    scores: torch.Tensor, theta: torch.Tensor, temperature: float, attention_mask: torch.Tensor,
+    cls_index: int = 0,
+) -> torch.Tensor:
+    """LTP soft mask ``σ((S − θ)/T) · attention_mask`` ``[B, n]``, [CLS] = 1."""
+    m = torch.sigmoid((scores - theta) / temperature) * attention_mask.to(scores.dtype)
+    cls = torch.zeros_like(m)
+    cls[:, cls_index] = 1.0
+    return torch.where(cls.bool(), torch.ones_like(m), m)
+
+
+# ----------------------------------------------------------------------------- modules
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm (HF names)."""
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab, cfg.hidden)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, ids: torch.Tensor, tt: torch.Tensor, o: OpsConfig) -> torch.Tensor:
+        """``ids``, ``tt`` ``[B, n]`` → ``[B, n, d]``."""
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]
+        h = self.word_embeddings(ids) + self.position_embeddings(pos) + self.token_type_embeddings(tt)
+        ln = self.LayerNorm
+        return self.dropout(ops.layernorm(h, ln.weight, ln.bias, ln.eps, o))
+
+
+class _SelfAttn(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.query = nn.Linear(cfg.hidden, cfg.hidden)
+        self.key = nn.Linear(cfg.hidden, cfg.hidden)
+        self.value = nn.Linear(cfg.hidden, cfg.hidden)
+
+
+class _DenseLN(nn.Module):
+    def __init__(self, d_in: int, d_out: int, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.self = _SelfAttn(cfg)
+        self.output = _DenseLN(cfg.hidden, cfg.hidden, cfg.layer_norm_eps)
+
+
+class _Dense(nn.Module):
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer split in the attention block and the FFN (pruning sits between)."""
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.attention = _Attention(cfg)
+        self.intermediate = _Dense(cfg.hidden, cfg.intermediate)
+        self.output = _DenseLN(cfg.intermediate, cfg.hidden, cfg.layer_norm_eps)
+        self.drop_attn = nn.Dropout(cfg.attention_dropout)
+        self.drop = nn.Dropout(cfg.hidden_dropout)
+
+    def attn_block(
+        self, h: torch.Tensor, bias: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h`` ``[B, n, d]``, key ``bias`` ``[B, 1, 1, n]`` → ``(LN(h + Attn(h)), probs [B, H, n, n])``."""
+        B, n, d = h.shape
+        H = self.cfg.heads
+        sa = self.attention.self
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(B, n, H, d // H).transpose(1, 2)
+
+        q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+        probs = ops.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // H), o, bias, low_rows)
+        ctx = (self.drop_attn(probs) @ v).transpose(1, 2).reshape(B, n, d)
+        out = self.attention.output
+        y = h + self.drop(out.dense(ctx))
+        return ops.layernorm(y, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, o), probs
+
+    def ffn(self, h: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``LN(h + W2 GELU(W1 h))`` on ``[B, n, d]``; ``low_rows`` ``[B, n]`` use ``GELU_LOW``."""
+        a = ops.gelu(self.intermediate.dense(h), o, low_rows)
+        y = h + self.drop(self.output.dense(a))
+        ln = self.output.LayerNorm
+        return ops.layernorm(y, ln.weight, ln.bias, ln.eps, o)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.layers))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
+
+
+class _Bert(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = _Encoder(cfg)
+        self.pooler = _Pooler(cfg)
+
+
+class Thresholds(nn.Module):
+    """Per-layer pruning thresholds ``theta`` (learnable) and reduce thresholds ``beta``, ``[L]``."""
+
+    def __init__(self, layers: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(layers))
+        self.beta = nn.Parameter(torch.zeros(layers), requires_grad=False)
+
+
+class BertClassifier(nn.Module):
+    """``BertForSequenceClassification``-compatible classifier with token pruning.
+
+    ``ops_cfg`` selects exact/emulated non-linears (mutable attribute ``ops_cfg``).
+    """
+
+    def __init__(self, cfg: BertConfig, ops_cfg: OpsConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ops_cfg = ops_cfg or OpsConfig()
+        self.bert = _Bert(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.classifier = nn.Linear(cfg.hidden, cfg.num_labels)
+        self.pruning = Thresholds(cfg.layers)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict restricted to the Hugging Face names (no ``pruning.*``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("pruning.")}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        method: PruneMethod = "none",
+        mask_mode: MaskMode = "hard",
+        temperature: float = 1e-3,
+        straight_through: bool = False,
+    ) -> PruneOutput:
+        """``input_ids`` ``[B, n]`` → :class:`PruneOutput`.
+
+        ``method``: none | bolt_we | prune | prune_reduce. ``mask_mode``: ``hard`` (exact
+        inference semantics; with ``straight_through`` the forward is hard and gradients flow
+        through the soft mask) or ``soft`` (LTP training mask with ``temperature``).
+        """
+        if method not in PRUNE_METHODS:
+            raise ValueError(f"unknown pruning method {method!r}; expected one of {PRUNE_METHODS}")
+        o = self.ops_cfg
+        B, n = input_ids.shape
+        am = torch.ones(B, n, device=input_ids.device) if attention_mask is None else attention_mask.float()
+        tt = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        h = self.bert.embeddings(input_ids, tt, o)
+        present = torch.ones(B, n, device=h.device)
+        exp_low: torch.Tensor | None = None
+        kept, ratios, all_scores = [], [], []
+        theta, beta = self.pruning.theta, self.pruning.beta
+        for l, layer in enumerate(self.bert.encoder.layer):
+            h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low)
+            s = importance_scores(probs, present)
+            all_scores.append(s)
+            gelu_low: torch.Tensor | None = None
+            if method in ("prune", "prune_reduce"):
+                if mask_mode == "soft":
+                    present = present * soft_prune_mask(s, theta[l], temperature, am)
+                    h = h * present.unsqueeze(-1)
+                else:
+                    hard = hard_prune_mask(s.detach(), theta[l].detach(), am * present).float() * present.detach()
+                    if straight_through:
+                        soft = present * soft_prune_mask(s, theta[l], temperature, am)
+                        present = hard + (soft - soft.detach())
+                        h = h * present.unsqueeze(-1)
+                    else:
+                        present = hard
+                    if method == "prune_reduce":
+                        high = reduce_high_mask(s.detach(), beta[l].detach(), hard)
+                        gelu_low = hard.bool() & ~high
+                        exp_low = gelu_low
+            elif method == "bolt_we" and l == 0:
+                present = present * bolt_we_mask(s).float()
+            kept.append(present.sum(dim=1))
+            ratios.append(((present * am).sum(dim=1) / am.sum(dim=1).clamp_min(1)).mean())
+            h = layer.ffn(h, o, gelu_low)
+        pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
+        logits = self.classifier(self.dropout(pooled))
+        return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores)

@@ -1,0 +1,127 @@
+"""Plain (frozen) dataclass configs for the torch models; no Hydra/OmegaConf here.
+
+``BertConfig`` / ``GPT2Config`` mirror the fields of ``protocols/model_spec.TransformerSpec``
+and convert to/from Hugging Face ``config.json`` dictionaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+OpsMode = Literal["exact", "emulated"]
+PruneMethod = Literal["none", "bolt_we", "prune", "prune_reduce"]
+MaskMode = Literal["soft", "hard"]
+PRUNE_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """Which non-linear ops to run.
+
+    ``mode="exact"``: torch GELU/softmax/LayerNorm. ``mode="emulated"``: the polynomial
+    approximations of ``models.approx``; ``fixed_point=True`` additionally rounds every op
+    output to ``FIXED_POINT.fraction_bits`` (straight-through gradients).
+    """
+
+    mode: OpsMode = "exact"
+    fixed_point: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "emulated"):
+            raise ValueError(f"ops mode must be 'exact' or 'emulated', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Shape of a BERT classifier (Hugging Face ``BertConfig`` subset)."""
+
+    vocab_size: int = 30522
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    max_positions: int = 512
+    type_vocab: int = 2
+    num_labels: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} not divisible by heads {self.heads}")
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any], num_labels: int | None = None) -> "BertConfig":
+        """From a Hugging Face ``config.json`` dict; ``num_labels`` overrides the file."""
+        if d.get("model_type", "bert") != "bert":
+            raise ValueError(f"not a BERT config: model_type={d.get('model_type')!r}")
+        n = num_labels if num_labels is not None else int(d.get("num_labels", len(d.get("id2label", {})) or 2))
+        return cls(
+            vocab_size=int(d["vocab_size"]), hidden=int(d["hidden_size"]),
+            layers=int(d["num_hidden_layers"]), heads=int(d["num_attention_heads"]),
+            intermediate=int(d["intermediate_size"]),
+            max_positions=int(d.get("max_position_embeddings", 512)),
+            type_vocab=int(d.get("type_vocab_size", 2)), num_labels=n,
+            layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
+            hidden_dropout=float(d.get("hidden_dropout_prob", 0.1)),
+            attention_dropout=float(d.get("attention_probs_dropout_prob", 0.1)),
+            pad_token_id=int(d.get("pad_token_id", 0) or 0),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """Hugging Face ``config.json`` dict for ``BertForSequenceClassification``."""
+        return {
+            "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+            "intermediate_size": self.intermediate, "hidden_act": "gelu",
+            "max_position_embeddings": self.max_positions, "type_vocab_size": self.type_vocab,
+            "layer_norm_eps": self.layer_norm_eps, "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "pad_token_id": self.pad_token_id, "num_labels": self.num_labels,
+            "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
+            "label2id": {f"LABEL_{i}": i for i in range(self.num_labels)},
+            "problem_type": "regression" if self.num_labels == 1 else "single_label_classification",
+            "position_embedding_type": "absolute", "initializer_range": 0.02,
+        }
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """Shape of a GPT-2 LM (Hugging Face ``GPT2Config`` subset)."""
+
+    vocab_size: int = 50257
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    max_positions: int = 1024
+    layer_norm_eps: float = 1e-5
+    dropout: float = 0.1
+    causal: bool = True
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "GPT2Config":
+        """From a Hugging Face GPT-2 ``config.json`` dict."""
+        h = int(d["n_embd"])
+        return cls(
+            vocab_size=int(d["vocab_size"]), hidden=h, layers=int(d["n_layer"]),
+            heads=int(d["n_head"]), intermediate=int(d.get("n_inner") or 4 * h),
+            max_positions=int(d.get("n_positions", 1024)),
+            layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+            dropout=float(d.get("resid_pdrop", 0.1)),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """Hugging Face ``config.json`` dict for ``GPT2LMHeadModel``."""
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": self.vocab_size, "n_embd": self.hidden, "n_layer": self.layers,
+            "n_head": self.heads, "n_inner": self.intermediate, "n_positions": self.max_positions,
+            "layer_norm_epsilon": self.layer_norm_eps, "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout, "attn_pdrop": self.dropout,
+            "activation_function": "gelu_new",
+        }

@@ -1,0 +1,203 @@
+"""GLUE data: local tsv tree (GLUE's ``glue_data`` layout) or the Hugging Face hub, tokenised
+with the checkpoint's tokenizer, cached by ``datasets``; task metrics.
+
+Raw splits have columns ``text_a`` (``text_b`` for pair tasks) and ``label``
+(int; float for STS-B). Tokenised splits add ``input_ids``, ``attention_mask``,
+``token_type_ids`` (each ``[max_length]``, padded) in torch format.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Truncation = Literal["truncate", "reject"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Layout of one GLUE task: folder, split files, text/label columns, label mapping."""
+
+    name: str
+    folder: str
+    files: dict[str, str]
+    text_cols: tuple[str, ...]
+    label_col: str
+    num_labels: int
+    metric: str
+    header: bool = True
+    column_names: tuple[str, ...] | None = None
+    label_map: dict[str, int] | None = None
+    hub_cols: tuple[str, ...] = ("sentence",)
+    hub_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "validation"))
+
+
+_NLI = {"entailment": 0, "not_entailment": 1}
+TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec("sst2", "SST-2", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2, "accuracy"),
+    "mrpc": TaskSpec("mrpc", "MRPC", {"train": "train.tsv", "dev": "dev.tsv"}, ("#1 String", "#2 String"),
+                     "Quality", 2, "f1", hub_cols=("sentence1", "sentence2")),
+    "rte": TaskSpec("rte", "RTE", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence1", "sentence2"),
+                    "label", 2, "accuracy", label_map=_NLI, hub_cols=("sentence1", "sentence2")),
+    "qnli": TaskSpec("qnli", "QNLI", {"train": "train.tsv", "dev": "dev.tsv"}, ("question", "sentence"),
+                     "label", 2, "accuracy", label_map=_NLI, hub_cols=("question", "sentence")),
+    "stsb": TaskSpec("stsb", "STS-B", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence1", "sentence2"),
+                     "score", 1, "pearson", hub_cols=("sentence1", "sentence2")),
+    "mnli": TaskSpec("mnli", "MNLI", {"train": "train.tsv", "dev": "dev_matched.tsv"}, ("sentence1", "sentence2"),
+                     "gold_label", 3, "accuracy", label_map={"entailment": 0, "neutral": 1, "contradiction": 2},
+                     hub_cols=("premise", "hypothesis"),
+                     hub_splits=(("train", "train"), ("dev", "validation_matched"))),
+    "cola": TaskSpec("cola", "CoLA", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2,
+                     "accuracy", header=False, column_names=("source", "label", "original_mark", "sentence")),
+}
+
+
+def get_task(task: str) -> TaskSpec:
+    """Spec of ``task`` (sst2, mrpc, rte, qnli, stsb, mnli, cola); clear error otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def _normalise(ds: Any, spec: TaskSpec, cols: tuple[str, ...], label_col: str, where: str) -> Any:
+    names = ["text_a", "text_b"][: len(cols)]
+
+    def fix(ex: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {n: str(ex[c]).strip() for n, c in zip(names, cols)}
+        y = ex[label_col]
+        if spec.num_labels == 1:
+            out["label"] = float(y)
+        elif spec.label_map is not None and isinstance(y, str):
+            if y not in spec.label_map:
+                raise ValueError(f"{where}: unknown label {y!r} for {spec.name}")
+            out["label"] = spec.label_map[y]
+        else:
+            out["label"] = int(y)
+        return out
+
+    return ds.map(fix, remove_columns=ds.column_names, desc=f"normalise {spec.name}")
+
+
+def load_glue_raw(
+    task: str, glue_dir: str | Path | None = None, splits: tuple[str, ...] = ("train", "dev"),
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Raw splits ``{"train": Dataset, "dev": Dataset}`` of ``task``.
+
+    From ``glue_dir/<Folder>/<file>.tsv`` when ``glue_dir`` is given (``FileNotFoundError``
+    naming the missing file otherwise), else from the hub (``load_dataset("glue", task)``).
+    """
+    import datasets
+
+    spec = get_task(task)
+    out: dict[str, Any] = {}
+    if glue_dir is None:
+        hub = dict(spec.hub_splits)
+        for s in splits:
+            ds = datasets.load_dataset("glue", task, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
+            out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub glue/{task}:{hub[s]}")
+        return out
+    for s in splits:
+        if s not in spec.files:
+            raise ValueError(f"{task}: unknown split {s!r}; expected {sorted(spec.files)}")
+        path = Path(glue_dir) / spec.folder / spec.files[s]
+        if not path.is_file():
+            raise FileNotFoundError(f"GLUE {task} {s} split: missing file {path}")
+        kw: dict[str, Any] = dict(delimiter="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig",
+                                  keep_default_na=False, na_filter=False)
+        if not spec.header:
+            kw["column_names"] = list(spec.column_names or ())
+        ds = datasets.load_dataset("csv", data_files={s: str(path)}, split=s,
+                                   cache_dir=str(cache_dir) if cache_dir else None, **kw)
+        missing = [c for c in (*spec.text_cols, spec.label_col) if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {ds.column_names}")
+        out[s] = _normalise(ds, spec, spec.text_cols, spec.label_col, str(path))
+    return out
+
+
+def tokenize_split(
+    ds: Any, tokenizer: Any, max_length: int = 128, truncation: Truncation = "truncate",
+    split_name: str = "split",
+) -> Any:
+    """Tokenise a raw split to ``max_length`` (padded); ``truncation="reject"`` raises
+    ``ValueError`` naming the first example (index and text) longer than ``max_length``."""
+    if truncation not in ("truncate", "reject"):
+        raise ValueError(f"truncation must be 'truncate' or 'reject', got {truncation!r}")
+    pair = "text_b" in ds.column_names
+
+    def enc(batch: dict[str, list[Any]], idx: list[int]) -> dict[str, Any]:
+        args = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
+        if truncation == "reject":
+            lens = [len(x) for x in tokenizer(*args, truncation=False)["input_ids"]]
+            for i, n in zip(idx, lens):
+                if n > max_length:
+                    j = idx.index(i)
+                    txt = batch["text_a"][j] + (" ||| " + batch["text_b"][j] if pair else "")
+                    raise ValueError(f"{split_name} example {i} has {n} tokens > max_length "
+                                     f"{max_length} (truncation='reject'): {txt[:200]!r}")
+        return dict(tokenizer(*args, truncation=True, max_length=max_length, padding="max_length",
+                              return_token_type_ids=True))
+
+    out = ds.map(enc, batched=True, with_indices=True, desc=f"tokenise {split_name}")
+    out.set_format("torch", columns=["input_ids", "attention_mask", "token_type_ids", "label"])
+    return out
+
+
+def load_glue(
+    task: str, tokenizer_dir: str | Path, glue_dir: str | Path | None = None, max_length: int = 128,
+    truncation: Truncation = "truncate", splits: tuple[str, ...] = ("train", "dev"),
+    cache_dir: str | Path | None = None, max_train: int | None = None, seed: int = 0,
+) -> dict[str, Any]:
+    """Tokenised torch-format splits of ``task`` with the tokenizer in ``tokenizer_dir``.
+
+    ``max_train``: keep a seeded random subset of that many training examples.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    raw = load_glue_raw(task, glue_dir, splits, cache_dir)
+    if max_train is not None and "train" in raw and len(raw["train"]) > max_train:
+        raw["train"] = raw["train"].shuffle(seed=seed).select(range(max_train))
+    return {s: tokenize_split(d, tok, max_length, truncation, f"{task}/{s}") for s, d in raw.items()}
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=float)
+    xs = x[order]
+    i = 0
+    while i < len(x):  # average ranks of ties
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        r[order[i: j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return r
+
+
+def compute_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics in percent: ``accuracy`` (+ ``f1`` for MRPC, ``mcc`` for CoLA), or ``pearson`` /
+    ``spearman`` for STS-B (``preds`` are scores there, class ids otherwise). ``metric`` is
+    the task's primary metric."""
+    spec = get_task(task)
+    p, y = np.asarray(preds, dtype=float).ravel(), np.asarray(labels, dtype=float).ravel()
+    if spec.num_labels == 1:
+        pr = float(np.corrcoef(p, y)[0, 1]) * 100
+        sp = float(np.corrcoef(_rank(p), _rank(y))[0, 1]) * 100
+        return {"pearson": pr, "spearman": sp, "metric": pr}
+    out = {"accuracy": float((p == y).mean()) * 100}
+    tp = float(((p == 1) & (y == 1)).sum())
+    fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
+    if task == "mrpc":
+        out["f1"] = 200 * tp / max(2 * tp + fp + fn, 1e-9)
+    if task == "cola":
+        tn = float(((p == 0) & (y == 0)).sum())
+        den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        out["mcc"] = float((tp * tn - fp * fn) / den) * 100 if den > 0 else 0.0
+    out["metric"] = out[spec.metric]
+    return out

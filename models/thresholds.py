@@ -1,0 +1,117 @@
+"""Thresholds artifact (``thresholds.json``) I/O and validation, plus the search-stage helpers
+``pareto_front`` and ``select_thresholds``.
+
+Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
+"temperature": float, "lambda": float}`` with ``0 ≤ θ_l ≤ 1`` and ``β_l ≥ θ_l``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+@dataclass
+class ThresholdsArtifact:
+    """Per-layer pruning (``theta``) and reduction (``beta``) thresholds, ``L`` floats each."""
+
+    theta: list[float]
+    beta: list[float]
+    temperature: float = 1e-3
+    lambda_: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON dict with the contract's keys (``lambda``, not ``lambda_``)."""
+        return {"theta": [float(x) for x in self.theta], "beta": [float(x) for x in self.beta],
+                "temperature": float(self.temperature), "lambda": float(self.lambda_)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], layers: int | None = None) -> "ThresholdsArtifact":
+        """Parse and validate (see :func:`validate_thresholds`)."""
+        missing = [k for k in ("theta", "beta", "temperature", "lambda") if k not in d]
+        if missing:
+            raise ValueError(f"thresholds: missing key(s) {missing}; got keys {sorted(d)}")
+        a = cls([float(x) for x in d["theta"]], [float(x) for x in d["beta"]],
+                float(d["temperature"]), float(d["lambda"]))
+        validate_thresholds(a, layers)
+        return a
+
+
+def validate_thresholds(a: ThresholdsArtifact, layers: int | None = None) -> None:
+    """Raise ``ValueError`` naming the offending layer unless ``0 ≤ θ ≤ 1``, ``β ≥ θ``, finite,
+    ``len(θ) == len(β) == layers`` (when given) and ``temperature > 0``."""
+    if len(a.theta) != len(a.beta):
+        raise ValueError(f"thresholds: len(theta)={len(a.theta)} != len(beta)={len(a.beta)}")
+    if layers is not None and len(a.theta) != layers:
+        raise ValueError(f"thresholds: {len(a.theta)} values but the model has {layers} layers")
+    for l, (t, b) in enumerate(zip(a.theta, a.beta)):
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ValueError(f"thresholds: theta[{l}]={t} outside [0, 1]")
+        if not (math.isfinite(b) and b >= t):
+            raise ValueError(f"thresholds: beta[{l}]={b} < theta[{l}]={t} (need beta >= theta)")
+    if not (a.temperature > 0):
+        raise ValueError(f"thresholds: temperature={a.temperature} must be > 0")
+
+
+def write_thresholds(path: str | Path, a: ThresholdsArtifact) -> Path:
+    """Validate and write ``a`` as JSON to ``path``; returns the path."""
+    validate_thresholds(a)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(a.to_dict(), indent=2) + "\n")
+    return p
+
+
+def read_thresholds(path: str | Path, layers: int | None = None) -> ThresholdsArtifact:
+    """Read and validate a ``thresholds.json``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"thresholds file not found: {p}")
+    try:
+        return ThresholdsArtifact.from_dict(json.loads(p.read_text()), layers)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: {e}") from e
+
+
+@dataclass
+class Candidate:
+    """One search point: a metric to maximise (e.g. accuracy in %) and a cost to minimise
+    (e.g. Σ kept tokens or Σ n²), with its thresholds and free-form extras."""
+
+    metric: float
+    cost: float
+    thresholds: ThresholdsArtifact | None = None
+    name: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def pareto_front(points: Sequence[Candidate]) -> list[Candidate]:
+    """Non-dominated candidates (lower cost, higher metric), sorted by increasing cost.
+
+    A point is dominated if another has cost ≤ and metric ≥ with one strict; exact
+    duplicates keep the first.
+    """
+    front: list[Candidate] = []
+    for c in sorted(points, key=lambda c: (c.cost, -c.metric)):
+        if not front or c.metric > front[-1].metric:
+            front.append(c)
+    return front
+
+
+def select_thresholds(
+    candidates: Sequence[Candidate], baseline_metric: float, max_drop: float = 0.5
+) -> Candidate:
+    """Cheapest candidate whose metric ≥ ``baseline_metric − max_drop`` (same units, e.g.
+    accuracy points); ties on cost go to the higher metric. Raises ``ValueError`` listing
+    the best metric seen when none qualifies."""
+    if not candidates:
+        raise ValueError("select_thresholds: no candidates")
+    ok = [c for c in candidates if c.metric >= baseline_metric - max_drop]
+    if not ok:
+        best = max(candidates, key=lambda c: c.metric)
+        raise ValueError(
+            f"select_thresholds: no candidate within {max_drop} of baseline {baseline_metric}; "
+            f"best is {best.name or '?'} with metric {best.metric}")
+    return min(ok, key=lambda c: (c.cost, -c.metric))
