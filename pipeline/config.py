@@ -119,18 +119,24 @@ class DataConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per λ."""
+    """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per (λ, T).
 
-    epochs: int = 3
+    Mapped onto ``models.training.FinetuneConfig``; ``epochs`` may be fractional.
+    """
+
+    epochs: float = 3.0
     batch_size: int = 32
-    lr: float = 5e-4
-    threshold_lr: float = 1e-2
+    lr: float = 5e-5
+    threshold_lr: float = 1e-3
     lambdas: list[float] = field(default_factory=lambda: [0.05, 0.2])
     temperatures: list[float] = field(default_factory=lambda: [1e-3])
-    hard_epochs: int = 1
+    hard_epochs: float = 0.5
     ops: Ops = Ops.emulated
-    patience: int = 2
+    fixed_point: bool = False
+    patience: Optional[int] = 2
     max_steps: Optional[int] = None
+    theta_quantile: float = 0.3
+    beta_factor: float = 2.0
     seed: int = 0
 
 
