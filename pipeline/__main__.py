@@ -14,11 +14,18 @@ if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12
         f"{sys.version.split()[0]}. Create the venv with python3.11 (see README.md)."
     )
 
+import os  # noqa: E402
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pipeline.config import PipelineConfig, register_configs  # noqa: E402
 from pipeline.runner import run_pipeline  # noqa: E402
+from pipeline.tracking import UpstreamMissing  # noqa: E402
+from pipeline.validate import ConfigError  # noqa: E402
+
+# Errors whose message names the bad input: shown alone, without a traceback from inside.
+USER_ERRORS = (ConfigError, UpstreamMissing, FileNotFoundError, ValueError, ImportError)
 
 register_configs()
 
@@ -27,7 +34,13 @@ register_configs()
 def main(dcfg: DictConfig) -> None:
     cfg = OmegaConf.to_object(dcfg)
     assert isinstance(cfg, PipelineConfig)
-    run_pipeline(cfg)
+    try:
+        run_pipeline(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("CIPHERPRUNE_DEBUG"):
+            raise
+        sys.exit(f"error: {err}\n(the stage's MLflow run, if one started, is marked FAILED; "
+                 "CIPHERPRUNE_DEBUG=1 shows the traceback)")
 
 
 if __name__ == "__main__":

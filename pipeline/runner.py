@@ -11,6 +11,7 @@ from rich.console import Console
 from pipeline.config import CHAIN, PipelineConfig, Stage
 from pipeline.stages import STAGES, StageContext
 from pipeline.tracking import PARENT_RUN_FILE, Tracker, sections_hash
+from pipeline.validate import validate
 
 console = Console(stderr=True)
 
@@ -72,6 +73,7 @@ def run_stages(cfg: PipelineConfig, tracker: Tracker, stages: tuple[Stage, ...],
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = console.print) -> dict[Stage, str]:
     """Entry for ``python -m pipeline``: one stage, or the whole chain under a parent run."""
+    validate(cfg)
     overrides, multirun_parent = _hydra_context()
     tracker = Tracker(cfg, parent_run_id=multirun_parent)
     if cfg.stage is Stage.all:

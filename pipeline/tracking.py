@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pipeline.config import PipelineConfig, Stage
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
 
 # Config sections whose values decide a stage's result (its resume identity).
 STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {

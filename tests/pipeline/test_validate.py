@@ -1,0 +1,34 @@
+"""Bad config values are rejected before any work, naming the value and what is allowed."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.validate import ConfigError, validate
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["data.max_length=128"], "data.max_length=128 exceeds the model's 64 positions"),
+        (["model.heads=5"], "model.hidden=64 is not divisible by model.heads=5"),
+        (["finetune.lambdas=[0.1,-1]"], "finetune.lambdas contains -1"),
+        (["finetune.beta_factor=0.5"], "finetune.beta_factor=0.5"),
+        (["protocol.field=FM16"], "protocol.field='FM16'"),
+        (["protocol.fraction_bits=40"], "protocol.fraction_bits=40"),
+        (["data.synthetic.seq_len=40"], "data.synthetic.seq_len=40"),
+        (["model.checkpoint=/nonexistent/bert"], "model.checkpoint='/nonexistent/bert'"),
+        (["data=sst2", "data.glue_dir=/tmp", "model=minilm_l6"], "has no SST-2/ folder"),
+        (["secure_eval.methods=[]"], "secure_eval.methods is empty"),
+    ],
+)
+def test_bad_values_are_named(compose_cfg, overrides, needle):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_default_and_experiments_are_valid(compose_cfg):
+    for name in ("table1_smoke", "table2_smoke"):
+        validate(compose_cfg(f"experiment={name}"))
+    validate(compose_cfg())
