@@ -52,6 +52,9 @@ TASKS: dict[str, TaskSpec] = {
                      hub_splits=(("train", "train"), ("dev", "validation_matched"))),
     "cola": TaskSpec("cola", "CoLA", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2,
                      "accuracy", header=False, column_names=("source", "label", "original_mark", "sentence")),
+    # offline default task written by models.synthetic.write_synthetic_task (GLUE layout)
+    "synthetic": TaskSpec("synthetic", "SYNTHETIC", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",),
+                          "label", 2, "accuracy"),
 }
 
 

@@ -159,3 +159,17 @@ def load_checkpoint(
     if th is not None:
         set_thresholds(model, th)
     return model, th
+
+
+def load_hf_gpt2(ckpt_dir: str | Path, ops_cfg: OpsConfig | None = None) -> tuple[nn.Module, PortReport]:
+    """Load a local HF ``GPT2LMHeadModel`` checkpoint (``lm_head.weight`` may be absent: tied)."""
+    from models.config import GPT2Config
+    from models.gpt2 import GPT2LM
+
+    d = Path(ckpt_dir)
+    model = GPT2LM(GPT2Config.from_hf(json.loads((d / "config.json").read_text())), ops_cfg)
+    sd = read_state_dict(d)
+    if not any(k.startswith("transformer.") for k in sd):
+        sd = {"transformer." + k: v for k, v in sd.items()}
+    sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight", torch.empty(0)))
+    return model, port_state_dict(model, sd)
