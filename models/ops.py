@@ -64,14 +64,15 @@ def gelu(
 def exp_approx(x: torch.Tensor, approx: ExpApprox) -> torch.Tensor:
     """BOLT exp for ``x <= 0``: ``z = floor(-x/ln2)``, ``p = x + z ln2``, ``Q(p) / 2**z``.
 
-    Zero where ``z > z_max`` (i.e. below ``approx.x_min``). ``z`` carries no gradient, so
+    Zero below ``approx.x_min = -z_max·ln2`` (the property's contract; note that the literal
+    "z > z_max" rule of approx.py's module docstring would keep ``(x_min − ln2, x_min)``). ``z`` carries no gradient, so
     ``d/dx = Q'(p) / 2**z`` (straight-through through the floor).
     """
     x = torch.clamp(x, max=0.0)
     z = torch.floor((-x / LN2).detach())
     p = x + z * LN2
     y = polyval(approx.coeffs, p) * torch.exp2(-torch.clamp(z, max=approx.z_max + 1))
-    return torch.where(z > approx.z_max, torch.zeros_like(y), y)
+    return torch.where(x < approx.x_min, torch.zeros_like(y), y)
 
 
 def softmax(

@@ -1,0 +1,49 @@
+"""Synthetic task determinism; a tiny training run learns it and prunes tokens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertTokenizerFast
+
+from models.data import load_glue
+from models.synthetic import make_examples, tiny_bert_config, write_synthetic_task, write_tiny_checkpoint
+from models.training import FinetuneConfig, evaluate, finetune
+from models.weights import load_checkpoint, load_hf_bert
+
+
+def test_deterministic_and_tokenizer(tmp_path: Path) -> None:
+    assert make_examples(50, seed=3) == make_examples(50, seed=3) != make_examples(50, seed=4)
+    a, b = write_synthetic_task(tmp_path / "a", seed=1), write_synthetic_task(tmp_path / "b", seed=1)
+    assert (a / "SYNTHETIC/train.tsv").read_bytes() == (b / "SYNTHETIC/train.tsv").read_bytes()
+    tok = BertTokenizerFast.from_pretrained(str(a))
+    assert isinstance(AutoTokenizer.from_pretrained(str(a)), BertTokenizerFast)
+    ids = tok("w3 good1 bad2")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 5
+    assert tiny_bert_config().vocab_size == tok.vocab_size
+
+
+def test_tiny_training_learns_and_prunes(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    d = write_tiny_checkpoint(tmp_path / "ck", seed=0)
+    data = load_glue("synthetic", d, d, max_length=32, cache_dir=str(tmp_path / "cache"))
+    m, _ = load_hf_bert(d)
+    base = finetune(m, data["train"], data["dev"], "synthetic",
+                    FinetuneConfig(method="none", epochs=5, lr=1e-3, batch_size=32, progress=False))
+    assert base.eval.metrics["accuracy"] > 90
+    logs: list[tuple[dict[str, float], int]] = []
+    r = finetune(m, data["train"], data["dev"], "synthetic",
+                 FinetuneConfig(method="prune", epochs=1, hard_epochs=0.5, lr=2e-4, threshold_lr=2e-3,
+                                lambda_=0.2, batch_size=32, progress=False),
+                 log_metrics=lambda d_, s: logs.append((d_, s)))
+    assert r.eval.metrics["accuracy"] > 90
+    n = r.eval.n0
+    assert n == 32 and max(r.eval.kept_tokens) < n and r.eval.kept_tokens[-1] < 8  # signals + CLS
+    assert any("kept_tokens/layer_1" in d_ for d_, _ in logs)
+    assert all(b >= t for t, b in zip(r.thresholds.theta, r.thresholds.beta))
+    # the artifact reproduces the evaluation after a save/load round trip
+    from models.weights import save_checkpoint
+    save_checkpoint(m, tmp_path / "out", r.thresholds, tokenizer_dir=d)
+    m2, th = load_checkpoint(tmp_path / "out")
+    ev = evaluate(m2, data["dev"], "synthetic", "prune")
+    assert th == r.thresholds and ev.kept_tokens == r.eval.kept_tokens

@@ -1,0 +1,45 @@
+"""Thresholds artifact validation, pareto front and selection."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.thresholds import (
+    Candidate, ThresholdsArtifact, pareto_front, read_thresholds, select_thresholds, write_thresholds,
+)
+
+
+def test_roundtrip_and_keys(tmp_path) -> None:
+    a = ThresholdsArtifact([0.0, 0.1], [0.2, 0.1], 1e-3, 0.1)
+    p = write_thresholds(tmp_path / "thresholds.json", a)
+    assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda"}
+    assert read_thresholds(p, layers=2) == a
+
+
+@pytest.mark.parametrize("d,msg", [
+    ({"theta": [1.5], "beta": [2.0], "temperature": 1e-3, "lambda": 0.1}, r"theta\[0\]=1.5"),
+    ({"theta": [0.2], "beta": [0.1], "temperature": 1e-3, "lambda": 0.1}, r"beta\[0\]=0.1 < theta"),
+    ({"theta": [0.1], "beta": [0.1, 0.2], "temperature": 1e-3, "lambda": 0.1}, "len"),
+    ({"theta": [0.1], "beta": [0.1], "lambda": 0.1}, "missing key"),
+])
+def test_validation_errors(tmp_path, d, msg) -> None:
+    (tmp_path / "t.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=msg):
+        read_thresholds(tmp_path / "t.json")
+
+
+def test_layer_count_checked(tmp_path) -> None:
+    write_thresholds(tmp_path / "t.json", ThresholdsArtifact([0.1], [0.1]))
+    with pytest.raises(ValueError, match="1 values but the model has 2 layers"):
+        read_thresholds(tmp_path / "t.json", layers=2)
+
+
+def test_pareto_and_select() -> None:
+    pts = [Candidate(90.0, 100, name="a"), Candidate(89.0, 50, name="b"), Candidate(88.0, 60, name="c"),
+           Candidate(89.8, 70, name="d"), Candidate(85.0, 10, name="e")]
+    assert [c.name for c in pareto_front(pts)] == ["e", "b", "d", "a"]
+    assert select_thresholds(pts, baseline_metric=90.0, max_drop=0.5).name == "d"
+    assert select_thresholds(pts, baseline_metric=90.0, max_drop=1.0).name == "b"
+    with pytest.raises(ValueError, match="no candidate within"):
+        select_thresholds(pts, baseline_metric=95.0)
