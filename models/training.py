@@ -115,8 +115,11 @@ def evaluate(
     model: BertClassifier, ds: Any, task: str, method: str = "prune", batch_size: int = 128,
     ops_cfg: OpsConfig | None = None, progress: bool = False,
 ) -> EvalResult:
-    """Hard-mask evaluation on a tokenised split at its full padded length ``n0``."""
+    """Hard-mask evaluation on a tokenised split at its full padded length ``n0``.
+
+    ``ops_cfg`` overrides the model's ops for this call only."""
     model.eval()
+    saved = model.ops_cfg
     if ops_cfg is not None:
         model.ops_cfg = ops_cfg
     preds, labels, kept, ratio = [], [], [], []
@@ -130,6 +133,7 @@ def evaluate(
     k = torch.cat(kept).mean(0).tolist()
     r = (torch.stack(ratio).sum(0) / sum(len(p) for p in preds)).tolist()
     m = compute_metrics(task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+    model.ops_cfg = saved
     return EvalResult(m, k, r, int(ds[0]["input_ids"].shape[0]))
 
 
@@ -302,6 +306,7 @@ def run_glue_experiment(
         results["baseline_history"] = r.history
     results["baseline"] = evaluate(base, data["dev"], task, "none").flat()
     results["bolt_we"] = evaluate(base, data["dev"], task, "bolt_we").flat()
+    results["baseline/emulated"] = evaluate(base, data["dev"], task, "none", ops_cfg=OpsConfig("emulated")).flat()
     dump()
     for lam in lambdas:
         m = copy.deepcopy(base)
@@ -311,9 +316,10 @@ def run_glue_experiment(
         save_checkpoint(m, os.path.join(out_dir, name), r.thresholds, tokenizer_dir=ckpt_dir)
         results[name] = {**r.eval.flat(), "thresholds": r.thresholds.to_dict(),
                          "history": r.history}
+        results[name + "/emulated"] = evaluate(m, data["dev"], task, cfg.method,
+                                               ops_cfg=OpsConfig("emulated")).flat()
         if cfg.method == "prune":
             results[name + "/as_prune_reduce"] = evaluate(m, data["dev"], task, "prune_reduce",
                                                           ops_cfg=OpsConfig("emulated")).flat()
-            m.ops_cfg = OpsConfig()
         dump()
     return results
