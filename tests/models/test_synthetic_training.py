@@ -47,3 +47,12 @@ def test_tiny_training_learns_and_prunes(tmp_path: Path) -> None:
     m2, th = load_checkpoint(tmp_path / "out")
     ev = evaluate(m2, data["dev"], "synthetic", "prune")
     assert th == r.thresholds and ev.kept_tokens == r.eval.kept_tokens
+
+
+def test_make_synthetic_spec(tmp_path: Path) -> None:
+    from models.synthetic import SyntheticSpec, make_synthetic
+
+    raw, tok_dir = make_synthetic(SyntheticSpec(n_train=20, n_dev=10, seq_len=12, n_signal=3, seed=5), tmp_path)
+    assert len(raw["train"]) == 20 and len(raw["dev"]) == 10
+    assert all(len(t.split()) <= 12 for t in raw["train"]["text_a"])
+    assert BertTokenizerFast.from_pretrained(str(tok_dir)).vocab_size == tiny_bert_config().vocab_size
