@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         uri = f"http://127.0.0.1:{port}"
@@ -116,6 +117,6 @@ def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
         assert run.info.status == "FINISHED" and run.data.metrics["acc/dev"] == 0.75
         artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "config")}
         assert {"config/resolved.json", "config/overrides.json"} <= artifacts
-    finally:
-        server.terminate()
+    finally:  # the server forks gunicorn workers: stop the whole process group
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
