@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -266,7 +267,8 @@ def finetune(
 
 
 def run_glue_experiment(
-    task: str, ckpt_dir: str, out_dir: str, glue_dir: str | None = None, max_length: int = 64,
+    task: str, ckpt_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+    glue_dir: str | os.PathLike[str] | None = None, max_length: int = 64,
     max_train: int | None = None, base_cfg: FinetuneConfig | None = None,
     prune_cfg: FinetuneConfig | None = None, lambdas: tuple[float, ...] = (0.05, 0.2, 0.5),
     cache_dir: str | None = None, log_metrics: LogFn | None = None,
@@ -275,7 +277,6 @@ def run_glue_experiment(
     then one pruning fine-tune per λ starting from the baseline. Writes checkpoints under
     ``out_dir/<run>/`` and ``out_dir/results.json`` (updated after every run); returns it."""
     import json
-    import os
     from dataclasses import asdict, replace
 
     from models.data import get_task, load_glue
@@ -287,13 +288,13 @@ def run_glue_experiment(
     prune_cfg = prune_cfg or FinetuneConfig(method="prune")
     res_path = os.path.join(out_dir, "results.json")
     results: dict[str, Any] = json.load(open(res_path)) if os.path.exists(res_path) else {}
-    results["setup"] = {"task": task, "ckpt": ckpt_dir, "max_length": max_length,
+    results["setup"] = {"task": task, "ckpt": str(ckpt_dir), "glue_dir": str(glue_dir), "max_length": max_length,
                         "n_train": len(data["train"]), "n_dev": len(data["dev"]),
                         "base_cfg": asdict(base_cfg), "prune_cfg": asdict(prune_cfg)}
 
     def dump() -> None:
         with open(res_path, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(results, f, indent=2, default=str)
 
     bdir = os.path.join(out_dir, "baseline")
     if os.path.exists(os.path.join(bdir, "model.safetensors")):

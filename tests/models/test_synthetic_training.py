@@ -56,3 +56,20 @@ def test_make_synthetic_spec(tmp_path: Path) -> None:
     assert len(raw["train"]) == 20 and len(raw["dev"]) == 10
     assert all(len(t.split()) <= 12 for t in raw["train"]["text_a"])
     assert BertTokenizerFast.from_pretrained(str(tok_dir)).vocab_size == tiny_bert_config().vocab_size
+
+
+def test_run_glue_experiment_smoke(tmp_path: Path) -> None:
+    import json
+
+    from models.training import run_glue_experiment
+
+    d = write_tiny_checkpoint(tmp_path / "ck", seed=0)
+    quick = dict(batch_size=32, max_steps=3, hard_max_steps=2, progress=False)
+    r = run_glue_experiment("synthetic", d, tmp_path / "out", glue_dir=d, max_length=32, max_train=200,
+                            base_cfg=FinetuneConfig(method="none", **quick),
+                            prune_cfg=FinetuneConfig(method="prune", **quick), lambdas=(0.1,),
+                            cache_dir=str(tmp_path / "cache"))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    for key in ("baseline", "bolt_we", "baseline/emulated", "prune_lambda0.1", "prune_lambda0.1/emulated"):
+        assert key in r and key in saved
+    assert (tmp_path / "out" / "prune_lambda0.1" / "thresholds.json").is_file()
