@@ -91,7 +91,7 @@ def load_glue_raw(
     """Raw splits ``{"train": Dataset, "dev": Dataset}`` of ``task``.
 
     From ``glue_dir/<Folder>/<file>.tsv`` when ``glue_dir`` is given (``FileNotFoundError``
-    naming the missing file otherwise), else from the hub (``load_dataset("glue", task)``).
+    naming the missing file otherwise), else from the hub (``load_dataset("nyu-mll/glue", task)``; needs network).
     """
     import datasets
 
@@ -100,8 +100,8 @@ def load_glue_raw(
     if glue_dir is None:
         hub = dict(spec.hub_splits)
         for s in splits:
-            ds = datasets.load_dataset("glue", task, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
-            out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub glue/{task}:{hub[s]}")
+            ds = datasets.load_dataset("nyu-mll/glue", task, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
+            out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub nyu-mll/glue/{task}:{hub[s]}")
         return out
     for s in splits:
         if s not in spec.files:
