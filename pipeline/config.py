@@ -121,13 +121,18 @@ class DataConfig:
 class FinetuneConfig:
     """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per (λ, T).
 
-    Mapped onto ``models.training.FinetuneConfig``; ``epochs`` may be fractional.
+    Mapped onto ``models.training.FinetuneConfig``. ``epochs``/``lr`` train the baseline;
+    each candidate starts from it and trains ``prune_epochs`` soft-mask epochs at
+    ``prune_lr`` (thresholds at ``threshold_lr``), then ``hard_epochs`` with hard masks.
+    Epochs may be fractional. Defaults suit the embedded tiny model.
     """
 
-    epochs: float = 3.0
+    epochs: float = 5.0
     batch_size: int = 32
-    lr: float = 5e-5
-    threshold_lr: float = 1e-3
+    lr: float = 1e-3
+    prune_epochs: float = 1.0
+    prune_lr: float = 2e-4
+    threshold_lr: float = 2e-3
     lambdas: list[float] = field(default_factory=lambda: [0.05, 0.2])
     temperatures: list[float] = field(default_factory=lambda: [1e-3])
     hard_epochs: float = 0.5
@@ -138,6 +143,7 @@ class FinetuneConfig:
     theta_quantile: float = 0.3
     beta_factor: float = 2.0
     seed: int = 0
+    torch_threads: int = 1  # intra-op threads; >1 pays off only for large models on an idle machine
 
 
 @dataclass

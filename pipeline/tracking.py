@@ -143,6 +143,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_id = self._experiment(cfg.tracking.experiment)
+        mlflow.set_experiment(experiment_id=self.experiment_id)  # nested runs land here too
         self.code, self.dirty = code_version(cfg.paths.root)
         self.parent_run_id = parent_run_id
 

@@ -2,6 +2,7 @@
 ``run(ctx) -> None``; computation lives in ``models/`` and ``protocols/``."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -19,24 +20,13 @@ class StageContext:
     upstream: dict[str, str]
 
 
-def _load() -> dict[Stage, ModuleType]:
-    from pipeline.stages import finetune, prepare, report, search, secure_eval
-
-    return {
-        Stage.prepare: prepare,
-        Stage.finetune: finetune,
-        Stage.search: search,
-        Stage.secure_eval: secure_eval,
-        Stage.report: report,
-    }
-
-
 class _Registry(dict):
-    """Stage modules, imported on first use (keeps ``--help`` and config tests fast)."""
+    """Stage modules, each imported on first use (keeps config tests and ``--help`` fast)."""
 
     def __missing__(self, stage: Stage) -> ModuleType:
-        self.update(_load())
-        return dict.__getitem__(self, stage)
+        module = importlib.import_module(f"pipeline.stages.{stage.value}")
+        self[stage] = module
+        return module
 
 
 STAGES: dict[Stage, ModuleType] = _Registry()

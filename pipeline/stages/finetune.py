@@ -19,7 +19,7 @@ from pipeline.stages.common import DatasetManifest, curated_params
 def params(cfg: PipelineConfig) -> dict[str, Any]:
     f = cfg.finetune
     return {**curated_params(cfg), "epochs": f.epochs, "lr": f.lr, "threshold_lr": f.threshold_lr,
-            "lambdas": f.lambdas, "temperatures": f.temperatures, "hard_epochs": f.hard_epochs,
+            "prune_epochs": f.prune_epochs, "prune_lr": f.prune_lr, "lambdas": f.lambdas, "temperatures": f.temperatures, "hard_epochs": f.hard_epochs,
             "ops": f.ops.value, "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size}
 
 
@@ -43,7 +43,10 @@ def run(ctx: StageContext) -> None:
     from models.training import FinetuneConfig, finetune, set_seed
     from models.weights import save_checkpoint
 
+    import torch
+
     cfg, f = ctx.cfg, ctx.cfg.finetune
+    torch.set_num_threads(f.torch_threads)
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     train, dev = manifest.load("train"), manifest.load("dev")
     set_seed(f.seed)
@@ -56,8 +59,9 @@ def run(ctx: StageContext) -> None:
         beta_factor=f.beta_factor,
     )
     plans = [("baseline", base_cfg, 0.0, 0.0)]
-    plans += [(f"lambda={lam:g},T={t:g}", replace(base_cfg, method="prune", lambda_=lam, temperature=t), lam, t)
-              for lam in f.lambdas for t in f.temperatures]
+    plans += [(f"lambda_{lam:g}_T_{t:g}",
+               replace(base_cfg, method="prune", lambda_=lam, temperature=t, epochs=f.prune_epochs, lr=f.prune_lr),
+               lam, t) for lam in f.lambdas for t in f.temperatures]
     for name, train_cfg, lam, temp in plans:
         model = base_model if train_cfg.method == "none" else copy.deepcopy(base_model)
         tags = {"kind": "candidate", "method": train_cfg.method, "lambda": lam, "temperature": temp,

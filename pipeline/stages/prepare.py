@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> None:
         target = cache / split
         tok.save_to_disk(str(target))
         splits[split] = str(target)
-        lengths = tok["attention_mask"].sum(dim=1).float()
+        lengths = tok.with_format("numpy")["attention_mask"][:].sum(axis=1)
         metrics.update({f"examples/{split}": len(tok), f"tokens_mean/{split}": float(lengths.mean()),
                         f"truncated/{split}": float((lengths >= cfg.data.max_length).sum())})
     num_labels = 2 if cfg.data.task is Task.synthetic else get_task(cfg.data.task.value).num_labels

@@ -23,13 +23,15 @@ def params(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _candidates(ctx: StageContext, prepare_id: str) -> pd.DataFrame:
+    """Candidate runs of every FINISHED finetune run on ``prepare_id`` (a multirun accumulates)."""
     import mlflow
 
-    runs = mlflow.search_runs(
-        [ctx.tracker.experiment_id],
-        filter_string=f"tags.kind = 'candidate' and tags.upstream_prepare = '{prepare_id}' "
-                      "and attributes.status = 'FINISHED'",
-    )
+    experiment = [ctx.tracker.experiment_id]
+    parents = mlflow.search_runs(experiment, filter_string=(
+        f"tags.stage = 'finetune' and tags.upstream_prepare = '{prepare_id}' and attributes.status = 'FINISHED'"))
+    runs = mlflow.search_runs(experiment, filter_string="tags.kind = 'candidate' and attributes.status = 'FINISHED'")
+    if not runs.empty:
+        runs = runs[runs["tags.mlflow.parentRunId"].isin(set(parents["run_id"]))]
     if runs.empty:
         raise RuntimeError(f"no FINISHED fine-tuning candidates on prepare run {prepare_id}; run stage=finetune first")
     return runs
