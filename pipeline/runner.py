@@ -13,7 +13,7 @@ from pipeline.stages import STAGES, StageContext
 from pipeline.tracking import PARENT_RUN_FILE, Tracker, sections_hash
 from pipeline.validate import validate
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.prepare: (),
