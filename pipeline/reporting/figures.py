@@ -1,0 +1,206 @@
+"""The paper's figures from tidy run frames (matplotlib, Agg backend), ours beside the paper's.
+
+Each builder writes PNGs under ``out_dir`` and returns their paths, or raises
+:class:`FigureSkipped` with the reason when its data is absent.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline.reporting import paper  # noqa: E402
+from pipeline.reporting.tables import GROUP, method_rank, newest  # noqa: E402
+
+OP_COLORS = {"Linear": "#4c72b0", "Softmax": "#dd8452", "GELU": "#55a868", "LayerNorm": "#c44e52",
+             "Prune": "#8172b3", "Reduce": "#937860", "Other": "#bbbbbb"}
+
+
+class FigureSkipped(Exception):
+    """The figure's data is absent; the message says what is missing."""
+
+
+def _layer_columns(frame: pd.DataFrame, prefix: str = "kept_tokens/layer_") -> list[str]:
+    cols = [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+    return sorted(cols, key=lambda c: int(c[len(prefix):]))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _slug(*parts: object) -> str:
+    return "_".join(str(p).replace("/", "-").replace(" ", "-") for p in parts)
+
+
+def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Tokens entering each layer per (model, length, method), absolute and as a ratio of
+    the input length over relative depth, beside the paper's BERT-base schedule."""
+    cols = _layer_columns(methods) if not methods.empty else []
+    if not cols:
+        raise FigureSkipped("no secure_eval run logged kept_tokens/layer_{i}")
+    rows = newest(methods, GROUP + ["method"])
+    rows = rows.assign(_r=rows["method"].map(method_rank)).sort_values(["model", "max_length", "_r"])
+    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ref = np.asarray(paper.KEPT_TOKENS["bert_base"], dtype=float)
+    for _, row in rows.iterrows():
+        vals = row[cols].astype(float).dropna().to_numpy()
+        if vals.size == 0:
+            continue
+        label = f"{row['model']} L={row['max_length']} {row['method']}"
+        ax_abs.plot(np.arange(vals.size), vals, marker="o", ms=3, label=label)
+        depth = np.arange(vals.size) / max(vals.size, 1)
+        ax_rel.plot(depth, vals / vals[0], marker="o", ms=3, label=label)
+    for length in sorted(rows["max_length"].unique()):
+        ax_abs.plot(np.arange(ref.size), ref * length / paper.PAPER_MAX_LENGTH, "k--", lw=1,
+                    label=f"paper BERT-base CipherPrune (scaled to {length})")
+    ax_rel.plot(np.arange(ref.size) / ref.size, ref / ref[0], "k--", lw=1.5, label="paper BERT-base CipherPrune")
+    ax_abs.set(xlabel="layer", ylabel="tokens entering layer", title="Kept tokens per layer")
+    ax_rel.set(xlabel="relative depth (layer / layers)", ylabel="kept / input length", title="Keep ratio")
+    ax_abs.legend(fontsize=6)
+    ax_rel.legend(fontsize=6)
+    return [_save(fig, out_dir / "kept_tokens.png")]
+
+
+def _stack(ax: Any, frame: pd.DataFrame, prefix: str, ylabel: str, title: str) -> bool:
+    ops = [op for op in (*paper.OPS, "Other") if f"{prefix}{op}" in frame]
+    if not ops:
+        return False
+    bottom = np.zeros(len(frame))
+    x = np.arange(len(frame))
+    for op in ops:
+        vals = frame[f"{prefix}{op}"].astype(float).fillna(0.0).to_numpy()
+        ax.bar(x, vals, bottom=bottom, color=OP_COLORS[op], label=op)
+        bottom += vals
+    ax.set_xticks(x, [paper.METHOD_LABELS.get(m, m) for m in frame["method"]], rotation=20, fontsize=7)
+    ax.set(ylabel=ylabel, title=title)
+    return True
+
+
+def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Stacked LAN / WAN time and communication by op class per method, one PNG per
+    (model, task, length), with the paper's Figure 10 (BERT-base, LAN) beside it."""
+    if methods.empty or not any(c.startswith(("time_s/lan/", "comm_mb/")) for c in methods):
+        raise FigureSkipped("no secure_eval run logged time_s/lan/{op} or comm_mb/{op}")
+    rows = newest(methods, GROUP + ["method"])
+    paths: list[Path] = []
+    for (model, task, length), grp in rows.groupby(GROUP):
+        grp = grp.assign(_r=grp["method"].map(method_rank)).sort_values("_r")
+        fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+        drawn = [_stack(axes[0], grp, "time_s/lan/", "s per inference", "Ours: LAN time"),
+                 _stack(axes[1], grp, "time_s/wan/", "s per inference", "Ours: WAN time"),
+                 _stack(axes[2], grp, "comm_mb/", "MB per inference", "Ours: communication")]
+        if not any(drawn):
+            plt.close(fig)
+            continue
+        fig10 = pd.DataFrame([{"method": m, **{f"op/{k}": v for k, v in ops.items()}}
+                              for m, ops in paper.BREAKDOWN_LAN_S.items()])
+        _stack(axes[3], fig10, "op/", "s", "Paper Fig. 10: BERT-base LAN (128)")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"Cost breakdown: {model}, {task}, {length} tokens")
+        paths.append(_save(fig, out_dir / f"breakdown_{_slug(model, task, length)}.png"))
+    if not paths:
+        raise FigureSkipped("no per-op cost metrics in any secure_eval run")
+    return paths
+
+
+def pareto_front(points: pd.DataFrame) -> pd.Series:
+    """True for candidates no other candidate beats on both accuracy (higher) and kept
+    tokens (lower), with one strictly better."""
+    acc, kept = points["acc"].to_numpy(float), points["kept_tokens_mean"].to_numpy(float)
+    front = [not np.any((acc >= a) & (kept <= k) & ((acc > a) | (kept < k))) for a, k in zip(acc, kept)]
+    return pd.Series(front, index=points.index)
+
+
+def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.DataFrame:
+    """Pruned candidates with on_front / selected, from the search's pareto.csv if present."""
+    pruned = grp[grp["method"] != "none"]
+    pts = pd.DataFrame({"run_id": pruned["run_id"], "acc": pruned.get("acc/dev"),
+                        "kept_tokens_mean": pruned.get("kept_tokens/mean")}).dropna(subset=["acc", "kept_tokens_mean"])
+    if pareto_csv is not None and set(pts["run_id"]) & set(pareto_csv["run_id"]):
+        flags = pareto_csv.set_index("run_id")[["on_front", "selected"]].astype(bool)
+        pts = pts.join(flags, on="run_id")
+        pts[["on_front", "selected"]] = pts[["on_front", "selected"]].fillna(False).astype(bool)
+        pts.attrs["source"] = f"pareto.csv of search run {pareto_csv.attrs.get('search_run_id', '?')}"
+    else:
+        pts["on_front"] = pareto_front(pts) if not pts.empty else []
+        pts["selected"] = False
+        pts.attrs["source"] = "front computed from candidates"
+    return pts
+
+
+def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.DataFrame],
+           out_dir: Path) -> list[Path]:
+    """Accuracy vs mean kept tokens of the fine-tuning candidates, Pareto front highlighted,
+    the search's pick starred, the unpruned baseline as a horizontal line."""
+    if candidates.empty or not {"acc/dev", "kept_tokens/mean"} <= set(candidates.columns):
+        raise FigureSkipped("no FINISHED fine-tuning candidates with acc/dev and kept_tokens/mean")
+    groups = [(k, g) for k, g in candidates.groupby(GROUP) if (g["method"] != "none").any()]
+    if not groups:
+        raise FigureSkipped("no pruned fine-tuning candidates")
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    for ax, ((model, task, length), grp) in zip(axes[0], groups):
+        pts = _candidate_points(grp, tables.get((model, task, int(length))))
+        ax.scatter(pts["kept_tokens_mean"], pts["acc"], c="#999999", label="candidate")
+        front = pts[pts["on_front"]].sort_values("kept_tokens_mean")
+        ax.plot(front["kept_tokens_mean"], front["acc"], "o-", c="#c44e52", label="Pareto front")
+        sel = pts[pts["selected"]]
+        ax.scatter(sel["kept_tokens_mean"], sel["acc"], marker="*", s=250, c="gold", edgecolors="k",
+                   zorder=5, label="selected")
+        for _, p in pts.iterrows():
+            lam = grp.set_index("run_id").get("lambda", pd.Series(dtype=float)).get(p["run_id"], math.nan)
+            if pd.notna(lam):
+                ax.annotate(f"λ={lam:g}", (p["kept_tokens_mean"], p["acc"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        base = grp[grp["method"] == "none"].get("acc/dev")
+        if base is not None and base.notna().any():
+            ax.axhline(float(base.max()), ls="--", c="k", lw=1, label="unpruned baseline")
+        ax.set(xlabel="mean kept tokens per layer", ylabel="dev metric",
+               title=f"{model}, {task}, {length} tokens\n({pts.attrs['source']})")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=7)
+    return [_save(fig, out_dir / "pareto.png")]
+
+
+def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """LAN time per method at each max_length (e.g. 128 vs 512), speed-up vs ``none`` on top."""
+    if methods.empty or "time_s/lan" not in methods:
+        raise FigureSkipped("no secure_eval run logged time_s/lan")
+    rows = newest(methods, GROUP + ["method"])
+    groups = [(k, g) for k, g in rows.groupby(["model", "task"]) if g["max_length"].nunique() >= 2]
+    if not groups:
+        raise FigureSkipped("scaling needs secure_eval runs of one model and task at two or more max_length "
+                            "values (e.g. `python -m pipeline -m experiment=scaling_512`)")
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, ((model, task), grp) in zip(axes[0], groups):
+        methods_here = sorted(grp["method"].unique(), key=method_rank)
+        lengths = sorted(grp["max_length"].unique())
+        width = 0.8 / len(lengths)
+        for j, length in enumerate(lengths):
+            at = grp[grp["max_length"] == length].set_index("method")
+            times = [float(at["time_s/lan"].get(m, math.nan)) for m in methods_here]
+            x = np.arange(len(methods_here)) + j * width
+            ax.bar(x, times, width, label=f"{length} tokens")
+            base = float(at["time_s/lan"].get("none", math.nan))
+            for xi, t in zip(x, times):
+                if pd.notna(t) and pd.notna(base) and t > 0:
+                    ax.annotate(f"{base / t:.1f}×", (xi, t), ha="center", fontsize=7,
+                                xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(np.arange(len(methods_here)) + width * (len(lengths) - 1) / 2,
+                      [paper.METHOD_LABELS.get(m, m) for m in methods_here], fontsize=8)
+        ax.set(ylabel="LAN time per inference (s)", title=f"{model}, {task}: scaling with length")
+        ax.text(0.01, 0.98, f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, "
+                            f"{paper.SPEEDUP_512}× at 512", transform=ax.transAxes, va="top", fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+    return [_save(fig, out_dir / "scaling.png")]

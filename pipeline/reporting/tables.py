@@ -1,0 +1,162 @@
+"""Paper tables from tidy run frames: Table 1 (cost per model and method) and Table 2
+(ablation accuracy per task), each written as CSV (raw numbers), Markdown and LaTeX.
+
+Input frames come from :mod:`pipeline.reporting` loaders: one row per FINISHED
+``secure_eval`` method run, columns ``model, task, max_length, method, run_id,
+start_time`` plus the run's metrics under their MLflow names (``time_s/lan`` ...).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from pipeline.reporting import paper
+
+MISSING = "—"
+GROUP = ["model", "task", "max_length"]
+
+
+def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One run per ``keys`` combination: the one that started last."""
+    return frame.sort_values("start_time", ascending=False).drop_duplicates(keys, keep="first")
+
+
+def method_rank(method: str) -> int:
+    """Paper order of methods (unknown ones last)."""
+    return paper.METHOD_ORDER.index(method) if method in paper.METHOD_ORDER else len(paper.METHOD_ORDER)
+
+
+def kept_tokens_sum(row: pd.Series) -> float:
+    """Σ over layers of ``kept_tokens/layer_{i}`` (NaN when the run logged none)."""
+    values = [row[c] for c in row.index if c.startswith("kept_tokens/layer_") and pd.notna(row[c])]
+    return float(sum(values)) if values else math.nan
+
+
+def _metric(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name].astype(float) if name in frame else pd.Series(math.nan, index=frame.index)
+
+
+def _opt(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
+
+
+def table1(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: one row per (model, task, max_length, method), ours beside the paper's.
+
+    Speed-ups are LAN time of the reference method (``none`` / ``bolt_we``) of the same
+    model, task and length divided by this row's LAN time; NaN where the reference is absent.
+    """
+    rows = newest(runs, GROUP + ["method"]).copy()
+    out = pd.DataFrame({
+        "model": rows["model"], "task": rows["task"], "max_length": rows["max_length"].astype(int),
+        "method": rows["method"], "label": rows["method"].map(lambda m: paper.METHOD_LABELS.get(m, m)),
+        "time_lan_s": _metric(rows, "time_s/lan"), "time_wan_s": _metric(rows, "time_s/wan"),
+        "comm_gb": _metric(rows, "comm_mb/total") / 1024.0,
+        "acc_dev": _metric(rows, "acc/dev"), "acc_secure": _metric(rows, "acc/secure"),
+        "kept_tokens_sum": rows.apply(kept_tokens_sum, axis=1), "run_id": rows["run_id"],
+    })
+    for ref in ("none", "bolt_we"):
+        ref_time = out[out["method"] == ref].set_index(GROUP)["time_lan_s"]
+        keyed = pd.MultiIndex.from_frame(out[GROUP])
+        out[f"speedup_vs_{ref}"] = ref_time.reindex(keyed).to_numpy() / out["time_lan_s"].to_numpy()
+    cells = [paper.table1_cell(r.model, r.method, r.max_length) for r in out.itertuples()]
+    out["paper_time_lan_s"] = [math.nan if c is None else c.time_lan_s for c in cells]
+    out["paper_comm_gb"] = [math.nan if c is None else _opt(c.comm_gb) for c in cells]
+    out["paper_acc"] = [math.nan if c is None else _opt(c.acc) for c in cells]
+    for ref in ("none", "bolt_we"):
+        out[f"paper_speedup_vs_{ref}"] = [
+            _opt(paper.paper_speedup(r.model, r.method, ref, r.max_length)) for r in out.itertuples()]
+    out["_rank"] = out["method"].map(method_rank)
+    out = out.sort_values(["model", "task", "max_length", "_rank"]).drop(columns="_rank")
+    return out.reset_index(drop=True)
+
+
+def table2(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 (ablation): one row per (model, max_length, method); our dev metric per task
+    beside the paper's BERT-base value, our mean LAN time over tasks beside the paper's."""
+    rows = newest(runs, GROUP + ["method"])
+    ours_tasks = sorted(set(rows["task"]) - set(paper.TASK_LABELS))
+    tasks = list(paper.TASK_LABELS) + ours_tasks
+    records: list[dict[str, object]] = []
+    for (model, length, method), grp in rows.groupby(["model", "max_length", "method"], sort=False):
+        acc = grp.set_index("task")["acc/dev"].astype(float) if "acc/dev" in grp else pd.Series(dtype=float)
+        rec: dict[str, object] = {"model": model, "max_length": int(length), "method": method,
+                                  "label": paper.METHOD_LABELS.get(method, method)}
+        for task in tasks:
+            rec[f"acc_{task}"] = float(acc[task]) if task in acc.index else math.nan
+            rec[f"paper_acc_{task}"] = paper.ABLATION_ACC.get(method, {}).get(task, math.nan)
+        rec["time_lan_s"] = float(_metric(grp, "time_s/lan").mean())
+        rec["paper_time_lan_s"] = paper.ABLATION_TIME_S.get(method, math.nan)
+        rec["tasks"] = ",".join(sorted(grp["task"]))
+        records.append(rec)
+    out = pd.DataFrame.from_records(records)
+    out["_rank"] = out["method"].map(method_rank)
+    return out.sort_values(["model", "max_length", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _fmt(value: object, digits: int) -> str:
+    if isinstance(value, float):
+        return MISSING if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _headers(columns: Iterable[str]) -> list[str]:
+    names = {
+        "max_length": "len", "label": "method", "time_lan_s": "LAN (s)", "time_wan_s": "WAN (s)",
+        "comm_gb": "comm (GB)", "acc_dev": "acc dev", "acc_secure": "acc secure",
+        "kept_tokens_sum": "Σ kept", "speedup_vs_none": "× vs w/o WE", "speedup_vs_bolt_we": "× vs BOLT",
+        "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
+        "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
+    }
+    out = []
+    for c in columns:
+        if c.startswith("paper_acc_"):
+            out.append(f"paper {paper.TASK_LABELS.get(c[10:], c[10:])}")
+        elif c.startswith("acc_") and c not in names:
+            out.append(paper.TASK_LABELS.get(c[4:], c[4:]))
+        else:
+            out.append(names.get(c, c))
+    return out
+
+
+DISPLAY_DROP = ("method", "run_id", "tasks")
+
+
+def display(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Formatted strings for Markdown / LaTeX: rounded numbers, ``—`` for missing values."""
+    shown = table.drop(columns=[c for c in DISPLAY_DROP if c in table])
+    text = shown.apply(lambda col: col.map(lambda v: _fmt(v, digits)))
+    text.columns = _headers(shown.columns)
+    return text
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                       ("#", r"\#"), ("—", "--"), ("×", r"$\times$"), ("Σ", r"$\Sigma$"), ("†", r"$^\dagger$")):
+        text = text.replace(char, repl)
+    return text
+
+
+def to_latex(text: pd.DataFrame, caption: str) -> str:
+    """A booktabs ``table`` environment (no jinja2 needed)."""
+    spec = "l" * 3 + "r" * (len(text.columns) - 3)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(_latex_escape(c) for c in text.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(str(v)) for v in row) + r" \\" for row in text.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> list[Path]:
+    """``<name>.csv`` (raw), ``<name>.md`` and ``<name>.tex`` (formatted); returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = display(table)
+    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
+    table.to_csv(paths[0], index=False)
+    paths[1].write_text(f"**{caption}**\n\n" + text.to_markdown(index=False) + "\n")
+    paths[2].write_text(to_latex(text, caption))
+    return paths

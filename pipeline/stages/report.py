@@ -1,0 +1,144 @@
+"""report: regenerate the paper's tables and figures from MLflow runs.
+
+Reads the experiments ``report.experiments`` (default: this config's
+``tracking.experiment``), selects FINISHED runs by the tags and params of
+docs/ARCHITECTURE.md "MLflow run layout" (newest run per table row), and writes
+Markdown, CSV and LaTeX tables and PNG figures under
+``<paths.outputs>/reports/<report.name>/``, all logged as artifacts (``report/``) of
+this run. A table without runs fails the stage, naming the experiment to launch; a
+figure without data is skipped with a note in ``index.md`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from rich.console import Console
+
+from pipeline.config import PipelineConfig
+from pipeline.stages import StageContext
+
+console = Console(stderr=True, soft_wrap=True)
+
+TABLES: dict[str, str] = {
+    "table1": "Table 1: secure inference cost per model and method (per inference), ours vs the paper "
+              "(BERT, 128 tokens, LAN)",
+    "table2": "Table 2: ablation, dev metric per task and LAN time per method, ours vs the paper (BERT-base)",
+}
+FIGURES: tuple[str, ...] = ("kept_tokens", "breakdown", "pareto", "scaling")
+
+
+def params(cfg: PipelineConfig) -> dict[str, Any]:
+    r = cfg.report
+    return {"report": r.name, "experiments": list(r.experiments) or [cfg.tracking.experiment],
+            "tables": list(r.tables), "figures": list(r.figures)}
+
+
+def _check_names(cfg: PipelineConfig) -> None:
+    bad_t = [t for t in cfg.report.tables if t not in TABLES]
+    bad_f = [f for f in cfg.report.figures if f not in FIGURES]
+    if bad_t or bad_f:
+        raise ValueError(f"unknown report.tables {bad_t} / report.figures {bad_f}; "
+                         f"tables: {sorted(TABLES)}, figures: {list(FIGURES)}")
+
+
+def _missing(what: str, names: list[str], uri: str, detail: str) -> "Exception":
+    from pipeline.reporting import ReportDataMissing, launch_hint
+
+    hints = " or ".join(f"`{launch_hint(n)}`" for n in names)
+    where = ", ".join(f"'{n}'" for n in names)
+    return ReportDataMissing(f"{what} needs FINISHED secure_eval runs (nested runs with tag kind=method "
+                             f"under a FINISHED secure_eval stage run{detail}) in MLflow experiment {where} "
+                             f"at {uri}; found none. Launch {hints} first.")
+
+
+def _table(name: str, methods: pd.DataFrame, names: list[str], uri: str) -> pd.DataFrame:
+    from pipeline.reporting import tables
+
+    label = "Table 1" if name == "table1" else "Table 2"
+    if methods.empty:
+        raise _missing(label, names, uri, "")
+    if name == "table1":
+        if "time_s/lan" not in methods or methods["time_s/lan"].isna().all():
+            raise _missing(label, names, uri, " with metric time_s/lan")
+        return tables.table1(methods)
+    if "acc/dev" not in methods or methods["acc/dev"].isna().all():
+        raise _missing(label, names, uri, " with metric acc/dev")
+    return tables.table2(methods)
+
+
+def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
+    """Headline numbers of a table as report-run metrics (speed-ups, accuracies)."""
+    out: dict[str, float] = {f"{name}/rows": float(len(table))}
+    for _, r in table.iterrows():
+        key = f"{r['model']}/L{r['max_length']}/{r['method']}"
+        for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s"):
+            if col in r and pd.notna(r[col]):
+                out[f"{name}/{col}/{key}"] = float(r[col])
+    return out
+
+
+def _index(out_dir: Path, sources: dict[str, Any], built: list[str], notes: list[str]) -> Path:
+    lines = [f"# Report `{sources['report']}`", "",
+             f"Experiments read: {', '.join(sources['experiments'])} (tracking URI {sources['uri']}); "
+             f"{sources['method_runs']} secure_eval method runs, {sources['candidate_runs']} fine-tuning "
+             "candidates; newest FINISHED run per row.", ""]
+    for name in built:
+        lines += [(out_dir / f"{name}.md").read_text(), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in sorted(out_dir.glob("*.png"))]
+    if notes:
+        lines += ["", "## Skipped figures", *[f"- {n}" for n in notes]]
+    path = out_dir / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(ctx: StageContext) -> None:
+    from pipeline import reporting
+    from pipeline.reporting import figures, tables
+
+    cfg = ctx.cfg
+    _check_names(cfg)
+    names = list(cfg.report.experiments) or [cfg.tracking.experiment]
+    ids = reporting.experiment_ids(ctx.tracker.client, names)
+    out_dir = Path(cfg.paths.outputs).resolve() / "reports" / cfg.report.name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a report directory holds only the latest regeneration
+    out_dir.mkdir(parents=True)
+    methods = reporting.method_runs(ids)
+    candidates = reporting.candidate_runs(ids) if "pareto" in cfg.report.figures else pd.DataFrame()
+
+    built: list[str] = []
+    metrics: dict[str, float] = {"method_runs": float(len(methods)), "candidate_runs": float(len(candidates))}
+    for name in cfg.report.tables:
+        table = _table(name, methods, names, ctx.tracker.uri)
+        tables.write_table(table, out_dir, name, TABLES[name])
+        metrics.update(_table_metrics(name, table))
+        built.append(name)
+        console.print(f"report: {name} with {len(table)} rows -> {out_dir / name}.md")
+
+    builders: dict[str, Callable[[], list[Path]]] = {
+        "kept_tokens": lambda: figures.kept_tokens(methods, out_dir),
+        "breakdown": lambda: figures.breakdown(methods, out_dir),
+        "pareto": lambda: figures.pareto(candidates, reporting.pareto_tables(ctx.tracker.client, ids), out_dir),
+        "scaling": lambda: figures.scaling(methods, out_dir),
+    }
+    notes: list[str] = []
+    figure_files: dict[str, list[str]] = {}
+    for name in cfg.report.figures:
+        try:
+            figure_files[name] = [p.name for p in builders[name]()]
+        except figures.FigureSkipped as why:
+            notes.append(f"{name}: {why}")
+            console.print(f"[yellow]report: figure {name} skipped: {why}")
+    sources = {"report": cfg.report.name, "experiments": names, "experiment_ids": ids, "uri": ctx.tracker.uri,
+               "method_runs": len(methods), "candidate_runs": len(candidates),
+               "runs": sorted(methods["run_id"]) if not methods.empty else []}
+    _index(out_dir, sources, built, notes)
+    ctx.run.log_dict({**sources, "tables": built, "figures": figure_files, "skipped": notes},
+                     "report/summary.json")
+    ctx.run.log_metrics(metrics)
+    ctx.run.log_artifact(out_dir, "report")
+    console.print(f"report: {len(built)} tables, {sum(map(len, figure_files.values()))} figures in {out_dir}")
