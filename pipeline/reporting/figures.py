@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 from pipeline.reporting import paper  # noqa: E402
 from pipeline.reporting.tables import GROUP, method_rank, newest  # noqa: E402
 
+METHOD_COLORS = {"none": "#4c72b0", "bolt_we": "#dd8452", "prune": "#55a868", "prune_reduce": "#c44e52"}
+LINESTYLES = ("-", "--", ":", "-.")
 OP_COLORS = {"Linear": "#4c72b0", "Softmax": "#dd8452", "GELU": "#55a868", "LayerNorm": "#c44e52",
              "Prune": "#8172b3", "Reduce": "#937860", "Other": "#bbbbbb"}
 
@@ -34,7 +36,8 @@ def _layer_columns(frame: pd.DataFrame, prefix: str = "kept_tokens/layer_") -> l
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if not getattr(fig, "_laid_out", False):
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -51,25 +54,30 @@ def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     if not cols:
         raise FigureSkipped("no secure_eval run logged kept_tokens/layer_{i}")
     rows = newest(methods, GROUP + ["method"])
-    rows = rows.assign(_r=rows["method"].map(method_rank)).sort_values(["model", "max_length", "_r"])
-    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows = rows.assign(_r=rows["method"].map(method_rank)).sort_values(GROUP + ["_r"])
+    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5.5))
     ref = np.asarray(paper.KEPT_TOKENS["bert_base"], dtype=float)
+    styles = {key: LINESTYLES[i % len(LINESTYLES)] for i, key in enumerate(rows[GROUP].drop_duplicates().itertuples(index=False))}
     for _, row in rows.iterrows():
         vals = row[cols].astype(float).dropna().to_numpy()
         if vals.size == 0:
             continue
-        label = f"{row['model']} L={row['max_length']} {row['method']}"
-        ax_abs.plot(np.arange(vals.size), vals, marker="o", ms=3, label=label)
-        depth = np.arange(vals.size) / max(vals.size, 1)
-        ax_rel.plot(depth, vals / vals[0], marker="o", ms=3, label=label)
+        style = {"marker": "o", "ms": 3, "ls": styles[tuple(row[GROUP])], "color": METHOD_COLORS.get(row["method"]),
+                 "label": f"{row['model']}/{row['task']}/L={row['max_length']} {row['method']}"}
+        ax_abs.plot(np.arange(vals.size), vals, **style)
+        ax_rel.plot(np.arange(vals.size) / vals.size, vals / vals[0], **style)
     for length in sorted(rows["max_length"].unique()):
-        ax_abs.plot(np.arange(ref.size), ref * length / paper.PAPER_MAX_LENGTH, "k--", lw=1,
+        ax_abs.plot(np.arange(ref.size), ref * length / paper.PAPER_MAX_LENGTH, color="k", lw=2, alpha=0.6,
                     label=f"paper BERT-base CipherPrune (scaled to {length})")
-    ax_rel.plot(np.arange(ref.size) / ref.size, ref / ref[0], "k--", lw=1.5, label="paper BERT-base CipherPrune")
+    ax_rel.plot(np.arange(ref.size) / ref.size, ref / ref[0], color="k", lw=2, alpha=0.6,
+                label="paper BERT-base CipherPrune")
     ax_abs.set(xlabel="layer", ylabel="tokens entering layer", title="Kept tokens per layer")
-    ax_rel.set(xlabel="relative depth (layer / layers)", ylabel="kept / input length", title="Keep ratio")
-    ax_abs.legend(fontsize=6)
-    ax_rel.legend(fontsize=6)
+    ax_rel.set(xlabel="relative depth (layer / layers)", ylabel="kept / input length",
+               title="Keep ratio (paper: 128-55-54-52-49-45-24-14-5-2-1-1)")
+    handles, labels = ax_abs.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 4), 1, 1))
+    fig._laid_out = True
     return [_save(fig, out_dir / "kept_tokens.png")]
 
 
@@ -85,6 +93,7 @@ def _stack(ax: Any, frame: pd.DataFrame, prefix: str, ylabel: str, title: str) -
         bottom += vals
     ax.set_xticks(x, [paper.METHOD_LABELS.get(m, m) for m in frame["method"]], rotation=20, fontsize=7)
     ax.set(ylabel=ylabel, title=title)
+    ax.margins(y=0.08)
     return True
 
 
@@ -199,8 +208,10 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
                                 xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(np.arange(len(methods_here)) + width * (len(lengths) - 1) / 2,
                       [paper.METHOD_LABELS.get(m, m) for m in methods_here], fontsize=8)
-        ax.set(ylabel="LAN time per inference (s)", title=f"{model}, {task}: scaling with length")
-        ax.text(0.01, 0.98, f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, "
-                            f"{paper.SPEEDUP_512}× at 512", transform=ax.transAxes, va="top", fontsize=7)
+        ax.set(ylabel="LAN time per inference (s)",
+               title=f"{model}, {task}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
+                     f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, {paper.SPEEDUP_512}× at 512")
+        ax.title.set_fontsize(9)
+        ax.margins(y=0.1)
         ax.legend(fontsize=7, loc="upper right")
     return [_save(fig, out_dir / "scaling.png")]
