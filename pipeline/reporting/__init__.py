@@ -19,6 +19,7 @@ from pipeline.config import PROJECT_ROOT
 
 PARENT = "tags.mlflow.parentRunId"
 KEYS = ("model", "task", "max_length")
+OPTIONAL_KEYS = ("protocol",)  # absent on fine-tuning candidates' own params
 
 
 class ReportDataMissing(RuntimeError):
@@ -78,6 +79,10 @@ def _tidy(children: pd.DataFrame, parents: pd.DataFrame, numeric_tags: tuple[str
         own = children[f"params.{key}"] if f"params.{key}" in children else pd.Series(None, index=children.index)
         inherited = children[PARENT].map(by_parent[f"params.{key}"]) if f"params.{key}" in by_parent else None
         out[key] = own.fillna(inherited) if inherited is not None else own
+    for key in OPTIONAL_KEYS:
+        own = children.get(f"params.{key}", pd.Series(None, index=children.index, dtype=object))
+        parent = children[PARENT].map(by_parent[f"params.{key}"]) if f"params.{key}" in by_parent else None
+        out[key] = (own.fillna(parent) if parent is not None else own).fillna("—")
     out["method"] = children["tags.method"] if "tags.method" in children else None
     for tag in numeric_tags:
         out[tag] = pd.to_numeric(children[f"tags.{tag}"], errors="coerce") if f"tags.{tag}" in children else None

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from pipeline.reporting import paper  # noqa: E402
 from pipeline.reporting.tables import GROUP, method_rank, newest  # noqa: E402
 
+CANDIDATE_GROUP = ["model", "task", "max_length"]  # fine-tuning does not depend on the protocol
 METHOD_COLORS = {"none": "#4c72b0", "bolt_we": "#dd8452", "prune": "#55a868", "prune_reduce": "#c44e52"}
 LINESTYLES = ("-", "--", ":", "-.")
 OP_COLORS = {"Linear": "#4c72b0", "Softmax": "#dd8452", "GELU": "#55a868", "LayerNorm": "#c44e52",
@@ -63,7 +64,7 @@ def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         if vals.size == 0:
             continue
         style = {"marker": "o", "ms": 3, "ls": styles[tuple(row[GROUP])], "color": METHOD_COLORS.get(row["method"]),
-                 "label": f"{row['model']}/{row['task']}/L={row['max_length']} {row['method']}"}
+                 "label": f"{row['model']}/{row['task']}/L={row['max_length']}/{row['protocol']} {row['method']}"}
         ax_abs.plot(np.arange(vals.size), vals, **style)
         ax_rel.plot(np.arange(vals.size) / vals.size, vals / vals[0], **style)
     for length in sorted(rows["max_length"].unique()):
@@ -104,7 +105,7 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         raise FigureSkipped("no secure_eval run logged time_s/lan/{op} or comm_mb/{op}")
     rows = newest(methods, GROUP + ["method"])
     paths: list[Path] = []
-    for (model, task, length), grp in rows.groupby(GROUP):
+    for (model, task, length, protocol), grp in rows.groupby(GROUP):
         grp = grp.assign(_r=grp["method"].map(method_rank)).sort_values("_r")
         fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
         drawn = [_stack(axes[0], grp, "time_s/lan/", "s per inference", "Ours: LAN time"),
@@ -117,8 +118,8 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
                               for m, ops in paper.BREAKDOWN_LAN_S.items()])
         _stack(axes[3], fig10, "op/", "s", "Paper Fig. 10: BERT-base LAN (128)")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"Cost breakdown: {model}, {task}, {length} tokens")
-        paths.append(_save(fig, out_dir / f"breakdown_{_slug(model, task, length)}.png"))
+        fig.suptitle(f"Cost breakdown: {model}, {task}, {length} tokens, {protocol}")
+        paths.append(_save(fig, out_dir / f"breakdown_{_slug(model, task, length, protocol)}.png"))
     if not paths:
         raise FigureSkipped("no per-op cost metrics in any secure_eval run")
     return paths
@@ -155,7 +156,7 @@ def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.Da
     the search's pick starred, the unpruned baseline as a horizontal line."""
     if candidates.empty or not {"acc/dev", "kept_tokens/mean"} <= set(candidates.columns):
         raise FigureSkipped("no FINISHED fine-tuning candidates with acc/dev and kept_tokens/mean")
-    groups = [(k, g) for k, g in candidates.groupby(GROUP) if (g["method"] != "none").any()]
+    groups = [(k, g) for k, g in candidates.groupby(CANDIDATE_GROUP) if (g["method"] != "none").any()]
     if not groups:
         raise FigureSkipped("no pruned fine-tuning candidates")
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
@@ -187,12 +188,12 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     if methods.empty or "time_s/lan" not in methods:
         raise FigureSkipped("no secure_eval run logged time_s/lan")
     rows = newest(methods, GROUP + ["method"])
-    groups = [(k, g) for k, g in rows.groupby(["model", "task"]) if g["max_length"].nunique() >= 2]
+    groups = [(k, g) for k, g in rows.groupby(["model", "task", "protocol"]) if g["max_length"].nunique() >= 2]
     if not groups:
         raise FigureSkipped("scaling needs secure_eval runs of one model and task at two or more max_length "
                             "values (e.g. `python -m pipeline -m experiment=scaling_512`)")
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
-    for ax, ((model, task), grp) in zip(axes[0], groups):
+    for ax, ((model, task, protocol), grp) in zip(axes[0], groups):
         methods_here = sorted(grp["method"].unique(), key=method_rank)
         lengths = sorted(grp["max_length"].unique())
         width = 0.8 / len(lengths)
@@ -209,7 +210,7 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xticks(np.arange(len(methods_here)) + width * (len(lengths) - 1) / 2,
                       [paper.METHOD_LABELS.get(m, m) for m in methods_here], fontsize=8)
         ax.set(ylabel="LAN time per inference (s)",
-               title=f"{model}, {task}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
+               title=f"{model}, {task}, {protocol}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
                      f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, {paper.SPEEDUP_512}× at 512")
         ax.title.set_fontsize(9)
         ax.margins(y=0.1)

@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline.reporting import paper
 
 MISSING = "—"
-GROUP = ["model", "task", "max_length"]
+GROUP = ["model", "task", "max_length", "protocol"]
 
 
 def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     rows = newest(runs, GROUP + ["method"]).copy()
     out = pd.DataFrame({
         "model": rows["model"], "task": rows["task"], "max_length": rows["max_length"].astype(int),
-        "method": rows["method"], "label": rows["method"].map(lambda m: paper.METHOD_LABELS.get(m, m)),
+        "protocol": rows["protocol"], "method": rows["method"], "label": rows["method"].map(lambda m: paper.METHOD_LABELS.get(m, m)),
         "time_lan_s": _metric(rows, "time_s/lan"), "time_wan_s": _metric(rows, "time_s/wan"),
         "comm_gb": _metric(rows, "comm_mb/total") / 1024.0,
         "acc_dev": _metric(rows, "acc/dev"), "acc_secure": _metric(rows, "acc/secure"),
@@ -70,7 +70,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         out[f"paper_speedup_vs_{ref}"] = [
             _opt(paper.paper_speedup(r.model, r.method, ref, r.max_length)) for r in out.itertuples()]
     out["_rank"] = out["method"].map(method_rank)
-    out = out.sort_values(["model", "task", "max_length", "_rank"]).drop(columns="_rank")
+    out = out.sort_values(GROUP + ["_rank"]).drop(columns="_rank")
     return out.reset_index(drop=True)
 
 
@@ -81,9 +81,10 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     ours_tasks = sorted(set(rows["task"]) - set(paper.TASK_LABELS))
     tasks = list(paper.TASK_LABELS) + ours_tasks
     records: list[dict[str, object]] = []
-    for (model, length, method), grp in rows.groupby(["model", "max_length", "method"], sort=False):
+    for (model, length, protocol, method), grp in rows.groupby(["model", "max_length", "protocol", "method"],
+                                                               sort=False):
         acc = grp.set_index("task")["acc/dev"].astype(float) if "acc/dev" in grp else pd.Series(dtype=float)
-        rec: dict[str, object] = {"model": model, "max_length": int(length), "method": method,
+        rec: dict[str, object] = {"model": model, "max_length": int(length), "protocol": protocol, "method": method,
                                   "label": paper.METHOD_LABELS.get(method, method)}
         for task in tasks:
             rec[f"acc_{task}"] = float(acc[task]) if task in acc.index else math.nan
@@ -94,7 +95,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
         records.append(rec)
     out = pd.DataFrame.from_records(records)
     out["_rank"] = out["method"].map(method_rank)
-    return out.sort_values(["model", "max_length", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+    return out.sort_values(["model", "max_length", "protocol", "_rank"]).drop(columns="_rank").reset_index(drop=True)
 
 
 def _fmt(value: object, digits: int) -> str:

@@ -129,8 +129,8 @@ def test_runs_appear_in_the_mlflow_ui(server: tuple[str, Tracker, dict[str, str]
     report_page = f"{url}/#/experiments/{exp}/runs/{ids['report']}"
     text = _text(report_page, tmp_path / "profile")
     speedup = LAN["none"] / LAN["prune_reduce"]
-    metric = tracker.run_metrics(ids["report"])["table1/speedup_vs_none/bert_base/L128/prune_reduce"]
+    metric = tracker.run_metrics(ids["report"])["table1/speedup_vs_none/bert_base/sst2/CHEETAH/L128/prune_reduce"]
     assert metric == pytest.approx(speedup)
-    assert "table1/speedup_vs_none/bert_base/L128/prune_reduce" in text and f"{speedup:.4f}"[:5] in text
+    assert "table1/speedup_vs_none/bert_base/sst2/CHEETAH/L128/prune_reduce" in text and f"{speedup:.4f}"[:5] in text
     if os.environ.get("CIPHERPRUNE_UI_SHOTS"):
         shutil.copy(Path(tracker.cfg.paths.outputs) / "reports" / "default" / "table1.md", shots / "table1.md")

@@ -27,9 +27,9 @@ LAYERS = {"tiny_bert": 2, "bert_base": 12}
 SPEED = {"none": 1.0, "bolt_we": 0.5, "prune": 0.3, "prune_reduce": 0.2}
 
 
-def _params(model: str, task: str, length: int) -> dict[str, object]:
+def _params(model: str, task: str, length: int, protocol: str = "CHEETAH") -> dict[str, object]:
     return {"model": model, "family": "bert", "task": task, "max_length": length, "layers": LAYERS[model],
-            "hidden": 64, "heads": 4, "protocol": "CHEETAH", "field": "FM64", "fraction_bits": 18,
+            "hidden": 64, "heads": 4, "protocol": protocol, "field": "FM64", "fraction_bits": 18,
             "transport": "threads"}
 
 
@@ -56,10 +56,10 @@ def fake_method_metrics(model: str, task: str, length: int, method: str, scale: 
 
 
 def log_secure_eval(tracker: Tracker, model: str, task: str, length: int, scale: float = 1.0,
-                    fail: bool = False) -> dict[str, str]:
+                    fail: bool = False, protocol: str = "CHEETAH") -> dict[str, str]:
     """One secure_eval stage run with a kind=method child per method; returns method -> run id."""
     ids: dict[str, str] = {}
-    params = _params(model, task, length)
+    params = _params(model, task, length, protocol)
     try:
         with tracker.stage_run(Stage.secure_eval, {}, {**params, "methods": list(METHODS)}, []) as run:
             for method in METHODS:
@@ -106,13 +106,16 @@ def log_finetune_and_search(tracker: Tracker) -> dict[str, str]:
 @pytest.fixture
 def store(compose_cfg: Callable[..., PipelineConfig], monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """Experiment 'fake': 2 models x 2 lengths on sst2 (+ bert_base mrpc), a stale and a
-    crashed duplicate of bert_base/sst2/128, fine-tuning candidates and a search run."""
+    crashed duplicate of bert_base/sst2/128, the same under SEMI2K, fine-tuning candidates
+    and a search run."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracker = Tracker(compose_cfg("tracking.experiment=fake"))
     log_secure_eval(tracker, "bert_base", "sst2", 128, scale=3.0)  # older: must lose to the newer one
     runs = {(m, "sst2", n): log_secure_eval(tracker, m, "sst2", n) for m in LAYERS for n in (128, 512)}
     runs[("bert_base", "mrpc", 128)] = log_secure_eval(tracker, "bert_base", "mrpc", 128)
     log_secure_eval(tracker, "bert_base", "sst2", 128, scale=5.0, fail=True)  # newest, but its stage FAILED
+    runs[("bert_base", "sst2", 128, "SEMI2K")] = log_secure_eval(tracker, "bert_base", "sst2", 128, scale=0.5,
+                                                                 protocol="SEMI2K")  # own rows, not newest of CHEETAH
     candidates = log_finetune_and_search(tracker)
     return {"tracker": tracker, "runs": runs, "candidates": candidates}
 
@@ -132,19 +135,20 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
         for ext in ("csv", "md", "tex"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"kept_tokens.png", "pareto.png", "scaling.png", "breakdown_bert_base_sst2_128.png"} <= pngs
+    assert {"kept_tokens.png", "pareto.png", "scaling.png", "breakdown_bert_base_sst2_128_CHEETAH.png"} <= pngs
     logged = {a.path for a in tracker.client.list_artifacts(report_run.info.run_id, "report")}
     assert {"report/table1.csv", "report/table1.md", "report/table1.tex", "report/scaling.png",
             "report/index.md", "report/summary.json"} <= logged
 
     t1 = pd.read_csv(out / "table1.csv")
-    assert len(t1) == 5 * 4  # (2 models x 2 lengths on sst2 + bert_base mrpc) x 4 methods
+    assert len(t1) == 6 * 4  # (2 models x 2 lengths on sst2 + bert_base mrpc + SEMI2K) x 4 methods
     assert {"model", "task", "max_length", "method", "time_lan_s", "time_wan_s", "comm_gb", "acc_dev",
             "kept_tokens_sum", "speedup_vs_none", "speedup_vs_bolt_we", "paper_time_lan_s", "paper_comm_gb",
             "paper_speedup_vs_none", "paper_speedup_vs_bolt_we", "run_id"} <= set(t1.columns)
     tr, runs = store["tracker"], store["runs"]
     ids = runs[("bert_base", "sst2", 128)]
-    row = t1[(t1.model == "bert_base") & (t1.task == "sst2") & (t1.max_length == 128)].set_index("method")
+    row = t1[(t1.model == "bert_base") & (t1.task == "sst2") & (t1.max_length == 128)
+             & (t1.protocol == "CHEETAH")].set_index("method")
     assert list(row.index) == list(METHODS)
     pr = row.loc["prune_reduce"]
     assert pr["run_id"] == ids["prune_reduce"]  # the newest FINISHED run, not the stale or crashed one
@@ -163,12 +167,15 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     tiny = t1[t1.model == "tiny_bert"]
     long = t1[(t1.model == "bert_base") & (t1.max_length == 512)]
     assert tiny["paper_time_lan_s"].isna().all() and long["paper_time_lan_s"].isna().all()
+    semi = t1[t1.protocol == "SEMI2K"].set_index("method")
+    semi_ids = runs[("bert_base", "sst2", 128, "SEMI2K")]
+    assert semi.loc["prune", "time_lan_s"] == _metric(tr, semi_ids["prune"], "time_s/lan")
     md = (out / "table1.md").read_text()
     assert "—" in md and "CipherPrune" in md and "BOLT w/o WE" in md
     assert r"\begin{tabular}" in (out / "table1.tex").read_text()
 
     t2 = pd.read_csv(out / "table2.csv")
-    b128 = t2[(t2.model == "bert_base") & (t2.max_length == 128)].set_index("method")
+    b128 = t2[(t2.model == "bert_base") & (t2.max_length == 128) & (t2.protocol == "CHEETAH")].set_index("method")
     assert list(b128.index) == list(METHODS)
     assert b128.loc["prune", "acc_sst2"] == _metric(tr, ids["prune"], "acc/dev")
     mrpc = runs[("bert_base", "mrpc", 128)]
@@ -180,7 +187,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     assert b128.loc["none", "time_lan_s"] == pytest.approx(mean_lan)
 
     metrics = report_run.data.metrics
-    assert metrics["table1/speedup_vs_none/bert_base/L128/prune_reduce"] == pytest.approx(pr["speedup_vs_none"])
+    assert metrics["table1/speedup_vs_none/bert_base/sst2/CHEETAH/L128/prune_reduce"] == pytest.approx(pr["speedup_vs_none"])
     summary = json.loads((Path(tracker.download(report_run.info.run_id, "report/summary.json"))).read_text())
     assert summary["skipped"] == [] and "pareto.png" in summary["figures"]["pareto"]
 
