@@ -10,12 +10,15 @@ run's metrics under their MLflow names.
 from __future__ import annotations
 
 import tempfile
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import pandas as pd
 import yaml
 
 from pipeline.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 PARENT = "tags.mlflow.parentRunId"
 KEYS = ("model", "task", "max_length")
@@ -36,11 +39,11 @@ def launch_hint(experiment: str) -> str:
     return f"python -m pipeline tracking.experiment={experiment}"
 
 
-def experiment_ids(client: object, names: Iterable[str]) -> dict[str, str]:
+def experiment_ids(client: "MlflowClient", names: Iterable[str]) -> dict[str, str]:
     """Experiment id per name; names that do not exist are left out."""
     found: dict[str, str] = {}
     for name in names:
-        exp = client.get_experiment_by_name(name)  # type: ignore[attr-defined]
+        exp = client.get_experiment_by_name(name)
         if exp is not None:
             found[name] = exp.experiment_id
     return found
@@ -107,7 +110,7 @@ def candidate_runs(ids: Mapping[str, str]) -> pd.DataFrame:
     return _tidy(children, parents, numeric_tags=("lambda", "temperature"))
 
 
-def pareto_tables(client: object, ids: Mapping[str, str]) -> dict[tuple[str, str, int], pd.DataFrame]:
+def pareto_tables(client: "MlflowClient", ids: Mapping[str, str]) -> dict[tuple[str, str, int], pd.DataFrame]:
     """``pareto.csv`` of the newest FINISHED search run per (model, task, max_length)."""
     runs = _search(ids, "tags.stage = 'search' and attributes.status = 'FINISHED'")
     tables: dict[tuple[str, str, int], pd.DataFrame] = {}
@@ -120,7 +123,7 @@ def pareto_tables(client: object, ids: Mapping[str, str]) -> dict[tuple[str, str
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                path = client.download_artifacts(run["run_id"], "pareto.csv", tmp)  # type: ignore[attr-defined]
+                path = client.download_artifacts(run["run_id"], "pareto.csv", tmp)
                 table = pd.read_csv(path)
             except Exception:  # noqa: BLE001 - older search runs without the artifact
                 continue

@@ -31,6 +31,7 @@ FIGURES: tuple[str, ...] = ("kept_tokens", "breakdown", "pareto", "scaling")
 
 
 def params(cfg: PipelineConfig) -> dict[str, Any]:
+    """Curated params of a report run: its name, the experiments it reads, what it builds."""
     r = cfg.report
     return {"report": r.name, "experiments": list(r.experiments) or [cfg.tracking.experiment],
             "tables": list(r.tables), "figures": list(r.figures)}
@@ -44,7 +45,7 @@ def _check_names(cfg: PipelineConfig) -> None:
                          f"tables: {sorted(TABLES)}, figures: {list(FIGURES)}")
 
 
-def _missing(what: str, names: list[str], uri: str, detail: str) -> "Exception":
+def _missing(what: str, names: list[str], uri: str, detail: str) -> Exception:
     from pipeline.reporting import ReportDataMissing, launch_hint
 
     hints = " or ".join(f"`{launch_hint(n)}`" for n in names)
@@ -97,6 +98,7 @@ def _index(out_dir: Path, sources: dict[str, Any], built: list[str], notes: list
 
 
 def run(ctx: StageContext) -> None:
+    """Build the configured tables (required) and figures (skipped with a note without data)."""
     from pipeline import reporting
     from pipeline.reporting import figures, tables
 
