@@ -141,9 +141,17 @@ def _latex_escape(text: str) -> str:
     return text
 
 
+def _numeric(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return str(value) == MISSING
+    return True
+
+
 def to_latex(text: pd.DataFrame, caption: str) -> str:
     """A booktabs ``table`` environment (no jinja2 needed)."""
-    spec = "l" * 3 + "r" * (len(text.columns) - 3)
+    spec = "".join("r" if all(_numeric(v) for v in text[c]) else "l" for c in text.columns)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(_latex_escape(c) for c in text.columns) + r" \\", r"\midrule"]
