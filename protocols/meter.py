@@ -1,0 +1,173 @@
+"""Cost meter: bytes, messages, time and estimated rounds per program, op class and layer.
+
+Source of truth is SPU itself: party 0 runs with ``enable_pphlo_profile``; after every
+program SPU logs per-pphlo-op lines and a ``Link details`` total for that party, which
+the meter parses (party 0's send bytes are party 1's receive bytes and vice versa).
+Rounds are an estimate: SPU reports messages ("actions"), not rounds, so each
+communicating pphlo op contributes ``ROUNDS_PER_OP`` rounds per execution.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+OP_CLASSES = ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network for the time model: ``compute + bytes / bandwidth + rounds × rtt``."""
+
+    name: str
+    bandwidth_bps: float
+    rtt_s: float
+
+
+LAN = Network("lan", 3e9, 0.8e-3)  # the paper's LAN: 3 Gbps, 0.8 ms
+WAN = Network("wan", 200e6, 40e-3)  # the paper's WAN: 200 Mbps, 40 ms
+NETWORKS = (LAN, WAN)
+
+# Estimated sequential rounds of one execution of a pphlo op under Cheetah (ℓ = 64):
+# HE matmul = query + response; comparison = millionaire tree over log2(ℓ) levels + 1;
+# product = OT product + truncation; iterative ops (division, rsqrt, exp, tanh) ≈ a
+# Newton/Goldschmidt loop of products and comparisons.
+ROUNDS_PER_OP = {
+    "pphlo.dot": 2, "pphlo.dot_general": 2, "pphlo.convolution": 2,
+    "pphlo.less": 7, "pphlo.greater": 7, "pphlo.less_equal": 7, "pphlo.greater_equal": 7,
+    "pphlo.equal": 7, "pphlo.not_equal": 7, "pphlo.maximum": 8, "pphlo.minimum": 8,
+    "pphlo.reduce": 8, "pphlo.sign": 7, "pphlo.abs": 8, "pphlo.floor": 7, "pphlo.select": 2,
+    "pphlo.multiply": 2, "pphlo.divide": 24, "pphlo.rsqrt": 24, "pphlo.sqrt": 24,
+    "pphlo.reciprocal": 20, "pphlo.exponential": 20, "pphlo.tanh": 24, "pphlo.logistic": 20,
+    "pphlo.shift_right_arithmetic": 2, "pphlo.shift_right_logical": 2, "pphlo.and": 2,
+    "pphlo.convert": 4,
+}
+DEFAULT_ROUNDS = 2
+
+_OP_LINE = re.compile(
+    r"- (?P<op>pphlo\.\w+), executed (?P<n>\d+) times, duration [\d.e+-]+s, send bytes (?P<sent>\d+) "
+    r"recv bytes (?P<recv>\d+), send actions (?P<sa>\d+), recv actions (?P<ra>\d+)"
+)
+_LINK_LINE = re.compile(
+    r"Link details: total send bytes (?P<sent>\d+), recv bytes (?P<recv>\d+), "
+    r"send actions (?P<sa>\d+), recv actions (?P<ra>\d+)"
+)
+
+
+@dataclass
+class ProgramCost:
+    """Cost of one program run. ``sent[p]``: bytes party p sent; ``messages[p]``: its sends."""
+
+    op: str
+    layer: Optional[int]
+    wall_s: float
+    sent: tuple[int, int]
+    messages: tuple[int, int]
+    rounds: int
+    pphlo_sent: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes_total(self) -> int:
+        return self.sent[0] + self.sent[1]
+
+    def network_time(self, net: Network) -> float:
+        """Modelled time: compute (wall time here) + both directions' bytes / bandwidth + rounds × RTT."""
+        return self.wall_s + 8.0 * self.bytes_total / net.bandwidth_bps + self.rounds * net.rtt_s
+
+
+def parse_profile(text: str) -> tuple[dict[str, tuple[int, int, int, int, int]], tuple[int, int, int, int]]:
+    """Per-op ``{op: (executions, sent, recv, send actions, recv actions)}`` and the link total
+    ``(sent, recv, send actions, recv actions)`` of the last program in ``text`` (party 0's log)."""
+    links = list(_LINK_LINE.finditer(text))
+    if not links:
+        raise RuntimeError("SPU profile not found in the log: was enable_pphlo_profile set on party 0?")
+    last = links[-1]
+    start = text.rfind("HLO profiling", 0, last.start())
+    ops: dict[str, tuple[int, int, int, int, int]] = {}
+    for m in _OP_LINE.finditer(text, max(start, 0), last.start()):
+        prev = ops.get(m["op"], (0, 0, 0, 0, 0))
+        ops[m["op"]] = tuple(a + int(b) for a, b in zip(prev, (m["n"], m["sent"], m["recv"], m["sa"], m["ra"])))  # type: ignore[assignment]
+    return ops, (int(last["sent"]), int(last["recv"]), int(last["sa"]), int(last["ra"]))
+
+
+def estimate_rounds(ops: dict[str, tuple[int, int, int, int, int]]) -> int:
+    """Σ over communicating ops of executions × ``ROUNDS_PER_OP`` (default ``DEFAULT_ROUNDS``)."""
+    return sum(n * ROUNDS_PER_OP.get(op, DEFAULT_ROUNDS) for op, (n, sent, recv, _, _) in ops.items() if sent or recv)
+
+
+class LogTail:
+    """Reads what SPU appended to its log file since the previous call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read_new(self) -> str:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+
+@dataclass
+class CostReport:
+    """An immutable view of program costs with totals, per-op sums and MLflow metrics."""
+
+    programs: list[ProgramCost]
+
+    def since(self, earlier: "CostReport") -> "CostReport":
+        return CostReport(self.programs[len(earlier.programs):])
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(p.bytes_total for p in self.programs)
+
+    @property
+    def rounds(self) -> int:
+        return sum(p.rounds for p in self.programs)
+
+    @property
+    def wall_s(self) -> float:
+        return sum(p.wall_s for p in self.programs)
+
+    def by_op(self) -> dict[str, "CostReport"]:
+        return {op: CostReport([p for p in self.programs if p.op == op]) for op in OP_CLASSES}
+
+    def by_layer(self) -> dict[Optional[int], "CostReport"]:
+        layers = sorted({p.layer for p in self.programs}, key=lambda v: -1 if v is None else v)
+        return {layer: CostReport([p for p in self.programs if p.layer == layer]) for layer in layers}
+
+    def network_time(self, net: Network) -> float:
+        return sum(p.network_time(net) for p in self.programs)
+
+    def to_metrics(self) -> dict[str, float]:
+        """Stable names: ``comm_mb/{op}``, ``time_s/{op}``, ``time_s/{lan,wan}/{op}`` and totals."""
+        out: dict[str, float] = {}
+        for op, part in self.by_op().items():
+            out[f"comm_mb/{op}"] = part.bytes_total / 2**20
+            out[f"time_s/{op}"] = part.wall_s
+            for net in NETWORKS:
+                out[f"time_s/{net.name}/{op}"] = part.network_time(net)
+        out["comm_mb/total"] = self.bytes_total / 2**20
+        out["time_s/total"] = self.wall_s
+        out["rounds/total"] = float(self.rounds)
+        for net in NETWORKS:
+            out[f"time_s/{net.name}"] = self.network_time(net)
+        return out
+
+
+class CostMeter:
+    """Collects ``ProgramCost`` records; the session feeds it after each program."""
+
+    def __init__(self) -> None:
+        self._programs: list[ProgramCost] = []
+
+    def record(self, cost: ProgramCost) -> None:
+        if cost.op not in OP_CLASSES:
+            raise ValueError(f"unknown op class {cost.op!r}; expected one of {OP_CLASSES}")
+        self._programs.append(cost)
+
+    def report(self) -> CostReport:
+        return CostReport(list(self._programs))

@@ -1,0 +1,97 @@
+"""Secure-friendly non-linear ops in JAX, parameterised by ``models.approx``.
+
+The same functions run in plain JAX (the plaintext reference) and compiled by SPU (the
+secure run); constants are never retyped here. Inputs are float arrays of any shape.
+Costs are per element under Cheetah (ℓ = 64-bit ring): a comparison ≈ O(ℓ) OT bits and
+O(log ℓ) rounds, a multiplication ≈ one OT-based product plus truncation.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW, LN2, ExpApprox, GeluApprox
+
+
+def polyval(coeffs: tuple[float, ...], x: jnp.ndarray) -> jnp.ndarray:
+    """Horner evaluation, ``coeffs`` highest degree first. Cost: deg multiplications."""
+    acc = jnp.full_like(x, coeffs[0])
+    for c in coeffs[1:]:
+        acc = acc * x + c
+    return acc
+
+
+def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_HIGH) -> jnp.ndarray:
+    """BOLT's GELU: ``0.5 x + P(|x|)`` on ``|x| < clip``, else ``relu(x)``.
+
+    Cost: 2 comparisons (|x|, the range test) and ``degree`` multiplications per element.
+    """
+    ax = jnp.abs(x)
+    inner = 0.5 * x + polyval(approx.coeffs, ax)
+    return jnp.where(ax < approx.clip, inner, 0.5 * (x + ax))
+
+
+def _pow2_neg(z: jnp.ndarray, bits: int) -> jnp.ndarray:
+    """``2**-z`` for integer-valued ``0 <= z < 2**bits`` by its binary digits:
+    ``Π_b (1 - z_b (1 - 2**-(2**b)))``. Cost: ``bits`` bit extractions + ``bits`` products."""
+    zi = z.astype(jnp.int32)
+    out = jnp.ones_like(z)
+    for b in range(bits):
+        bit = ((zi >> b) & 1).astype(z.dtype)
+        out = out * (1.0 - bit * (1.0 - 2.0 ** -(2**b)))
+    return out
+
+
+def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray:
+    """``exp(x)`` for ``x <= 0`` by range reduction (BOLT), 0 below ``approx.x_min``.
+
+    ``z = floor(-x / ln2)`` (clipped to ``z_max``), ``p = x + z ln2 ∈ (-ln2, 0]``,
+    ``exp(x) ≈ Q(p) · 2**-z``. Cost per element: 1 floor (truncation), 2 comparisons,
+    ``degree`` + ⌈log2(z_max+1)⌉ multiplications, ⌈log2(z_max+1)⌉ bit extractions.
+    """
+    z = jnp.floor(jnp.minimum(-x, -approx.x_min) * (1.0 / LN2))
+    p = x + z * LN2
+    bits = max(1, int(approx.z_max).bit_length())
+    value = polyval(approx.coeffs, p) * _pow2_neg(z, bits)
+    return jnp.where(x < approx.x_min, 0.0, value)
+
+
+def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray:
+    """Row softmax over the last axis: subtract the row max, approximate exp, divide.
+
+    ``bias`` is added to the logits first (broadcast; padding keys get
+    ``ATTENTION_MASK_BIAS``). Cost per row of n: n−1 comparisons (max), n exps, 1
+    reciprocal, n products.
+    """
+    if bias is not None:
+        x = x + bias
+    shifted = x - jnp.max(x, axis=-1, keepdims=True)
+    e = exp_nonpositive(shifted, approx)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def gelu_split(x: jnp.ndarray, k_high: int | None) -> jnp.ndarray:
+    """Rows ``[0:k_high]`` (axis 0) with ``GELU_HIGH``, the rest with ``GELU_LOW``; None: all high."""
+    if k_high is None or k_high >= x.shape[0]:
+        return gelu(x, GELU_HIGH)
+    return jnp.concatenate([gelu(x[:k_high], GELU_HIGH), gelu(x[k_high:], GELU_LOW)], axis=0)
+
+
+def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None) -> jnp.ndarray:
+    """Query rows (axis −2) ``[0:k_high]`` with ``EXP_HIGH``, the rest with ``EXP_LOW``."""
+    if k_high is None or k_high >= x.shape[-2]:
+        return softmax(x, bias, EXP_HIGH)
+    high = softmax(x[..., :k_high, :], bias, EXP_HIGH)
+    low = softmax(x[..., k_high:, :], bias, EXP_LOW)
+    return jnp.concatenate([high, low], axis=-2)
+
+
+def layernorm(x: jnp.ndarray, gamma: jnp.ndarray, beta: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """LayerNorm over the last axis with a reciprocal square root.
+
+    Cost per row of d: d products (variance), 1 rsqrt (SPU: iterative), d products.
+    """
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mu
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(var + eps) * gamma + beta

@@ -1,0 +1,281 @@
+"""Two-party sessions on SPU, and a plaintext session with the same interface.
+
+A session holds named secret values in each party's SPU runtime across programs, so a
+program can reveal a count and the next one can be compiled for a smaller static shape.
+Programs are JAX functions ``fn(*inputs, **static)``; compiled code is cached by
+(function, static arguments, input shapes) and re-labelled with the variable names.
+
+``PlainSession`` runs the very same programs in plain JAX: it is the plaintext reference
+that secure runs are compared with (same code path, same pruning decisions).
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from models.approx import FIXED_POINT
+from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_profile
+
+PROTOCOLS = ("REF2K", "SEMI2K", "CHEETAH", "ABY3")
+FIELDS = ("FM32", "FM64", "FM128")
+TRANSPORTS = ("threads", "processes")
+OWNERS = ("client", "server")
+
+
+class PartyFailure(RuntimeError):
+    """A party died, timed out or raised; the session is closed and its processes reaped."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to run: protocol, ring and fixed-point bits, transport, timeouts, sort method."""
+
+    protocol: str = "SEMI2K"
+    field: str = FIXED_POINT.field
+    fraction_bits: int = FIXED_POINT.fraction_bits
+    transport: str = "threads"
+    connect_timeout_s: float = 30.0
+    recv_timeout_s: float = 60.0
+    sort_method: str = "SORT_RADIX"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("field", self.field, FIELDS),
+                                     ("transport", self.transport, TRANSPORTS)):
+            if value not in allowed:
+                raise ValueError(f"session {name}={value!r}: expected one of {list(allowed)}")
+        ring = {"FM32": 32, "FM64": 64, "FM128": 128}[self.field]
+        if not 0 < self.fraction_bits < ring // 2:
+            raise ValueError(f"fraction_bits={self.fraction_bits}: must be in 1..{ring // 2 - 1} for {self.field}")
+        if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
+            raise ValueError(f"timeouts must be > 0, got connect={self.connect_timeout_s}, recv={self.recv_timeout_s}")
+
+    @property
+    def world_size(self) -> int:
+        return 3 if self.protocol == "ABY3" else 2
+
+    def runtime_config(self, profile: bool) -> Any:
+        import spu.libspu as libspu
+
+        cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, self.protocol),
+                                   field=getattr(libspu.FieldType, self.field), fxp_fraction_bits=self.fraction_bits)
+        cfg.sort_method = getattr(libspu.RuntimeConfig.SortMethod, self.sort_method)
+        cfg.enable_pphlo_profile = profile
+        return cfg
+
+
+@dataclass(frozen=True)
+class RevealRecord:
+    """One opened value: the leakage log of a session."""
+
+    name: str
+    to: str
+    purpose: str
+    layer: Optional[int]
+    value: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "to": self.to, "purpose": self.purpose, "layer": self.layer,
+                "shape": list(self.value.shape), "value": self.value.tolist()}
+
+
+@dataclass
+class _Program:
+    code: bytes
+    outputs: list[tuple[tuple[int, ...], np.dtype]]
+
+
+@dataclass
+class Session:
+    """Common bookkeeping: variable shapes, program cache, reveals, meter."""
+
+    meter: CostMeter = field(default_factory=CostMeter)
+    reveals: list[RevealRecord] = field(default_factory=list)
+    _meta: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
+    _programs: dict[tuple, _Program] = field(default_factory=dict)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[name][0]
+
+    def has(self, name: str) -> bool:
+        return name in self._meta
+
+    def _check_inputs(self, inputs: Sequence[str]) -> None:
+        missing = [n for n in inputs if n not in self._meta]
+        if missing:
+            raise KeyError(f"session has no variable(s) {missing}")
+
+    def _record_reveal(self, name: str, to: str, purpose: str, layer: Optional[int], value: np.ndarray) -> np.ndarray:
+        self.reveals.append(RevealRecord(name, to, purpose, layer, np.array(value, copy=True)))
+        return value
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release resources (nothing for plaintext)."""
+
+
+class PlainSession(Session):
+    """Plain JAX execution of the same programs: the plaintext reference (no secrecy, no cost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[str, Any] = {}
+
+    def share(self, name: str, value: np.ndarray, owner: str) -> None:
+        if owner not in OWNERS:
+            raise ValueError(f"owner={owner!r}: expected one of {list(OWNERS)}")
+        arr = np.asarray(value)
+        self._values[name] = arr
+        self._meta[name] = (arr.shape, arr.dtype)
+
+    def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
+            layer: Optional[int] = None, static: Optional[dict[str, Any]] = None) -> None:
+        self._check_inputs(inputs)
+        result = fn(*(self._values[n] for n in inputs), **(static or {}))
+        result = result if isinstance(result, (tuple, list)) else (result,)
+        for name, value in zip(outputs, result, strict=True):
+            arr = np.asarray(value)
+            self._values[name] = arr
+            self._meta[name] = (arr.shape, arr.dtype)
+
+    def reveal(self, name: str, *, to: str = "both", purpose: str, layer: Optional[int] = None) -> np.ndarray:
+        return self._record_reveal(name, to, purpose, layer, np.asarray(self._values[name]))
+
+    def delete(self, *names: str) -> None:
+        for n in names:
+            self._values.pop(n, None)
+            self._meta.pop(n, None)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS reports free on 127.0.0.1 (bound then released)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+_LOG_LOCK = threading.Lock()
+_PROCESS_LOG: Optional[Path] = None
+
+
+def process_log() -> Path:
+    """SPU's log of this process (set up once: SPU's logging is process-global)."""
+    global _PROCESS_LOG
+    with _LOG_LOCK:
+        if _PROCESS_LOG is None:
+            import spu.libspu as libspu
+
+            path = Path(tempfile.mkdtemp(prefix="cipherprune-spu-")) / "spu.log"
+            opts = libspu.logging.LogOptions()
+            opts.system_log_path = str(path)
+            opts.enable_console_logger = False
+            libspu.logging.setup_logging(opts)
+            _PROCESS_LOG = path
+        return _PROCESS_LOG
+
+
+class SecureSession(Session):
+    """Secret-shared execution on SPU, parties as threads or as OS processes on loopback.
+
+    Data owners secret-share their own inputs (``share(..., owner)``): the client its
+    token embeddings and mask, the server the weights and thresholds. Only ``reveal``
+    opens a value, and every opening is appended to ``reveals``.
+    """
+
+    def __init__(self, spec: SessionSpec) -> None:
+        super().__init__()
+        from spu import api
+
+        from protocols.parties import ProcessParties, ThreadParties
+
+        self.spec = spec
+        self._io = api.Io(spec.world_size, spec.runtime_config(False))
+        parties_cls = ThreadParties if spec.transport == "threads" else ProcessParties
+        self._parties = parties_cls(spec)
+
+    def share(self, name: str, value: np.ndarray, owner: str) -> None:
+        import spu.libspu as libspu
+
+        if owner not in OWNERS:
+            raise ValueError(f"owner={owner!r}: expected one of {list(OWNERS)}")
+        arr = np.asarray(value)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET)
+        self._parties.set_var(name, shares)
+        self._meta[name] = (arr.shape, arr.dtype)
+
+    def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: dict[str, Any]) -> _Program:
+        import functools
+
+        import spu.libspu as libspu
+        from spu.utils import frontend as fe
+
+        key = (fn.__module__, fn.__qualname__, tuple(sorted(static.items())), tuple(self._meta[n] for n in inputs))
+        if key not in self._programs:
+            examples = [np.zeros(*self._meta[n]) for n in inputs]
+            args = [f"in{i}" for i in range(len(inputs))]
+            exe, out = fe.compile(fe.Kind.JAX, functools.partial(fn, **static), examples, {}, args,
+                                  [libspu.Visibility.VIS_SECRET] * len(inputs), lambda outs: [f"out{i}" for i in range(len(outs))])
+            infos = out if isinstance(out, (tuple, list)) else [out]
+            self._programs[key] = _Program(exe.code, [(tuple(o.shape), np.dtype(o.dtype)) for o in infos])
+        return self._programs[key]
+
+    def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
+            layer: Optional[int] = None, static: Optional[dict[str, Any]] = None) -> None:
+        import spu.libspu as libspu
+
+        self._check_inputs(inputs)
+        program = self._compile(fn, inputs, static or {})
+        if len(program.outputs) != len(outputs):
+            raise ValueError(f"{fn.__qualname__} returns {len(program.outputs)} values, {len(outputs)} names given")
+        exe = libspu.Executable(name=fn.__qualname__, input_names=list(inputs), output_names=list(outputs), code=program.code)
+        start = time.perf_counter()
+        profile = self._parties.run(exe)
+        wall = time.perf_counter() - start
+        ops, (sent, recv, send_actions, recv_actions) = parse_profile(profile)
+        self.meter.record(ProgramCost(op=op, layer=layer, wall_s=wall, sent=(sent, recv),
+                                      messages=(send_actions, recv_actions), rounds=estimate_rounds(ops),
+                                      pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}))
+        for name, meta in zip(outputs, program.outputs):
+            self._meta[name] = meta
+
+    def reveal(self, name: str, *, to: str = "both", purpose: str, layer: Optional[int] = None) -> np.ndarray:
+        if to not in ("both", *OWNERS):
+            raise ValueError(f"reveal to={to!r}: expected 'both', 'client' or 'server'")
+        self._check_inputs([name])
+        value = self._io.reconstruct(self._parties.get_var(name))
+        return self._record_reveal(name, to, purpose, layer, value)
+
+    def delete(self, *names: str) -> None:
+        self._parties.delete([n for n in names if n in self._meta])
+        for n in names:
+            self._meta.pop(n, None)
+
+    def close(self) -> None:
+        self._parties.close()
+
+
+def TwoPartySession(spec: SessionSpec) -> Session:
+    """The secure session for ``spec`` (kept as the public constructor name)."""
+    return SecureSession(spec)
+
+
+__all__ = ["PartyFailure", "PlainSession", "RevealRecord", "SecureSession", "Session", "SessionSpec",
+           "TwoPartySession", "free_ports", "process_log"]
