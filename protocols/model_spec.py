@@ -1,0 +1,109 @@
+"""Model and pruning specifications for the JAX/SPU transformer (frozen, validated).
+
+``TransformerSpec`` mirrors ``models.config.BertConfig`` / ``GPT2Config`` without importing
+torch; ``PruningSpec`` carries the per-layer thresholds of ``thresholds.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from models.approx import LAYERNORM_EPS
+
+METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """Shape of a BERT (``causal=False``) or GPT-2 (``causal=True``) model."""
+
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    type_vocab: int = 2
+    num_labels: int = 2
+    layer_norm_eps: float = LAYERNORM_EPS
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "num_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TransformerSpec.{name}={value!r}: expected a positive int")
+        if not isinstance(self.type_vocab, int) or self.type_vocab < 0:
+            raise ValueError(f"TransformerSpec.type_vocab={self.type_vocab!r}: expected an int >= 0")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"TransformerSpec.layer_norm_eps={self.layer_norm_eps!r}: expected > 0")
+        if self.hidden % self.heads:
+            raise ValueError(f"TransformerSpec.hidden={self.hidden} is not divisible by heads={self.heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any], num_labels: int | None = None) -> "TransformerSpec":
+        """From a Hugging Face ``config.json`` dict (BERT or GPT-2 keys)."""
+        model_type = str(config.get("model_type", "")).lower()
+        if model_type == "gpt2" or "n_embd" in config:
+            hidden = int(config["n_embd"])
+            return cls(
+                vocab_size=int(config["vocab_size"]), hidden=hidden, layers=int(config["n_layer"]),
+                heads=int(config["n_head"]), intermediate=int(config.get("n_inner") or 4 * hidden),
+                max_positions=int(config.get("n_positions", config.get("n_ctx", 1024))), type_vocab=0,
+                num_labels=int(num_labels or config.get("num_labels", 2)),
+                layer_norm_eps=float(config.get("layer_norm_epsilon", 1e-5)), causal=True,
+            )
+        if "hidden_size" not in config:
+            raise ValueError(f"unsupported config (model_type={model_type!r}): no hidden_size / n_embd")
+        labels = num_labels or config.get("num_labels") or len(config.get("id2label", {})) or 2
+        return cls(
+            vocab_size=int(config["vocab_size"]), hidden=int(config["hidden_size"]),
+            layers=int(config["num_hidden_layers"]), heads=int(config["num_attention_heads"]),
+            intermediate=int(config["intermediate_size"]), max_positions=int(config["max_position_embeddings"]),
+            type_vocab=int(config.get("type_vocab_size", 2)), num_labels=int(labels),
+            layer_norm_eps=float(config.get("layer_norm_eps", LAYERNORM_EPS)), causal=False,
+        )
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    """``method`` ∈ none | bolt_we | prune | prune_reduce; ``theta``/``beta`` one per layer.
+
+    ``none`` and ``bolt_we`` ignore the thresholds (they may be empty). For ``prune`` and
+    ``prune_reduce`` both tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` and
+    ``β_l ≥ θ_l`` (β is unused by ``prune``).
+    """
+
+    method: str = "none"
+    theta: tuple[float, ...] = ()
+    beta: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(METHODS)}")
+        object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
+        object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
+        if self.method in ("prune", "prune_reduce"):
+            if not self.beta:
+                object.__setattr__(self, "beta", self.theta)
+            if len(self.theta) != len(self.beta):
+                raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} != len(beta)={len(self.beta)}")
+            for l, (t, b) in enumerate(zip(self.theta, self.beta)):
+                if not 0.0 <= t <= 1.0:
+                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected 0 <= theta <= 1")
+                if b < t:
+                    raise ValueError(f"PruningSpec.beta[{l}]={b} < theta[{l}]={t}: expected beta >= theta")
+
+    def check_layers(self, layers: int) -> None:
+        """Raise ValueError unless the thresholds have one entry per layer (when used)."""
+        if self.method in ("prune", "prune_reduce") and len(self.theta) != layers:
+            raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} but the model has {layers} layers")
+
+    @classmethod
+    def from_thresholds(cls, method: str, thresholds: Mapping[str, Any]) -> "PruningSpec":
+        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists)."""
+        return cls(method, tuple(thresholds.get("theta", ())), tuple(thresholds.get("beta", ())))
