@@ -71,9 +71,23 @@ class ProgramCost:
     def bytes_total(self) -> int:
         return self.sent[0] + self.sent[1]
 
-    def network_time(self, net: Network) -> float:
-        """Modelled time: compute (wall time here) + both directions' bytes / bandwidth + rounds × RTT."""
-        return self.wall_s + 8.0 * self.bytes_total / net.bandwidth_bps + self.rounds * net.rtt_s
+    def network_time(self, net: Network | float, rtt_s: Optional[float] = None) -> float:
+        """Modelled time: compute (wall time here) + both directions' bytes / bandwidth + rounds × RTT.
+
+        ``net`` is a ``Network`` or a bandwidth in bit/s (then ``rtt_s`` is required).
+        """
+        bw, rtt = _net_params(net, rtt_s)
+        return self.wall_s + 8.0 * self.bytes_total / bw + self.rounds * rtt
+
+
+def _net_params(net: Network | float, rtt_s: Optional[float]) -> tuple[float, float]:
+    if isinstance(net, Network):
+        return net.bandwidth_bps, net.rtt_s
+    if rtt_s is None:
+        raise ValueError("network_time(bandwidth_bps, rtt_s): rtt_s is required with a bare bandwidth")
+    if net <= 0 or rtt_s < 0:
+        raise ValueError(f"bandwidth_bps must be > 0 and rtt_s >= 0, got {net}, {rtt_s}")
+    return float(net), float(rtt_s)
 
 
 def parse_profile(text: str) -> tuple[dict[str, tuple[int, int, int, int, int]], tuple[int, int, int, int]]:
@@ -139,8 +153,13 @@ class CostReport:
         layers = sorted({p.layer for p in self.programs}, key=lambda v: -1 if v is None else v)
         return {layer: CostReport([p for p in self.programs if p.layer == layer]) for layer in layers}
 
-    def network_time(self, net: Network) -> float:
-        return sum(p.network_time(net) for p in self.programs)
+    @property
+    def messages(self) -> int:
+        return sum(p.messages[0] + p.messages[1] for p in self.programs)
+
+    def network_time(self, net: Network | float, rtt_s: Optional[float] = None) -> float:
+        """Σ programs' ``compute + bytes / bandwidth + rounds × rtt`` (see ``ProgramCost``)."""
+        return sum(p.network_time(net, rtt_s) for p in self.programs)
 
     def to_metrics(self) -> dict[str, float]:
         """Stable names: ``comm_mb/{op}``, ``time_s/{op}``, ``time_s/{lan,wan}/{op}`` and totals."""

@@ -2,7 +2,9 @@
 
 A session holds named secret values in each party's SPU runtime across programs, so a
 program can reveal a count and the next one can be compiled for a smaller static shape.
-Programs are JAX functions ``fn(*inputs, **static)``; compiled code is cached by
+Programs are JAX functions ``fn(*inputs, **static)`` when ``static`` is a dict (the
+convention used across ``protocols/``) or ``fn(*inputs, *static)`` when it is a tuple;
+static values are Python constants (ints, floats, approx objects) baked into the program; compiled code is cached by
 (function, static arguments, input shapes) and re-labelled with the variable names.
 
 ``PlainSession`` runs the very same programs in plain JAX: it is the plaintext reference
@@ -80,6 +82,10 @@ class RevealRecord:
     layer: Optional[int]
     value: np.ndarray
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "to": self.to, "purpose": self.purpose, "layer": self.layer,
                 "shape": list(self.value.shape), "value": self.value.tolist()}
@@ -140,9 +146,9 @@ class PlainSession(Session):
         self._meta[name] = (arr.shape, arr.dtype)
 
     def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
-            layer: Optional[int] = None, static: Optional[dict[str, Any]] = None) -> None:
+            layer: Optional[int] = None, static: Static = None) -> None:
         self._check_inputs(inputs)
-        result = fn(*(self._values[n] for n in inputs), **(static or {}))
+        result = _bind(fn, static)(*(self._values[n] for n in inputs))
         result = result if isinstance(result, (tuple, list)) else (result,)
         for name, value in zip(outputs, result, strict=True):
             arr = np.asarray(value)
@@ -156,6 +162,26 @@ class PlainSession(Session):
         for n in names:
             self._values.pop(n, None)
             self._meta.pop(n, None)
+
+
+Static = Optional[dict[str, Any] | tuple[Any, ...]]
+
+
+def _bind(fn: Callable[..., Any], static: Static) -> Callable[..., Any]:
+    """``fn`` with its static arguments bound: keywords for a dict, trailing positionals for a tuple."""
+    import functools
+
+    if not static:
+        return fn
+    if isinstance(static, dict):
+        return functools.partial(fn, **static)
+    return lambda *arrays: fn(*arrays, *static)
+
+
+def _static_key(static: Static) -> tuple[Any, ...]:
+    if isinstance(static, dict):
+        return tuple(sorted(static.items()))
+    return ("__positional__", *(static or ()))
 
 
 def free_ports(count: int) -> list[int]:
@@ -221,28 +247,26 @@ class SecureSession(Session):
         self._parties.set_var(name, shares)
         self._meta[name] = (arr.shape, arr.dtype)
 
-    def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: dict[str, Any]) -> _Program:
-        import functools
-
+    def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: Static) -> _Program:
         import spu.libspu as libspu
         from spu.utils import frontend as fe
 
-        key = (fn.__module__, fn.__qualname__, tuple(sorted(static.items())), tuple(self._meta[n] for n in inputs))
+        key = (fn, _static_key(static), tuple(self._meta[n] for n in inputs))
         if key not in self._programs:
             examples = [np.zeros(*self._meta[n]) for n in inputs]
             args = [f"in{i}" for i in range(len(inputs))]
-            exe, out = fe.compile(fe.Kind.JAX, functools.partial(fn, **static), examples, {}, args,
+            exe, out = fe.compile(fe.Kind.JAX, _bind(fn, static), examples, {}, args,
                                   [libspu.Visibility.VIS_SECRET] * len(inputs), lambda outs: [f"out{i}" for i in range(len(outs))])
             infos = out if isinstance(out, (tuple, list)) else [out]
             self._programs[key] = _Program(exe.code, [(tuple(o.shape), np.dtype(o.dtype)) for o in infos])
         return self._programs[key]
 
     def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
-            layer: Optional[int] = None, static: Optional[dict[str, Any]] = None) -> None:
+            layer: Optional[int] = None, static: Static = None) -> None:
         import spu.libspu as libspu
 
         self._check_inputs(inputs)
-        program = self._compile(fn, inputs, static or {})
+        program = self._compile(fn, inputs, static)
         if len(program.outputs) != len(outputs):
             raise ValueError(f"{fn.__qualname__} returns {len(program.outputs)} values, {len(outputs)} names given")
         exe = libspu.Executable(name=fn.__qualname__, input_names=list(inputs), output_names=list(outputs), code=program.code)
