@@ -45,11 +45,12 @@ def _pow2_neg(z: jnp.ndarray, bits: int) -> jnp.ndarray:
 def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray:
     """``exp(x)`` for ``x <= 0`` by range reduction (BOLT), 0 below ``approx.x_min``.
 
-    ``z = floor(-x / ln2)`` (clipped to ``z_max``), ``p = x + z ln2 ∈ (-ln2, 0]``,
+    ``z = floor(-x / ln2)`` (clipped to ``[0, z_max]``), ``p = x + z ln2 ∈ (-ln2, 0]``,
     ``exp(x) ≈ Q(p) · 2**-z``. Cost per element: 1 floor (truncation), 2 comparisons,
     ``degree`` + ⌈log2(z_max+1)⌉ multiplications, ⌈log2(z_max+1)⌉ bit extractions.
     """
-    z = jnp.floor(jnp.minimum(-x, -approx.x_min) * (1.0 / LN2))
+    # max(., 0): probabilistic truncation (Cheetah) may turn -x = 0 into -2^-f, whose floor is -1
+    z = jnp.maximum(jnp.floor(jnp.minimum(-x, -approx.x_min) * (1.0 / LN2)), 0.0)
     p = x + z * LN2
     bits = max(1, int(approx.z_max).bit_length())
     value = polyval(approx.coeffs, p) * _pow2_neg(z, bits)
