@@ -68,14 +68,20 @@ def tracking_uri(cfg: PipelineConfig) -> str:
     return f"sqlite:///{db}"
 
 
+CODE_DIRS = ("protocols", "models", "pipeline", "conf", "pyproject.toml")
+
+
 def code_version(root: str) -> tuple[str, bool]:
-    """Git sha of the project and whether the work tree is dirty (sha gets a diff hash)."""
+    """Git sha of the project and whether its code (``CODE_DIRS``) differs from it.
+
+    A dirty tree gets ``<sha>+<hash of the diff>``, so resumed sweeps never mix code versions.
+    """
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", ".", ":(exclude)outputs"],
+            ["git", "diff", "HEAD", "--", *CODE_DIRS],
             cwd=root, capture_output=True, text=True, check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
