@@ -48,7 +48,8 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
 
 
 def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds: dict, manifest: DatasetManifest,
-                     dev: Any) -> dict[str, float]:
+                     dev: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Dev metric of the torch emulation, and the secure runs' cost, agreement, schedule, reveals."""
     from models.config import OpsConfig
     from models.training import evaluate
     from protocols.model_spec import PruningSpec
@@ -76,14 +77,15 @@ def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds:
             pred = int(np.argmax(result.logits))
             agree += pred == int(np.argmax(reference.logits))
             correct += pred == int(ex["label"])
-            kept.append(list(result.kept_per_layer))
+            kept.append(list(result.entering_per_layer))
             reveals.extend({"example": i, **r.to_dict()} for r in session.reveals[len(reveals):])
     metrics = dict(sums)
     metrics.update({"acc/dev": emulated.metrics["metric"], "acc/secure": 100.0 * correct / n,
                     "agree/secure": 100.0 * agree / n, "examples/secure": n})
     mean_kept = np.mean(np.asarray(kept, dtype=float), axis=0)
     metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
-    metrics.update({f"kept_tokens_emulated/layer_{i}": float(k) for i, k in enumerate(emulated.kept_tokens)})
+    entering_emulated = [float(emulated.n0), *emulated.kept_tokens[:-1]]  # tokens entering each layer
+    metrics.update({f"kept_tokens_emulated/layer_{i}": k for i, k in enumerate(entering_emulated)})
     return metrics, reveals
 
 
