@@ -53,7 +53,8 @@ def main() -> None:
     rnd = lambda *s: (rng.normal(size=s) * 0.05).astype(np.float32)  # noqa: E731
     rows: list[tuple[str, str, float, int]] = []
     t0 = time.perf_counter()
-    with TwoPartySession(SessionSpec(protocol=args.protocol)) as s:
+    # HE matmuls of BERT-base shapes on 2 shared cores exceed the 60 s default receive timeout
+    with TwoPartySession(SessionSpec(protocol=args.protocol, recv_timeout_s=3600.0)) as s:
         s.share("x", rng.normal(size=(n, d)).astype(np.float32), "client")
         for name, shape in (("wqkv", (d, 3 * d)), ("wo", (d, d)), ("w1", (d, f)), ("w2", (f, d))):
             s.share(name, rnd(*shape), "server")

@@ -1,0 +1,137 @@
+"""Cost meter: parsing SPU's profile, per-op bytes add up to SPU's Link details totals,
+the time model and metric names, and (slow) the bandwidth model against a shaped link."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocols import nonlinear as nl
+from protocols.meter import LAN, OP_CLASSES, WAN, CostMeter, ProgramCost, estimate_rounds, parse_profile
+from protocols.session import Session, SessionSpec, TwoPartySession, process_log
+
+LOG = """I ... HLO profiling: total time 0.01
+- pphlo.less, executed 2 times, duration 0.001s, send bytes 100 recv bytes 100, send actions 3, recv actions 3
+- pphlo.add, executed 5 times, duration 1e-05s, send bytes 0 recv bytes 0, send actions 0, recv actions 0
+- pphlo.dot, executed 1 times, duration 0.002s, send bytes 40 recv bytes 60, send actions 1, recv actions 1
+I ... Link details: total send bytes 140, recv bytes 160, send actions 4, recv actions 4
+"""
+
+
+def test_parse_profile_and_rounds() -> None:
+    ops, link = parse_profile("old run\n- pphlo.less, executed 9 times, duration 1s, send bytes 9 recv bytes 9, "
+                              "send actions 9, recv actions 9\nLink details: total send bytes 9, recv bytes 9, "
+                              "send actions 9, recv actions 9\n" + LOG)
+    assert link == (140, 160, 4, 4)
+    assert ops["pphlo.less"] == (2, 100, 100, 3, 3) and ops["pphlo.dot"] == (1, 40, 60, 1, 1)
+    assert estimate_rounds(ops) == 2 * 7 + 1 * 2  # add does not communicate
+    with pytest.raises(RuntimeError, match="enable_pphlo_profile"):
+        parse_profile("no profile here")
+
+
+def test_time_model_and_metric_names() -> None:
+    meter = CostMeter()
+    meter.record(ProgramCost("Softmax", 0, wall_s=1.0, sent=(10**6, 2 * 10**6), messages=(5, 5), rounds=10))
+    meter.record(ProgramCost("Linear", 1, wall_s=2.0, sent=(0, 10**6), messages=(1, 1), rounds=2))
+    with pytest.raises(ValueError, match="op class"):
+        meter.record(ProgramCost("Matmul", 1, 0.0, (0, 0), (0, 0), 0))
+    r = meter.report()
+    assert r.bytes_total == 4 * 10**6 and r.rounds == 12
+    assert r.network_time(1e8, 0.01) == pytest.approx(3.0 + 32e6 / 1e8 + 12 * 0.01)
+    assert r.network_time(LAN) == pytest.approx(3.0 + 32e6 / 3e9 + 12 * 0.8e-3)
+    assert r.network_time(WAN) == pytest.approx(3.0 + 32e6 / 200e6 + 12 * 40e-3)
+    assert set(r.by_layer()) == {0, 1}
+    m = r.to_metrics()
+    for op in OP_CLASSES:
+        assert f"comm_mb/{op}" in m and f"time_s/{op}" in m
+    assert m["comm_mb/Softmax"] == pytest.approx(3e6 / 2**20)
+    assert m["time_s/Linear"] == 2.0 and m["rounds/total"] == 12.0
+    assert {"comm_mb/total", "time_s/total", "time_s/lan", "time_s/wan", "rounds/total"} <= set(m)
+
+
+def _last_link_line(text: str) -> tuple[int, int]:
+    _, (sent, recv, _, _) = parse_profile(text)
+    return sent, recv
+
+
+def test_bytes_equal_spu_link_details(secure_session: Session) -> None:
+    s = secure_session
+    x = np.linspace(-4, 4, 64, dtype=np.float32).reshape(4, 16)
+    s.share("mx", x, "client")
+    before = len(s.meter.report().programs)
+    s.run(nl.gelu, ["mx"], ["my"], op="GELU", layer=3)
+    p = s.meter.report().programs[before]
+    sent, recv = _last_link_line(Path(process_log()).read_text(errors="replace"))
+    assert p.sent == (sent, recv)  # party 0's send / receive as SPU logged them
+    assert sum(p.pphlo_sent.values()) == sent + recv  # per-pphlo-op figures add up exactly
+    assert p.op == "GELU" and p.layer == 3
+    if s.spec.protocol == "REF2K":  # the plaintext reference protocol sends nothing
+        assert p.bytes_total == 0 and p.rounds == 0
+        return
+    assert p.rounds > 0 and p.messages[0] > 0 and p.sent[0] > 0
+    s.share("mx2", np.concatenate([x, x]), "client")
+    s.run(nl.gelu, ["mx2"], ["my2"], op="GELU", layer=3)
+    p2 = s.meter.report().programs[-1]
+    assert 1.8 < p2.bytes_total / p.bytes_total < 2.2  # bytes scale with elements
+    assert s.meter.report().by_layer()[3].bytes_total >= p.bytes_total + p2.bytes_total
+
+
+CHILD = r"""
+import json, subprocess, sys, time
+import numpy as np
+from protocols import nonlinear as nl
+from protocols.session import SessionSpec, TwoPartySession
+
+def run():
+    with TwoPartySession(SessionSpec(protocol="SEMI2K", transport="processes")) as s:
+        s.share("x", np.random.default_rng(0).normal(size=(64, 512)).astype(np.float32), "client")
+        s.run(nl.gelu, ["x"], ["y"], op="GELU")
+        t = time.perf_counter(); s.run(nl.gelu, ["x"], ["y"], op="GELU"); wall = time.perf_counter() - t
+        return wall, s.meter.report().programs[-1]
+
+if __name__ == "__main__":
+    rate = float(sys.argv[1])
+    base_wall, base = run()
+    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{int(rate)}bit",
+                    "burst", "32kb", "latency", "400ms"], check=True)
+    wall, shaped = run()
+    print(json.dumps({"base_wall": base_wall, "wall": wall, "bytes": shaped.bytes_total,
+                      "rounds": shaped.rounds, "predicted": base.network_time(rate, 0.0)}))
+"""
+
+
+@pytest.mark.slow
+def test_bandwidth_model_against_shaped_link(tmp_path: Path) -> None:
+    """Processes transport in a private network namespace whose loopback is rate-limited by
+    ``tc tbf``: measured time vs ``compute + bytes / bandwidth`` (never touches host links)."""
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        pytest.skip("iproute2 (ip, tc) not installed")
+    ns = f"cptest_{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        pytest.skip("ip netns add not permitted here")
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        probe = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                                "delay", "1ms"], capture_output=True, text=True)
+        print("netem available:", probe.returncode == 0, probe.stderr.strip())  # delay needs sch_netem
+        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+        script = tmp_path / "child.py"
+        script.write_text(CHILD)
+        rate = 20e6
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(script), str(rate)], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        print("shaped-link result:", res)
+        assert res["bytes"] * 8 / rate > 1.0  # the link, not compute, dominates
+        assert abs(res["wall"] - res["predicted"]) / res["predicted"] < 0.35
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
