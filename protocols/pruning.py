@@ -14,9 +14,12 @@ Protocol outline (one layer)::
     P      = selection(M, k)                     prefix sum (local) + k·n eq.   Reveals: nothing
     h', v' = compact(P, h, valid)                one k×n·n×d secret matmul      Reveals: nothing
 
-Π_reduce adds ``high = [S > β] ∧ M`` (n comparisons, reveals k_high) and builds the
-selection with destination ``high·(Σ_<i high) + low·(k_high + Σ_<i low)`` so the high group
-(with [CLS] first) precedes the low group in the *same* one-hot matmul: no extra pass.
+Π_reduce adds ``high = [S > β] ∧ M`` (n comparisons, reveals k_high) and stacks the
+selection rows of the high group (destination ``Σ_<i high``) above those of the low group
+(``Σ_<i low``), so the high group (with [CLS] first) precedes the low group in the *same*
+one-hot matmul: still k·n equality tests and one k×n×d matmul, no extra pass. (Computing
+``high·Σhigh + low·(k_high + Σlow)`` instead would put fixed-point products, and their
+truncation error under Cheetah, in front of the equality tests.)
 
 Cost comparison of the oblivious compaction (n tokens, p pruned, d = 768):
 
@@ -35,6 +38,7 @@ Cost comparison of the oblivious compaction (n tokens, p pruned, d = 768):
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 # Scores lie in [0, 1]; [CLS] gets this to rank first in BOLT WE (exactly representable).
 CLS_FORCE_SCORE: float = 4.0
@@ -60,8 +64,8 @@ def prune_mask(scores: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *,
     (the runner reveals ``k``).
     """
     scores = jnp.asarray(scores)
-    m = (scores > theta).astype(scores.dtype) * valid
-    m = m.at[cls_index].set(1.0)
+    mb = jnp.logical_and(scores > theta, jnp.asarray(valid) > 0.5).at[cls_index].set(True)
+    m = mb.astype(scores.dtype)          # boolean logic, no fixed-point product: exact 0/1
     return m, jnp.sum(m)
 
 
@@ -72,8 +76,8 @@ def reduce_mask(scores: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *,
     Cost: n comparisons + n products. Reveals: nothing (the runner reveals ``k_high``).
     """
     scores = jnp.asarray(scores)
-    hi = (scores > beta).astype(scores.dtype) * keep
-    hi = hi.at[cls_index].set(1.0)
+    hb = jnp.logical_and(scores > beta, jnp.asarray(keep) > 0.5).at[cls_index].set(True)
+    hi = hb.astype(scores.dtype)
     return hi, jnp.sum(hi)
 
 
@@ -90,33 +94,32 @@ def bolt_we_mask(scores: jnp.ndarray, *, keep: int, cls_index: int = 0) -> jnp.n
     scores = jnp.asarray(scores)
     n = scores.shape[0]
     s = scores.at[cls_index].set(CLS_FORCE_SCORE)
-    c = (s[None, :] > s[:, None]).astype(scores.dtype)           # c[i, j] = [S_j > S_i]
-    upper = jnp.triu(jnp.ones((n, n), scores.dtype), 1)        # j > i
-    lower = jnp.tril(jnp.ones((n, n), scores.dtype), -1)       # j < i
-    rank = jnp.sum(c * upper, axis=1) + jnp.sum((1.0 - c.T) * lower, axis=1)
+    c = s[None, :] > s[:, None]                                  # c[i, j] = [S_j > S_i]
+    upper = np.triu(np.ones((n, n), bool), 1)                     # j > i (public)
+    lower = np.tril(np.ones((n, n), bool), -1)                    # j < i (public)
+    before = jnp.where(upper, c, False) | jnp.where(lower, jnp.logical_not(c.T), False)
+    rank = jnp.sum(before.astype(scores.dtype), axis=1)
     return (rank < keep).astype(scores.dtype)
 
 
-def destinations(keep: jnp.ndarray, high: jnp.ndarray | None = None, k_high: int = 0) -> jnp.ndarray:
-    """Destination row of each kept token: ``Σ_{j<i} M_j`` (original order), or with Π_reduce
-    ``high_i·Σ_{j<i} high_j + low_i·(k_high + Σ_{j<i} low_j)``. ``[n]``; meaningless where M = 0.
-
-    Cost: local prefix sums + (reduce) 2n products. Reveals: nothing.
+def destinations(keep: jnp.ndarray) -> jnp.ndarray:
+    """Destination row of each kept token, ``Σ_{j<i} M_j`` (original order) ``[n]``;
+    meaningless where M = 0. Cost: local prefix sum. Reveals: nothing.
     """
     keep = jnp.asarray(keep)
-    if high is None:
-        return jnp.cumsum(keep) - keep
-    low = keep - high
-    return high * (jnp.cumsum(high) - high) + low * (k_high + jnp.cumsum(low) - low)
+    return jnp.cumsum(keep) - keep
 
 
-def selection(keep: jnp.ndarray, dest: jnp.ndarray, *, k: int) -> jnp.ndarray:
+def selection(keep: jnp.ndarray, dest: jnp.ndarray, *, k: int, offset: int = 0) -> jnp.ndarray:
     """One-hot ``P[r, i] = M_i · [dest_i = r]`` ``[k, n]`` (each kept token to its row).
 
-    Cost: k·n equality tests (≈ comparisons) + k·n products. Reveals: nothing.
+    ``dest`` must be an exact integer (a prefix sum of exact 0/1 values: no fixed-point
+    product, whose truncation error would break the equality test).
+    Cost: k·n equality tests (≈ comparisons) + k·n AND gates. Reveals: nothing.
     """
-    rows = jnp.arange(k, dtype=dest.dtype)[:, None]
-    return (dest[None, :] == rows).astype(keep.dtype) * keep[None, :]
+    rows = np.arange(offset, offset + k, dtype=np.float32)[:, None]
+    hit = jnp.logical_and(dest[None, :] == rows, jnp.asarray(keep)[None, :] > 0.5)
+    return hit.astype(dest.dtype)
 
 
 def compact(p: jnp.ndarray, h: jnp.ndarray, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -136,7 +139,10 @@ def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, k: in
 def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: jnp.ndarray, *,
                   k: int, k_high: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Π_reduce's compaction: high group (original order, [CLS] first) then low group."""
-    return compact(selection(keep, destinations(keep, high, k_high), k=k), h, valid)
+    low = jnp.asarray(keep) - high                       # exact 0/1 (difference of exact 0/1)
+    p = jnp.concatenate([selection(high, destinations(high), k=k_high),
+                         selection(low, destinations(low), k=k - k_high)], axis=0)
+    return compact(p, h, valid)
 
 
 def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *,

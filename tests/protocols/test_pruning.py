@@ -12,7 +12,7 @@ from protocols.secure_model import prune_step, reduce_step
 from protocols.session import PlainSession, Session, SessionSpec, TwoPartySession
 
 
-@pytest.fixture(scope="module", params=["plain", "REF2K", "SEMI2K"])
+@pytest.fixture(scope="module", params=["plain", "REF2K", "SEMI2K", "CHEETAH"])
 def session(request: pytest.FixtureRequest) -> Iterator[Session]:
     s = PlainSession() if request.param == "plain" else TwoPartySession(SessionSpec(protocol=request.param))
     with s:

