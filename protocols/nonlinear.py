@@ -31,13 +31,12 @@ def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_HIGH) -> jnp.ndarray:
     return jnp.where(ax < approx.clip, inner, 0.5 * (x + ax))
 
 
-def _pow2_neg(z: jnp.ndarray, bits: int) -> jnp.ndarray:
-    """``2**-z`` for integer-valued ``0 <= z < 2**bits`` by its binary digits:
+def _pow2_neg(zi: jnp.ndarray, bits: int, dtype: jnp.dtype) -> jnp.ndarray:
+    """``2**-z`` for an integer array ``0 <= zi < 2**bits`` by its binary digits:
     ``Π_b (1 - z_b (1 - 2**-(2**b)))``. Cost: ``bits`` bit extractions + ``bits`` products."""
-    zi = z.astype(jnp.int32)
-    out = jnp.ones_like(z)
+    out = jnp.ones(zi.shape, dtype)
     for b in range(bits):
-        bit = ((zi >> b) & 1).astype(z.dtype)
+        bit = ((zi >> b) & 1).astype(dtype)
         out = out * (1.0 - bit * (1.0 - 2.0 ** -(2**b)))
     return out
 
@@ -46,14 +45,18 @@ def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray
     """``exp(x)`` for ``x <= 0`` by range reduction (BOLT), 0 below ``approx.x_min``.
 
     ``z = floor(-x / ln2)`` (clipped to ``[0, z_max]``), ``p = x + z ln2 ∈ (-ln2, 0]``,
-    ``exp(x) ≈ Q(p) · 2**-z``. Cost per element: 1 floor (truncation), 2 comparisons,
-    ``degree`` + ⌈log2(z_max+1)⌉ multiplications, ⌈log2(z_max+1)⌉ bit extractions.
+    ``exp(x) ≈ Q(p) · 2**-z``. The floor is the fixed-point → int conversion itself (exact
+    for ``t >= 0``), which saves SPU's separate ``floor`` (measured SEMI2K, 512 elements:
+    0.80 MB → 0.59 MB, 62 → 55 estimated rounds). Cost per element: 3 comparisons (clip
+    below/above, ``x < x_min``), 1 conversion, ``degree`` + ⌈log2(z_max+1)⌉ products,
+    ⌈log2(z_max+1)⌉ bit extractions. Reveals: nothing.
     """
     # max(., 0): probabilistic truncation (Cheetah) may turn -x = 0 into -2^-f, whose floor is -1
-    z = jnp.maximum(jnp.floor(jnp.minimum(-x, -approx.x_min) * (1.0 / LN2)), 0.0)
-    p = x + z * LN2
+    t = jnp.maximum(jnp.minimum(-x, -approx.x_min) * (1.0 / LN2), 0.0)
+    zi = t.astype(jnp.int32)
+    p = x + zi.astype(x.dtype) * LN2
     bits = max(1, int(approx.z_max).bit_length())
-    value = polyval(approx.coeffs, p) * _pow2_neg(z, bits)
+    value = polyval(approx.coeffs, p) * _pow2_neg(zi, bits, x.dtype)
     return jnp.where(x < approx.x_min, 0.0, value)
 
 
