@@ -57,7 +57,10 @@ _LINK_LINE = re.compile(
 
 @dataclass
 class ProgramCost:
-    """Cost of one program run. ``sent[p]``: bytes party p sent; ``messages[p]``: its sends."""
+    """Cost of one program run, from party 0's profile: ``sent = (party 0 send, party 0 recv)``
+    bytes and ``messages`` likewise (send / recv actions). With two parties that is exactly
+    each party's outgoing traffic; with ABY3 (three parties) traffic between parties 1 and 2
+    is not seen, so totals are party 0's links only."""
 
     op: str
     layer: Optional[int]

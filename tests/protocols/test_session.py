@@ -134,3 +134,12 @@ def test_killed_party_raises_party_failure_quickly() -> None:
     time.sleep(0.2)
     for pid in pids:
         assert not _alive(pid), f"party process {pid} left behind"
+
+
+def test_aby3_three_parties() -> None:
+    x = np.linspace(-3, 3, 8, dtype=np.float32).reshape(2, 4)
+    with TwoPartySession(SessionSpec(protocol="ABY3")) as s:
+        s.share("x", x, "server")
+        s.run(nl.gelu, ["x"], ["y"], op="GELU")
+        np.testing.assert_allclose(s.reveal("y", purpose="t"), np.asarray(nl.gelu(x)), atol=2e-3)
+        assert s.meter.report().bytes_total > 0
