@@ -271,3 +271,21 @@ class Tracker:
             handle.log_dict(plain(self.cfg), "config/resolved.json")
             handle.log_dict({"overrides": overrides}, "config/overrides.json")
             yield handle
+
+
+def log_standalone_run(experiment: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                       artifacts: Mapping[str, str], outputs: Path, tags: Optional[Mapping[str, str]] = None) -> str:
+    """One MLflow run outside the stage chain (benchmarks): params, metrics, text artifacts.
+
+    Goes to ``$MLFLOW_TRACKING_URI`` or the sqlite store under ``outputs``; returns the run id.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(outputs / 'mlflow.db').resolve()}"
+    outputs.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+        mlflow.log_params({k: _param(v) for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for name, text in artifacts.items():
+            mlflow.log_text(text, name)
+        return run.info.run_id
