@@ -1,0 +1,65 @@
+"""The embedded default, end to end: five FINISHED stage runs with real metrics."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipeline.config import PROJECT_ROOT
+
+SMALL = ["data.synthetic.n_train=600", "data.synthetic.n_dev=120", "finetune.lambdas=[0.2]", "secure_eval.num_examples=1"]
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "pipeline", f"paths.outputs={tmp_path}", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=1500, env=env)
+
+
+def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str) -> pd.DataFrame:
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout + out.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["cipherprune"])
+    parent = runs[runs["tags.kind"] == "chain"]
+    assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
+    stages = runs[runs["tags.stage"].notna()].set_index("tags.stage")
+    assert set(stages.index) == {"prepare", "finetune", "search", "secure_eval", "report"}
+    assert set(stages["status"]) == {"FINISHED"}
+    assert set(stages["tags.mlflow.parentRunId"]) == {parent.iloc[0]["run_id"]}
+    methods = runs[runs["tags.kind"] == "method"].set_index("tags.method")
+    assert set(methods.index) == {"none", "bolt_we", "prune", "prune_reduce"}
+    for method, row in methods.iterrows():
+        assert row["params.protocol"] == protocol
+        assert row["metrics.acc/dev"] > 90, method  # the synthetic task is learnable
+        assert row["metrics.agree/secure"] == 100.0, method  # secure class == plaintext class
+        assert row["metrics.comm_mb/total"] > 0 and row["metrics.time_s/total"] > 0
+        assert row["metrics.time_s/wan"] > row["metrics.time_s/lan"] > 0
+        ops = sum(row[f"metrics.comm_mb/{op}"] for op in ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other"))
+        assert ops == pytest.approx(row["metrics.comm_mb/total"], rel=1e-9)
+        assert row["metrics.kept_tokens/layer_0"] == 32
+    assert methods.loc["none", "metrics.kept_tokens/layer_1"] == 32
+    assert methods.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 16
+    assert methods.loc["prune", "metrics.kept_tokens/layer_1"] < 16  # learned thresholds prune hard here
+    assert methods.loc["prune", "metrics.comm_mb/total"] < methods.loc["none", "metrics.comm_mb/total"]
+    assert methods.loc["none", "metrics.comm_mb/Prune"] == 0
+    report_dir = tmp_path / "reports" / "default"
+    for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "kept_tokens.png"):
+        assert (report_dir / name).is_file(), name
+    return runs
+
+
+def test_embedded_default_chain_semi2k(tmp_path):
+    out = _run(tmp_path, "protocol=semi2k", *SMALL)
+    _check_chain(tmp_path, out, "SEMI2K")
+
+
+@pytest.mark.slow
+def test_embedded_default_chain_cheetah_processes(tmp_path):
+    """The README's `make run` configuration (CHEETAH), parties as two OS processes."""
+    out = _run(tmp_path, "protocol.transport=processes", *SMALL)
+    _check_chain(tmp_path, out, "CHEETAH")
