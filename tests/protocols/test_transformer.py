@@ -87,3 +87,21 @@ def test_gpt2_plaintext_shapes_and_causality() -> None:
     np.testing.assert_allclose(last, full[-1], atol=1e-4)
     with pytest.raises(ValueError, match="causal"):
         plaintext_forward(spec, w, ids, pruning=PruningSpec("bolt_we"))
+
+
+def test_gpt2_plaintext_matches_torch_emulated() -> None:
+    """JAX GPT-2 (client-side embeddings, pre-LN, causal) == torch ``GPT2LM`` emulated ops."""
+    torch = pytest.importorskip("torch")
+    from models.config import GPT2Config, OpsConfig
+    from models.gpt2 import GPT2LM
+
+    spec = TransformerSpec(**TINY, causal=True)
+    w = random_weights(spec, seed=6, scale=1.0)
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    ours = plaintext_forward(spec, w, ids).logits
+    model = GPT2LM(GPT2Config(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16),
+                   OpsConfig(mode="emulated")).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)[None])[0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
