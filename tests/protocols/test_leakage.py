@@ -1,0 +1,100 @@
+"""Leakage: every opened value equals the declared leakage; shares look uniform and input-independent.
+
+Declared (README "Threat model and leakage"): per pruned layer the kept count, with
+Π_reduce the high-group size, and the final logits to the client; nothing for ``none``
+and ``bolt_we`` beyond the logits. Every program output stays secret-shared.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spu.libspu as libspu
+from scipy import stats
+from spu import api
+
+from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.plaintext import random_weights
+from protocols.secure_model import plaintext_forward, secure_forward
+from protocols.session import SecureSession, SessionSpec, TwoPartySession
+
+TINY = dict(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
+IDS = np.array([1, 5, 9, 3, 7, 2, 8, 4, 6, 1, 0, 0])
+MASK = np.array([1] * 10 + [0] * 2)
+
+
+def _declared(method: str, kept: list[int], high: list) -> list[tuple[str, object, str, list]]:
+    """(purpose, layer, to, value) of everything ``method`` may open, in order."""
+    out: list[tuple[str, object, str, list]] = []
+    for layer, k in enumerate(kept):
+        if method in ("prune", "prune_reduce"):
+            out.append(("kept count", layer, "both", [float(k)]))
+        if method == "prune_reduce":
+            out.append(("high-group count", layer, "both", [float(high[layer])]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    spec = TransformerSpec(**TINY)
+    weights = random_weights(spec, seed=7, scale=1.0)
+    scores = plaintext_forward(spec, weights, IDS, MASK).scores[0][:10]
+    theta = float(np.sort(scores)[4] + np.sort(scores)[5]) / 2
+    beta = float(np.sort(scores)[7] + np.sort(scores)[8]) / 2
+    return spec, weights, {"none": PruningSpec(), "bolt_we": PruningSpec("bolt_we"),
+                           "prune": PruningSpec("prune", (theta, 0.0)),
+                           "prune_reduce": PruningSpec("prune_reduce", (theta, 0.0), (beta, 0.0))}
+
+
+@pytest.mark.parametrize("method", ["none", "bolt_we", "prune", "prune_reduce"])
+def test_reveals_equal_declared_leakage_and_outputs_stay_secret(model, method, monkeypatch):
+    spec, weights, prunings = model
+    visibilities: list[str] = []
+    original_run = SecureSession.run
+
+    def watched_run(self, fn, inputs, outputs, **kw):  # every program output must stay secret
+        original_run(self, fn, inputs, outputs, **kw)
+        for name in outputs:
+            meta = libspu.ValueMeta()
+            meta.ParseFromString(self._parties.get_var(name)[1].meta)
+            visibilities.append(str(meta.visibility))
+
+    monkeypatch.setattr(SecureSession, "run", watched_run)
+    with TwoPartySession(SessionSpec("SEMI2K")) as session:
+        result = secure_forward(session, spec, weights, IDS, MASK, None, prunings[method])
+        reveals = list(session.reveals)
+    assert visibilities and set(visibilities) == {"Visibility.VIS_SECRET"}
+    opened = [(r.purpose, r.layer, r.to, np.asarray(r.value).reshape(-1).round(6).tolist()) for r in reveals]
+    assert opened[:-1] == _declared(method, result.kept_per_layer, result.high_per_layer)
+    purpose, layer, to, value = opened[-1]
+    assert (purpose, to) == ("final logits", "client")
+    assert np.allclose(value, result.logits.reshape(-1), atol=1e-6)
+
+
+def _party_share(x: np.ndarray, party: int, protocol: str = "SEMI2K") -> np.ndarray:
+    """The ring elements (FM64) that ``party`` receives when ``x`` is secret-shared."""
+    cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, protocol), field=libspu.FieldType.FM64,
+                               fxp_fraction_bits=18)
+    share = api.Io(2, cfg).make_shares(x, libspu.Visibility.VIS_SECRET)[party]
+    chunks = []
+    for raw in share.share_chunks:
+        chunk = libspu.ValueChunk()
+        chunk.ParseFromString(raw)
+        chunks.append(chunk.content)
+    return np.frombuffer(b"".join(chunks), dtype=np.uint64)
+
+
+@pytest.mark.parametrize("protocol", ["SEMI2K", "CHEETAH"])
+@pytest.mark.parametrize("party", [0, 1])
+def test_shares_are_uniform_fresh_and_input_independent(protocol, party):
+    n = 4096
+    zeros, ones_big = np.zeros(n, np.float32), np.full(n, 1000.0, np.float32)
+    a, b = _party_share(zeros, party, protocol), _party_share(zeros, party, protocol)
+    c = _party_share(ones_big, party, protocol)
+    assert not np.array_equal(a, b), "two runs on the same input gave the same share"
+    bits = ((a[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(float)
+    freq = bits.mean(axis=0)  # each of the 64 bit positions ≈ Bernoulli(1/2)
+    assert np.all(np.abs(freq - 0.5) < 5 * 0.5 / np.sqrt(n)), freq
+    top_a, top_c = (a >> np.uint64(48)).astype(float), (c >> np.uint64(48)).astype(float)
+    assert stats.kstest(top_a / 2**16, "uniform").pvalue > 1e-4
+    assert stats.ks_2samp(top_a, top_c).pvalue > 1e-4  # same distribution for very different inputs
+    assert abs(np.corrcoef(top_a, top_c)[0, 1]) < 5 / np.sqrt(n)
