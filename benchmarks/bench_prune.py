@@ -6,6 +6,15 @@ ranking comparisons + the same selection matmul (k = ⌈n/2⌉, nothing revealed
 Bytes and wall time come from the session's meter (2 parties as threads on this host).
 
     python benchmarks/bench_prune.py [--quick] [--protocol CHEETAH] [--sizes 32 64 128]
+
+Measured 2026-11-26 (CHEETAH, FM64/18, threads, 2 shared cores under load ≈ 13: times noisy,
+bytes stable), second (warm) pass, per layer; k from a median threshold:
+
+| n | k | Π_prune total s / MB | of which mask s / MB | BOLT WE rank+select s / MB |
+|---|---|---|---|---|
+| 32 | 17 | 3.17 / 1.98 | 0.07 / 0.01 | 2.78 / 4.01 |
+| 64 | 31 | 5.72 / 2.58 | 0.10 / 0.02 | 26.38 / 11.75 |
+| 128 | 57 | 21.27 / 4.41 | 0.19 / 0.04 | 114.33 / 40.15 |
 """
 from __future__ import annotations
 
