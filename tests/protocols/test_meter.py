@@ -100,7 +100,7 @@ if __name__ == "__main__":
     rate = float(sys.argv[1])
     base_wall, base = run()
     subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{int(rate)}bit",
-                    "burst", "32kb", "latency", "400ms"], check=True)
+                    "burst", "256kb", "latency", "2s"], check=True)
     wall, shaped = run()
     print(json.dumps({"base_wall": base_wall, "wall": wall, "bytes": shaped.bytes_total,
                       "rounds": shaped.rounds, "predicted": base.network_time(rate, 0.0)}))
@@ -124,7 +124,7 @@ def test_bandwidth_model_against_shaped_link(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
         script = tmp_path / "child.py"
         script.write_text(CHILD)
-        rate = 20e6
+        rate = 50e6
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(script), str(rate)], capture_output=True,
                              text=True, env=env, timeout=600)
