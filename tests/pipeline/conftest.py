@@ -1,11 +1,19 @@
 """Fixtures for the pipeline tests: composing configs and an isolated MLflow store."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.config import PROJECT_ROOT, PipelineConfig, register_configs
@@ -26,3 +34,31 @@ def compose_cfg(tmp_path: Path) -> Callable[..., PipelineConfig]:
         return cfg
 
     return _compose
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, *extra: str) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port; yields its URL, stops its process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", backend_uri, "--workers", "1", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                MlflowClient(url).search_experiments()
+                break
+            except Exception:  # noqa: BLE001 - server still starting
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not start within 90 s")
+        yield url
+    finally:  # the server forks gunicorn workers: stop its whole process group
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

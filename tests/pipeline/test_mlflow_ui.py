@@ -10,20 +10,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig, Stage
 from pipeline.runner import run_stages
 from pipeline.tracking import Tracker
+from tests.pipeline.conftest import mlflow_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 METHODS = ("none", "bolt_we", "prune", "prune_reduce")
@@ -32,10 +28,6 @@ LAN = {"none": 412.625, "bolt_we": 207.375, "prune": 121.125, "prune_reduce": 83
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _populate(tracker: Tracker) -> dict[str, str]:
@@ -67,27 +59,8 @@ def server(compose_cfg: Callable[..., PipelineConfig], tmp_path: Path,
                       "report.tables=[table1]", "report.figures=[kept_tokens]")
     tracker = Tracker(cfg)
     ids = _populate(tracker)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", db, "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                MlflowClient(url).search_experiments()
-                break
-            except Exception:  # noqa: BLE001 - server still starting
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not start within 90 s")
+    with mlflow_server(db) as url:
         yield url, tracker, ids
-    finally:  # the server forks gunicorn workers: stop its whole process group
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _chromium(url: str, profile: Path, *extra: str) -> str:

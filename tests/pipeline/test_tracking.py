@@ -1,12 +1,6 @@
 """MLflow tracking: FAILED on exceptions, parent grouping, resume, upstream errors, a real server."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +10,7 @@ from pipeline import runner
 from pipeline.config import Stage
 from pipeline.stages import STAGES
 from pipeline.tracking import Tracker, UpstreamMissing
+from tests.pipeline.conftest import mlflow_server
 
 
 def _fake_stage(calls: list[str], fail: bool = False) -> SimpleNamespace:
@@ -81,32 +76,12 @@ def test_missing_upstream_is_named(tracker, compose_cfg):
         runner.run_stages(cfg, Tracker(cfg), (Stage.finetune,), [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
     """A tracking server with a SQL backend on loopback, reached through MLFLOW_TRACKING_URI."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                MlflowClient(uri).search_experiments()
-                break
-            except Exception:  # noqa: BLE001 - server still starting
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not start within 90 s")
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                       str(tmp_path / "server-artifacts")) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         calls: list[str] = []
         monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls))
@@ -117,6 +92,3 @@ def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
         assert run.info.status == "FINISHED" and run.data.metrics["acc/dev"] == 0.75
         artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "config")}
         assert {"config/resolved.json", "config/overrides.json"} <= artifacts
-    finally:  # the server forks gunicorn workers: stop the whole process group
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
