@@ -10,8 +10,8 @@ highest degree first, as ``numpy.polyval`` expects):
 
 * GELU (BOLT): ``gelu(x) = 0.5 x + P(|x|)`` for ``|x| < clip``, else ``relu(x)``.
 * exp for ``x <= 0`` (softmax after subtracting the row max; BOLT): ``z = floor(-x / ln2)``,
-  ``p = x + z ln2`` in ``(-ln2, 0]``, ``exp(x) ~= Q(p) / 2**z``; for ``z > z_max`` the
-  result is 0 (so masked logits vanish instead of saturating at ``2**-z_max``).
+  ``p = x + z ln2`` in ``(-ln2, 0]``, ``exp(x) ~= Q(p) / 2**z``; for ``x < x_min = -z_max ln2``
+  the result is 0 (so masked logits vanish instead of saturating at ``2**-z_max``).
 * LayerNorm: mean, variance, then reciprocal square root of ``var + eps``.
 
 ``HIGH`` forms are BOLT's; ``LOW`` forms are the cheaper polynomials that Π_reduce applies
