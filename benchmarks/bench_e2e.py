@@ -7,11 +7,11 @@ Method, in one run on this machine:
    ``--checkpoint`` (with its ``thresholds.json``) runs the plaintext twin of the secure
    forward pass (same code, same decisions) on ``--sentences`` real SST-2 dev sentences at
    each ``--seq``; the mean tokens entering each layer (and the Π_reduce high-group sizes)
-   are stretched over the target depth (layer l of L_target ↔ layer ⌊l·L_src/L_target⌋).
+   are stretched over the target depth by linear interpolation at the same relative depth.
 2. Per-layer secure costs of the target shape (BERT-base: 12 × 768, 12 heads; random
    weights: cost does not depend on weight values) measured under CHEETAH at several
-   token counts, per op class, and fitted as ``c(n) = a·n + b·n²`` (bytes and seconds);
-   Π_prune / Π_reduce / BOLT-WE programs measured at (n → k) and fitted as ``a·n + b·k·n``.
+   token counts, per op class, and fitted as ``c + a·n + b·n²`` (bytes and seconds);
+   Π_prune / Π_reduce / BOLT-WE programs measured at (n → k) and fitted as ``c + a·n + b·k·n``.
 3. Whole-model figures = Σ over layers of the fitted costs at the schedule's sizes, plus
    the pruning programs; ratios to ``none`` and ``bolt_we``; the ideal ratios implied by
    the schedule (Σ n and Σ n² against the unpruned run); the pruning protocol's share.
@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
 
 import numpy as np
 from rich.console import Console
@@ -104,18 +107,33 @@ def real_schedules(checkpoint: Path, glue_dir: Path, seq: int, count: int, layer
             entering += np.array(res.entering_per_layer, float) / len(sentences)
             high += np.array([h if h is not None else k for h, k in zip(res.high_per_layer, res.kept_per_layer)],
                              float) / len(sentences)
-        src = spec.layers
-        pick = [min(src - 1, l * src // layers) for l in range(layers)]
-        out[method] = Schedule([float(entering[i]) for i in pick], [float(high[i]) for i in pick])
+        depth = np.linspace(0.0, spec.layers - 1, layers)  # same relative depth, linear interpolation
+        src = np.arange(spec.layers)
+        out[method] = Schedule(np.interp(depth, src, entering).tolist(), np.interp(depth, src, high).tolist())
     return out
 
 
+def _warm_up_program(x, w):
+    """Touches HE matmul, comparison, product, equality: Cheetah's one-time key/OT setup."""
+    y = x @ w
+    return jnp.maximum(y, 0.0) * y + (y == 0.0)
+
+
+def warm_up(session: Any) -> None:
+    """Run ``_warm_up_program`` so that per-session setup is not billed to the first measured op."""
+    session.share("warm_x", np.ones((4, 4), np.float32), "client")
+    session.share("warm_w", np.ones((4, 4), np.float32), "server")
+    session.run(_warm_up_program, ["warm_x", "warm_w"], ["warm_y"], op="Other")
+    session.delete("warm_x", "warm_w", "warm_y")
+
+
 def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, float]]:
-    """One unpruned layer of ``shape`` at ``n`` tokens: ``{op: (seconds, bytes)}``."""
+    """One unpruned layer of ``shape`` at ``n`` tokens, after a warm-up: ``{op: (seconds, bytes)}``."""
     one = TransformerSpec(**{**shape.__dict__, "layers": 1})
     weights = random_weights(one)
     ids = np.random.default_rng(n).integers(1, one.vocab_size, n)
     with TwoPartySession(session_spec) as s:
+        warm_up(s)
         secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
         layer = s.meter.report().by_layer()[0]
     return {op: (part.wall_s, float(part.bytes_total)) for op, part in layer.by_op().items()}
@@ -129,6 +147,7 @@ def measure_pruning(session_spec: SessionSpec, hidden: int, heads: int, n: int) 
     theta = float(np.median(probs.mean(axis=(0, 1))))
     out: dict[str, tuple[float, float]] = {}
     with TwoPartySession(session_spec) as s:
+        warm_up(s)
         s.share("A", probs, "server")
         s.share("h", rng.normal(size=(n, hidden)).astype(np.float32), "client")
         s.share("valid", np.ones(n, np.float32), "client")
@@ -151,8 +170,12 @@ def measure_pruning(session_spec: SessionSpec, hidden: int, heads: int, n: int) 
 
 
 def fit(points: list[tuple[float, float, float]]) -> np.ndarray:
-    """Least-squares non-negative-ish fit of value = a·x1 + b·x2 over ``(x1, x2, value)``."""
-    a = np.array([[p[0], p[1]] for p in points])
+    """Least-squares fit of value = c + a·x1 + b·x2 over ``(x1, x2, value)``; coefficients ≥ 0.
+
+    The constant matters: Cheetah's HE matmul costs grow with the weight matrix, not with
+    n, when n is small.
+    """
+    a = np.array([[1.0, p[0], p[1]] for p in points])
     y = np.array([p[2] for p in points])
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     return np.maximum(coef, 0.0)
@@ -170,12 +193,12 @@ def compose(schedule: Schedule, method: str, layer_fit: dict[str, np.ndarray], p
             n = n0 if l == 0 else math.ceil(n0 / 2)
         for op in LAYER_OPS:  # attention on n tokens, FFN on the kept ones: split Linear/LN evenly
             for qi, q in enumerate(("s", "bytes")):
-                totals[f"{q}/{op}"] += float(layer_fit[op][qi] @ np.array([n, n * n]))
+                totals[f"{q}/{op}"] += float(layer_fit[op][qi] @ np.array([1.0, n, n * n]))
         k = after if method in ("prune", "prune_reduce") else math.ceil(n0 / 2)
         runs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"], "bolt_we": ["bolt_we"] if l == 0 else []}
         for name in runs.get(method, []):
             for qi, q in enumerate(("s", "bytes")):
-                totals[f"{q}/{'Reduce' if name == 'reduce' else 'Prune'}"] += float(prune_fit[name][qi] @ np.array([n, k * n]))
+                totals[f"{q}/{'Reduce' if name == 'reduce' else 'Prune'}"] += float(prune_fit[name][qi] @ np.array([1.0, n, k * n]))
     return totals
 
 
@@ -243,6 +266,9 @@ def main() -> None:
     ap.add_argument("--transport", default="processes")
     ap.add_argument("--quick", action="store_true", help="BERT-tiny shape (2 x 128) instead of BERT-base")
     ap.add_argument("--results", type=Path, default=None, help="append the table to this Markdown file")
+    ap.add_argument("--measurements", type=Path, default=ROOT / "outputs" / "bench_e2e_measurements.json",
+                    help="per-size measurements: written after measuring, read instead of measuring with --reuse")
+    ap.add_argument("--reuse", action="store_true", help="compose from --measurements without measuring again")
     args = ap.parse_args()
     shape = (TransformerSpec(vocab_size=30522, hidden=128, layers=2, heads=2, intermediate=512, max_positions=512)
              if args.quick else
@@ -256,9 +282,8 @@ def main() -> None:
         with console.status(f"schedule at {seq} tokens from {args.checkpoint}"):
             schedules[seq] = real_schedules(args.checkpoint, args.glue_dir, seq, args.sentences, shape.layers)
         console.print(f"schedule {seq}: prune " + "-".join(f"{n:.0f}" for n in schedules[seq]["prune"].entering))
-    layer_pts: dict[str, list] = {op: [] for op in LAYER_OPS}
-    prune_pts: dict[str, list] = {"prune": [], "reduce": [], "bolt_we": []}
-    for n in args.sizes:
+    measured: dict[str, dict] = json.loads(args.measurements.read_text()) if args.reuse else {}
+    for n in ([] if args.reuse else args.sizes):
         t0 = time.time()
         with console.status(f"{args.protocol} layer at n={n}"):
             layer = measure_layer(session_spec, shape, n)
@@ -266,11 +291,17 @@ def main() -> None:
         console.print(f"measured n={n} in {time.time() - t0:.0f} s: " +
                       ", ".join(f"{op} {layer[op][0]:.1f}s/{layer[op][1] / 2**20:.1f}MB" for op in LAYER_OPS) +
                       ", " + ", ".join(f"{k} {v[0]:.1f}s/{v[1] / 2**20:.1f}MB" for k, v in prunes.items()))
+        measured[str(n)] = {**{op: layer[op] for op in LAYER_OPS}, **prunes}
+        args.measurements.parent.mkdir(parents=True, exist_ok=True)
+        args.measurements.write_text(json.dumps(measured, indent=1))
+    layer_pts: dict[str, list] = {op: [] for op in LAYER_OPS}
+    prune_pts: dict[str, list] = {"prune": [], "reduce": [], "bolt_we": []}
+    for key, values in measured.items():
+        n, k = int(key), max(1, int(key) // 2)
         for op in LAYER_OPS:
-            layer_pts[op].append((n, n * n, layer[op]))
-        k = max(1, n // 2)
-        for name, value in prunes.items():
-            prune_pts[name].append((n, k * n, value))
+            layer_pts[op].append((n, n * n, values[op]))
+        for name in prune_pts:
+            prune_pts[name].append((n, k * n, values[name]))
     layer_fit = {op: [fit([(a, b, v[q]) for a, b, v in pts]) for q in (0, 1)] for op, pts in layer_pts.items()}
     prune_fit = {nm: [fit([(a, b, v[q]) for a, b, v in pts]) for q in (0, 1)] for nm, pts in prune_pts.items()}
     all_rows, md_tables = [], []
@@ -284,7 +315,7 @@ def main() -> None:
     header = (f"## {date.today()} — `{' '.join(sys.argv)}`\n\nMachine: {platform.node()}, {platform.processor() or platform.machine()}, "
               f"2 cores; {args.protocol} over {args.transport}; measured sizes {args.sizes}; run took "
               f"{time.time() - started:.0f} s. Whole-model figures are composed from measured per-layer costs "
-              "(fitted a·n + b·n²) at the schedule's sizes; LAN/WAN = compute + bytes/bandwidth.\n\n")
+              "(fitted c + a·n + b·n²) at the schedule's sizes; LAN/WAN = compute + bytes/bandwidth.\n\n")
     report = header + "\n\n".join(md_tables) + "\n"
     if args.results:
         with open(args.results, "a") as fh:
