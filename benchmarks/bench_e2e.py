@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from protocols import pruning as pr  # noqa: E402
-from protocols.meter import LAN, NETWORKS, OP_CLASSES, WAN  # noqa: E402
+from protocols.meter import LAN, OP_CLASSES, WAN  # noqa: E402
 from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
 from protocols.secure_model import plaintext_forward, prune_step, reduce_step, secure_forward  # noqa: E402
 from protocols.session import SessionSpec, TwoPartySession  # noqa: E402

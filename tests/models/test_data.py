@@ -1,7 +1,6 @@
 """GLUE loaders on tiny tsv files written here; real row counts when the shared copy exists."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

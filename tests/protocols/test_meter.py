@@ -15,7 +15,7 @@ import pytest
 
 from protocols import nonlinear as nl
 from protocols.meter import LAN, OP_CLASSES, WAN, CostMeter, ProgramCost, estimate_rounds, parse_profile
-from protocols.session import Session, SessionSpec, TwoPartySession, process_log
+from protocols.session import Session, process_log
 
 LOG = """I ... HLO profiling: total time 0.01
 - pphlo.less, executed 2 times, duration 0.001s, send bytes 100 recv bytes 100, send actions 3, recv actions 3

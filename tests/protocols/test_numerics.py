@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from protocols import nonlinear as nl
-from protocols.session import PlainSession, Session, SessionSpec, TwoPartySession
+from protocols.session import PlainSession, SessionSpec, TwoPartySession
 
 
 def _both(fn, *arrays: np.ndarray, **static) -> tuple[np.ndarray, np.ndarray]:
