@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pipeline.config import PipelineConfig, register_configs  # noqa: E402
 from pipeline.runner import run_pipeline  # noqa: E402
+from pipeline.reporting import ReportDataMissing  # noqa: E402
 from pipeline.tracking import UpstreamMissing  # noqa: E402
 from pipeline.validate import ConfigError  # noqa: E402
 
 # Errors whose message names the bad input: shown alone, without a traceback from inside.
-USER_ERRORS = (ConfigError, UpstreamMissing, FileNotFoundError, ValueError, ImportError)
+USER_ERRORS = (ConfigError, UpstreamMissing, ReportDataMissing, FileNotFoundError, ValueError, ImportError)
 
 register_configs()
 
