@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, Task
+from pipeline.config import PipelineConfig, Stage, Task
 from pipeline.stages import StageContext
 from pipeline.stages.common import MANIFEST, DatasetManifest, checkpoint_dir, curated_params
 from pipeline.tracking import sections_hash
-from pipeline.config import Stage
 
 
 def params(cfg: PipelineConfig) -> dict[str, Any]:
@@ -66,7 +65,7 @@ def run(ctx: StageContext) -> None:
     num_labels = 2 if cfg.data.task is Task.synthetic else get_task(cfg.data.task.value).num_labels
     manifest = DatasetManifest(
         task=cfg.data.task.value, splits=splits, tokenizer_dir=str(tokenizer_dir), num_labels=num_labels,
-        max_length=cfg.data.max_length, vocab_size=len(tokenizer), checkpoint=str(checkpoint_dir(cfg) or "") or None,
+        max_length=cfg.data.max_length, vocab_size=len(tokenizer), checkpoint=None if cfg.data.task is Task.synthetic else str(tokenizer_dir),
     )
     (cache / MANIFEST).write_text(json.dumps(manifest.__dict__, indent=2))
     ctx.run.log_artifact(cache / MANIFEST)
