@@ -154,11 +154,11 @@ def measure_pruning(session_spec: SessionSpec, hidden: int, heads: int, n: int) 
         s.share("theta", np.array([theta], np.float32), "server")
         s.share("beta", np.array([theta * 1.5], np.float32), "server")
         steps = [
-            ("prune", prune_step, ["A", "theta", "valid"], ["S", "M", "k"], {}),
+            ("prune", prune_step, ["A", "theta", "valid"], ["R", "M", "k"], {}),
             ("prune", pr.prune_select, ["h", "M", "valid"], ["h1", "v1"], {"k": k}),
-            ("reduce", reduce_step, ["S", "beta", "M"], ["high", "kh"], {}),
+            ("reduce", reduce_step, ["R", "beta", "M"], ["high", "kh"], {"scale": heads * n}),
             ("reduce", pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], {"k": k, "k_high": max(1, k // 2)}),
-            ("bolt_we", pr.bolt_we_select, ["h", "S", "valid"], ["h3", "v3"], {"keep": k}),
+            ("bolt_we", pr.bolt_we_select, ["h", "R", "valid"], ["h3", "v3"], {"keep": k}),  # rank(R) = rank(S)
         ]
         for name, fn, ins, outs, static in steps:
             before = s.meter.report()

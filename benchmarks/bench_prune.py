@@ -52,7 +52,7 @@ def bench(n: int, d: int, heads: int, protocol: str) -> dict[str, float]:
         s.share("valid", np.ones(n, np.float32), owner="client")
         s.share("theta", np.array([theta], np.float32), owner="server")
         for _ in range(2):       # pass 1 warms up Cheetah's one-time OT/HE setup; pass 2 is measured
-            s.run(prune_step, ["A", "theta", "valid"], ["S", "M", "k"], op="Prune", layer=0)
+            s.run(prune_step, ["A", "theta", "valid"], ["R", "M", "k"], op="Prune", layer=0)
             k = int(round(float(np.asarray(s.reveal("k", purpose="kept count")).reshape(-1)[0])))
             s.run(pr.prune_select, ["h", "M", "valid"], ["h2", "v2"], op="Prune", layer=0, static={"k": k})
             s.run(score_step, ["A"], ["S2"], op="Other", layer=0)

@@ -51,15 +51,17 @@ class SecureResult:
 
 # ----------------------------------------------------------------------------- pruning programs
 def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Importance scores, Π_prune mask and count: ``S`` ``[n]``, ``M`` ``[n]``, ``k`` ``[]``."""
-    s = pr.importance(probs)
-    m, k = pr.prune_mask(s, theta[0], valid)
-    return s, m, k
+    """Attention received, Π_prune mask and count: ``R`` ``[n]`` (``S·H·n``), ``M`` ``[n]``, ``k`` ``[]``."""
+    heads, n, _ = probs.shape
+    r = pr.attention_received(probs)
+    m, k = pr.prune_mask(r, theta[0], valid, scale=heads * n)
+    return r, m, k
 
 
-def reduce_step(scores: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Π_reduce grouping: ``high`` ``[n]``, ``k_high`` ``[]``."""
-    return pr.reduce_mask(scores, beta[0], keep)
+def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *,
+                scale: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Π_reduce grouping from ``R`` (``scale = H·n``): ``high`` ``[n]``, ``k_high`` ``[]``."""
+    return pr.reduce_mask(received, beta[0], keep, scale=scale)
 
 
 def score_step(probs: jnp.ndarray) -> jnp.ndarray:
@@ -71,7 +73,7 @@ def _count(session: Session, name: str, purpose: str, layer: int) -> int:
     return int(round(float(np.asarray(session.reveal(name, to="both", purpose=purpose, layer=layer)).reshape(-1)[0])))
 
 
-def _prune_layer(s: Session, l: int, method: str, n: int, record: bool,
+def _prune_layer(s: Session, l: int, method: str, n: int, heads: int, record: bool,
                  scores_out: list[np.ndarray]) -> tuple[int, Optional[int]]:
     """Prune ``h``/``valid`` after layer l's attention block; returns (k, k_high)."""
     if method == "bolt_we":
@@ -82,20 +84,21 @@ def _prune_layer(s: Session, l: int, method: str, n: int, record: bool,
         s.run(pr.bolt_we_select, ["h", "S", "valid"], ["h", "valid"], op="Prune", layer=l, static={"keep": keep})
         s.delete("S")
         return keep, None
-    s.run(prune_step, ["A", f"theta{l}", "valid"], ["S", "M", "k"], op="Prune", layer=l)
+    s.run(prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l)
     if record:
-        scores_out.append(np.asarray(s.reveal("S", to="both", purpose="plaintext reference scores", layer=l)))
+        received = np.asarray(s.reveal("R", to="both", purpose="plaintext reference scores", layer=l))
+        scores_out.append(received / (heads * n))
     k = _count(s, "k", "kept count", l)
     if method == "prune":
         if k < n:
             s.run(pr.prune_select, ["h", "M", "valid"], ["h", "valid"], op="Prune", layer=l, static={"k": k})
-        s.delete("S", "M", "k")
+        s.delete("R", "M", "k")
         return k, None
-    s.run(reduce_step, ["S", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l)
+    s.run(reduce_step, ["R", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l, static={"scale": heads * n})
     k_high = _count(s, "kh", "high-group count", l)
     s.run(pr.reduce_select, ["h", "M", "high", "valid"], ["h", "valid"], op="Reduce", layer=l,
           static={"k": k, "k_high": k_high})
-    s.delete("S", "M", "k", "high", "kh")
+    s.delete("R", "M", "k", "high", "kh")
     return k, k_high
 
 
@@ -147,7 +150,7 @@ def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.n
         s.delete("q", "k", "v", "sc", "a")
         k_high: Optional[int] = None
         if pruning.method in ("prune", "prune_reduce") or (pruning.method == "bolt_we" and l == 0):
-            n, k_high = _prune_layer(s, l, pruning.method, n, record_scores, scores)
+            n, k_high = _prune_layer(s, l, pruning.method, n, heads, record_scores, scores)
         elif record_scores:
             s.run(score_step, ["A"], ["S"], op="Other", layer=l)
             scores.append(np.asarray(s.reveal("S", to="both", purpose="plaintext reference scores", layer=l)))

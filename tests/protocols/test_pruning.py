@@ -35,7 +35,7 @@ def _run_mask(s: Session, scores: np.ndarray, theta: float, valid: np.ndarray) -
     s.share("A", _probs_with_scores(scores), owner="client")
     s.share("theta", np.array([theta], np.float32), owner="server")
     s.share("valid", valid.astype(np.float32), owner="client")
-    s.run(prune_step, ["A", "theta", "valid"], ["S", "M", "k"], op="Prune")
+    s.run(prune_step, ["A", "theta", "valid"], ["R", "M", "k"], op="Prune")
     k = int(round(float(np.asarray(s.reveal("k", purpose="kept count")).reshape(-1)[0])))
     return np.asarray(s.reveal("M", purpose="test only")), k
 
@@ -54,6 +54,16 @@ def test_prune_mask_matches_reference(session: Session, theta: float, valid: np.
     ref = _ref_mask(TIE_SCORES, theta, valid)
     np.testing.assert_array_equal(np.round(m), ref)
     assert k == int(ref.sum())
+
+
+def test_ties_decided_the_same_way_every_run(session: Session) -> None:
+    """The mask compares the exact sum R with θ·H·n: no truncation, so SEMI2K/Cheetah's
+    ±1-ulp probabilistic rounding cannot flip a tie (it did ~1 run in 10 with S > θ)."""
+    valid = np.ones(8)
+    ref = _ref_mask(TIE_SCORES, 8 / 64, valid)
+    for _ in range(8):
+        m, _ = _run_mask(session, TIE_SCORES, 8 / 64, valid)
+        np.testing.assert_array_equal(m, ref)
 
 
 def test_prune_select_keeps_original_order(session: Session) -> None:
@@ -82,12 +92,13 @@ def test_reduce_groups_high_then_low(session: Session, beta: float) -> None:
     m = _ref_mask(TIE_SCORES, theta, valid)
     high = ((TIE_SCORES > beta) & (m > 0)).astype(np.float32)
     high[0] = 1.0
-    session.share("S", TIE_SCORES, owner="client")
+    heads_times_n = 16                           # R = S·H·n, as prune_step hands it over
+    session.share("R", TIE_SCORES * heads_times_n, owner="client")
     session.share("beta", np.array([beta], np.float32), owner="server")
     session.share("M", m, owner="client")
     session.share("h", h, owner="client")
     session.share("valid", valid, owner="client")
-    session.run(reduce_step, ["S", "beta", "M"], ["high", "kh"], op="Reduce")
+    session.run(reduce_step, ["R", "beta", "M"], ["high", "kh"], op="Reduce", static={"scale": heads_times_n})
     kh = int(round(float(np.asarray(session.reveal("kh", purpose="high count")).reshape(-1)[0])))
     assert kh == int(high.sum())
     session.run(pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], op="Reduce",
