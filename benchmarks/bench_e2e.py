@@ -9,14 +9,16 @@ Method, in one run on this machine:
    each ``--seq``; the mean tokens entering each layer (and the Π_reduce high-group sizes)
    are stretched over the target depth by linear interpolation at the same relative depth.
 2. Per-layer secure costs of the target shape (BERT-base: 12 × 768, 12 heads; random
-   weights: cost does not depend on weight values) measured under CHEETAH at several
-   token counts, per op class, and fitted as ``c + a·n + b·n²`` (bytes and seconds);
-   Π_prune / Π_reduce / BOLT-WE programs measured at (n → k) and fitted as ``c + a·n + b·k·n``.
-3. Whole-model figures = Σ over layers of the fitted costs at the schedule's sizes, plus
-   the pruning programs; ratios to ``none`` and ``bolt_we``; the ideal ratios implied by
-   the schedule (Σ n and Σ n² against the unpruned run); the pruning protocol's share.
-``--quick`` uses a small shape and also runs every method end to end (``--validate``) to
-compare the composed prediction with a direct measurement.
+   weights: cost does not depend on weight values) measured under CHEETAH at ``--sizes``
+   token counts, split into the attention block and the FFN block per op class, plus the
+   pruning programs and the high-/low-degree Softmax and GELU kernels side by side
+   (``benchmarks.composition`` says how they are fitted and composed).
+3. Whole-model figures = Σ over layers of the fitted costs at the schedule's sizes (attention
+   at the tokens entering, FFN at the tokens kept, Π_reduce's low group at the low-degree
+   price), plus the pruning programs; ratios to ``none`` and ``bolt_we``; the ideal ratios
+   implied by the schedule (Σ n and Σ n² against the unpruned run); the pruning share.
+``--validate`` (implied by ``--quick``, which uses a small shape) runs every method end to end
+and compares the measured run with the composition at the schedule that run took.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -40,23 +41,20 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.composition import (  # noqa: E402
+    LAYER_PARTS, METHODS, Schedule, compose, fit_measurements, part_of, table_rows,
+)
+from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW  # noqa: E402
+from protocols import nonlinear  # noqa: E402
 from protocols import pruning as pr  # noqa: E402
-from protocols.meter import LAN, OP_CLASSES, WAN  # noqa: E402
+from protocols.meter import OP_CLASSES  # noqa: E402
 from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
-from protocols.secure_model import plaintext_forward, prune_step, reduce_step, secure_forward  # noqa: E402
+from protocols.secure_model import (  # noqa: E402
+    SecureResult, plaintext_forward, prune_step, reduce_step, secure_forward,
+)
 from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
 
 console = Console(width=240)
-METHODS = ("none", "bolt_we", "prune", "prune_reduce")
-LAYER_OPS = ("Linear", "Softmax", "GELU", "LayerNorm")
-
-
-@dataclass
-class Schedule:
-    """Tokens entering each layer and the Π_reduce high-group size after each layer."""
-
-    entering: list[float]
-    high: list[float]
 
 
 def random_weights(spec: TransformerSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,48 +97,69 @@ def real_schedules(checkpoint: Path, glue_dir: Path, seq: int, count: int, layer
     out: dict[str, Schedule] = {}
     for method in METHODS:
         pruning = PruningSpec(method=method, theta=tuple(th.theta), beta=tuple(th.beta))
-        entering, high = np.zeros(spec.layers), np.zeros(spec.layers)
+        sums = np.zeros((3, spec.layers))
         for text in sentences:
             enc = tok(text, max_length=seq, truncation=True, padding="max_length")
             res = plaintext_forward(spec, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"]),
                                     np.array(enc["token_type_ids"]), pruning)
-            entering += np.array(res.entering_per_layer, float) / len(sentences)
-            high += np.array([h if h is not None else k for h, k in zip(res.high_per_layer, res.kept_per_layer)],
-                             float) / len(sentences)
-        depth = np.linspace(0.0, spec.layers - 1, layers)  # same relative depth, linear interpolation
-        src = np.arange(spec.layers)
-        out[method] = Schedule(np.interp(depth, src, entering).tolist(), np.interp(depth, src, high).tolist())
+            sums += np.array(list(schedule_of(res).__dict__.values())) / len(sentences)
+        out[method] = Schedule(*(v.tolist() for v in sums)).stretched(layers)
     return out
 
 
+def schedule_of(res: SecureResult) -> Schedule:
+    """The token schedule one forward pass actually ran."""
+    high = [h if h is not None else k for h, k in zip(res.high_per_layer, res.kept_per_layer)]
+    return Schedule([float(n) for n in res.entering_per_layer], [float(k) for k in res.kept_per_layer],
+                    [float(h) for h in high])
+
+
 def _warm_up_program(x, w):
-    """Touches HE matmul, comparison, product, equality: Cheetah's one-time key/OT setup."""
+    """Touches HE matmul, comparison, product, equality and the exp / GELU kernels (their
+    fixed-point → int conversion and bit extraction): Cheetah's one-time key/OT setup."""
     y = x @ w
-    return jnp.maximum(y, 0.0) * y + (y == 0.0)
+    return (jnp.maximum(y, 0.0) * y + (y == 0.0) + nonlinear.softmax(y, None, EXP_LOW)
+            + nonlinear.gelu(y, GELU_LOW))
 
 
 def warm_up(session: Any) -> None:
-    """Run ``_warm_up_program`` so that per-session setup is not billed to the first measured op."""
-    session.share("warm_x", np.ones((4, 4), np.float32), "client")
-    session.share("warm_w", np.ones((4, 4), np.float32), "server")
+    """Run ``_warm_up_program`` so that per-session setup is not billed to the first measured op
+    (measured CHEETAH, softmax 2×32×32 as the first program of a session: 19.6 s / 10.3 MB,
+    later runs 2.7 s / 7.2 MB; after a 4×4 warm-up the first run still took 12.5 s, after
+    this 64×64 one it takes no longer than later runs). Costs ≈ 20 s and 40 MB once per session."""
+    rng = np.random.default_rng(0)
+    session.share("warm_x", rng.normal(size=(64, 64)).astype(np.float32), "client")
+    session.share("warm_w", rng.normal(size=(64, 64)).astype(np.float32), "server")
     session.run(_warm_up_program, ["warm_x", "warm_w"], ["warm_y"], op="Other")
     session.delete("warm_x", "warm_w", "warm_y")
 
 
 def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, float]]:
-    """One unpruned layer of ``shape`` at ``n`` tokens, after a warm-up: ``{op: (seconds, bytes)}``."""
+    """One unpruned layer of ``shape`` at ``n`` tokens, after a warm-up: ``{LAYER_PARTS key: (seconds, bytes)}``."""
     one = TransformerSpec(**{**shape.__dict__, "layers": 1})
     weights = random_weights(one)
     ids = np.random.default_rng(n).integers(1, one.vocab_size, n)
     with TwoPartySession(session_spec) as s:
         warm_up(s)
+        before = s.meter.report()
         secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
-        layer = s.meter.report().by_layer()[0]
-    return {op: (part.wall_s, float(part.bytes_total)) for op, part in layer.by_op().items()}
+        programs = s.meter.report().since(before).programs
+    out = {part: (0.0, 0.0) for part in LAYER_PARTS}
+    in_ffn = False
+    for p in programs:
+        if p.layer != 0:
+            continue
+        in_ffn = in_ffn or p.program == "linear"      # the FFN starts with the first plain linear
+        key = part_of(p.op, p.program, in_ffn)
+        out[key] = (out[key][0] + p.wall_s, out[key][1] + p.bytes_total)
+    return out
 
 
-def measure_pruning(session_spec: SessionSpec, hidden: int, heads: int, n: int) -> dict[str, tuple[float, float]]:
-    """Π_prune (n → n/2), Π_reduce (n → n/2, half high) and BOLT WE (n → n/2): ``{name: (s, bytes)}``."""
+def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, float]]:
+    """At ``n`` tokens: Π_prune (n → n/2), Π_reduce (n → n/2, half high), BOLT WE (n → n/2), and
+    Softmax ``[H, n, n]`` / GELU ``[n, f]`` with the high- and the low-degree polynomial:
+    ``{name: (seconds, bytes)}``."""
+    hidden, heads = shape.hidden, shape.heads
     rng = np.random.default_rng(n)
     probs = rng.dirichlet(np.ones(n), size=(heads, n)).astype(np.float32)
     k = max(1, n // 2)
@@ -153,89 +172,26 @@ def measure_pruning(session_spec: SessionSpec, hidden: int, heads: int, n: int) 
         s.share("valid", np.ones(n, np.float32), "client")
         s.share("theta", np.array([theta], np.float32), "server")
         s.share("beta", np.array([theta * 1.5], np.float32), "server")
+        s.share("sc", rng.normal(size=(heads, n, n)).astype(np.float32), "client")
+        s.share("f", rng.normal(size=(n, shape.intermediate)).astype(np.float32), "client")
         steps = [
             ("prune", prune_step, ["A", "theta", "valid"], ["R", "M", "k"], {}),
             ("prune", pr.prune_select, ["h", "M", "valid"], ["h1", "v1"], {"k": k}),
             ("reduce", reduce_step, ["R", "beta", "M"], ["high", "kh"], {"scale": heads * n}),
             ("reduce", pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], {"k": k, "k_high": max(1, k // 2)}),
             ("bolt_we", pr.bolt_we_select, ["h", "R", "valid"], ["h3", "v3"], {"keep": k}),  # rank(R) = rank(S)
+            ("Softmax_high", nonlinear.softmax, ["sc"], ["p1"], {"bias": None, "approx": EXP_HIGH}),
+            ("Softmax_low", nonlinear.softmax, ["sc"], ["p2"], {"bias": None, "approx": EXP_LOW}),
+            ("GELU_high", nonlinear.gelu, ["f"], ["g1"], {"approx": GELU_HIGH}),
+            ("GELU_low", nonlinear.gelu, ["f"], ["g2"], {"approx": GELU_LOW}),
         ]
         for name, fn, ins, outs, static in steps:
             before = s.meter.report()
-            s.run(fn, ins, outs, op="Prune", static=static)
+            s.run(fn, ins, outs, op="Other" if "_" in name else "Prune", static=static)
             part = s.meter.report().since(before)
             prev = out.get(name, (0.0, 0.0))
             out[name] = (prev[0] + part.wall_s, prev[1] + part.bytes_total)
     return out
-
-
-def fit(points: list[tuple[float, float, float]]) -> np.ndarray:
-    """Least-squares fit of value = c + a·x1 + b·x2 over ``(x1, x2, value)``; coefficients ≥ 0.
-
-    The constant matters: Cheetah's HE matmul costs grow with the weight matrix, not with
-    n, when n is small.
-    """
-    a = np.array([[1.0, p[0], p[1]] for p in points])
-    y = np.array([p[2] for p in points])
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    return np.maximum(coef, 0.0)
-
-
-def compose(schedule: Schedule, method: str, layer_fit: dict[str, np.ndarray], prune_fit: dict[str, np.ndarray],
-            n0: int) -> dict[str, float]:
-    """Whole-model seconds and bytes per op class for ``schedule`` (index 0: s, 1: bytes)."""
-    totals = {f"{q}/{op}": 0.0 for q in ("s", "bytes") for op in OP_CLASSES}
-    layers = len(schedule.entering)
-    for l in range(layers):
-        n = schedule.entering[l] if method != "none" else n0
-        after = schedule.entering[l + 1] if l + 1 < layers else schedule.entering[l]
-        if method == "bolt_we":
-            n = n0 if l == 0 else math.ceil(n0 / 2)
-        for op in LAYER_OPS:  # attention on n tokens, FFN on the kept ones: split Linear/LN evenly
-            for qi, q in enumerate(("s", "bytes")):
-                totals[f"{q}/{op}"] += float(layer_fit[op][qi] @ np.array([1.0, n, n * n]))
-        k = after if method in ("prune", "prune_reduce") else math.ceil(n0 / 2)
-        runs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"], "bolt_we": ["bolt_we"] if l == 0 else []}
-        for name in runs.get(method, []):
-            for qi, q in enumerate(("s", "bytes")):
-                totals[f"{q}/{'Reduce' if name == 'reduce' else 'Prune'}"] += float(prune_fit[name][qi] @ np.array([1.0, n, k * n]))
-    return totals
-
-
-def ideal(schedule: Schedule, method: str, n0: int) -> tuple[float, float]:
-    """Σ n and Σ n² of ``method``'s schedule relative to the unpruned run (ideal speed-ups)."""
-    layers = len(schedule.entering)
-    if method == "none":
-        ns = [n0] * layers
-    elif method == "bolt_we":
-        ns = [n0] + [math.ceil(n0 / 2)] * (layers - 1)
-    else:
-        ns = schedule.entering
-    return layers * n0 / sum(ns), layers * n0 * n0 / sum(n * n for n in ns)
-
-
-def table_rows(seq: int, schedules: dict[str, Schedule], layer_fit: dict, prune_fit: dict) -> list[dict[str, float | str]]:
-    """One row per method: seconds, GB, LAN/WAN estimates, ratios, pruning share, ideal ratios."""
-    rows: list[dict[str, float | str]] = []
-    for method in METHODS:
-        t = compose(schedules[method], method, layer_fit, prune_fit, seq)
-        secs = sum(t[f"s/{op}"] for op in OP_CLASSES)
-        nbytes = sum(t[f"bytes/{op}"] for op in OP_CLASSES)
-        # rounds are not modelled per layer here: LAN/WAN add bandwidth time to compute only
-        row: dict[str, float | str] = {"seq": seq, "method": method, "time_s": secs, "comm_gb": nbytes / 2**30,
-                                       "lan_s": secs + 8 * nbytes / LAN.bandwidth_bps,
-                                       "wan_s": secs + 8 * nbytes / WAN.bandwidth_bps,
-                                       "prune_share": (t["s/Prune"] + t["s/Reduce"]) / secs,
-                                       "sum_n": sum(schedules[method].entering) if method not in ("none", "bolt_we") else float("nan")}
-        row["ideal_sum_n"], row["ideal_sum_n2"] = ideal(schedules[method], method, seq)
-        for op in OP_CLASSES:
-            row[f"s/{op}"] = t[f"s/{op}"]
-        rows.append(row)
-    base = {r["method"]: r for r in rows}
-    for r in rows:
-        r["x_none"] = float(base["none"]["lan_s"]) / float(r["lan_s"])
-        r["x_bolt"] = float(base["bolt_we"]["lan_s"]) / float(r["lan_s"])
-    return rows
 
 
 def render(rows: list[dict], title: str) -> tuple[Table, str]:
@@ -255,25 +211,110 @@ def render(rows: list[dict], title: str) -> tuple[Table, str]:
     return table, "\n".join(md)
 
 
+def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, glue_dir: Path, seq: int,
+             layer_fit: Any, prune_fit: Any) -> list[dict[str, float | str]]:
+    """Every method end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
+    to its depth, one real SST-2 dev sentence at ``seq`` tokens), against the composition at the
+    schedule that run actually took: measured vs composed seconds and bytes."""
+    from transformers import AutoTokenizer
+
+    from models.data import load_glue_raw
+    from models.thresholds import read_thresholds
+
+    th = read_thresholds(checkpoint / "thresholds.json")
+    depth = np.linspace(0.0, len(th.theta) - 1, shape.layers)
+    stretch = lambda v: tuple(np.interp(depth, np.arange(len(v)), v).tolist())  # noqa: E731
+    text = load_glue_raw("sst2", glue_dir, ("dev",))["dev"]["text_a"][0]
+    enc = AutoTokenizer.from_pretrained(str(checkpoint))(text, max_length=seq, truncation=True, padding="max_length")
+    weights = random_weights(shape)
+    rows: list[dict[str, float | str]] = []
+    for method in METHODS:
+        with console.status(f"validate: {method} end to end, {shape.layers} layers, {seq} tokens"), \
+                TwoPartySession(session_spec) as s:
+            warm_up(s)
+            before = s.meter.report()
+            res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
+                                 np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta)))
+            cost = s.meter.report().since(before)
+        sched = schedule_of(res)
+        comp = compose(sched, method, layer_fit, prune_fit, seq)
+        measured_s = sum(p.wall_s for p in cost.programs if p.layer is not None)
+        measured_b = sum(p.bytes_total for p in cost.programs if p.layer is not None)
+        row = {"method": method, "schedule": "-".join(f"{n:.0f}" for n in sched.entering),
+               "measured_s": measured_s, "composed_s": sum(comp[f"s/{op}"] for op in OP_CLASSES),
+               "measured_mb": measured_b / 2**20, "composed_mb": sum(comp[f"bytes/{op}"] for op in OP_CLASSES) / 2**20}
+        console.print(f"validate {method}: schedule {row['schedule']}, measured {measured_s:.1f} s / "
+                      f"{row['measured_mb']:.1f} MB vs composed {row['composed_s']:.1f} s / {row['composed_mb']:.1f} MB")
+        rows.append(row)
+    return rows
+
+
+def validation_markdown(rows: list[dict[str, float | str]]) -> str:
+    lines = ["| method | schedule | measured s | composed s | measured MB | composed MB | bytes error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        err = float(r["composed_mb"]) / float(r["measured_mb"]) - 1
+        lines.append(f"| {r['method']} | {r['schedule']} | {r['measured_s']:.1f} | {r['composed_s']:.1f} | "
+                     f"{r['measured_mb']:.1f} | {r['composed_mb']:.1f} | {err:+.1%} |")
+    return "\n".join(lines)
+
+
+def measure(session_spec: SessionSpec, shape: TransformerSpec, sizes: list[int], path: Path,
+            reuse: bool) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per-size measurements, saved to ``path`` after each size; with ``reuse`` sizes already in
+    ``path`` (for the same shape) are read, not measured again."""
+    measured: dict[str, Any] = json.loads(path.read_text()) if reuse and path.exists() else {}
+    if measured.get("shape", shape.__dict__) != shape.__dict__:
+        raise SystemExit(f"--measurements {path} holds another shape ({measured['shape']}); use another file")
+    sizes_done = measured.setdefault("sizes", {})
+    for n in sizes:
+        if str(n) in sizes_done and set(sizes_done[str(n)]) >= set(LAYER_PARTS):
+            continue
+        t0 = time.time()
+        with console.status(f"{session_spec.protocol}: one layer, then pruning programs and kernels, at n={n}"):
+            layer = measure_layer(session_spec, shape, n)
+            programs = measure_programs(session_spec, shape, n)
+        console.print(f"measured n={n} in {time.time() - t0:.0f} s: " +
+                      ", ".join(f"{k} {v[0]:.1f}s/{v[1] / 2**20:.1f}MB" for k, v in {**layer, **programs}.items()))
+        sizes_done[str(n)] = {**layer, **programs}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"shape": shape.__dict__, "sizes": sizes_done}, indent=1))
+    return {k: v for k, v in sizes_done.items() if int(k) in sizes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned checkpoint dir with thresholds.json")
     ap.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
     ap.add_argument("--seq", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--sentences", type=int, default=16)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="token counts measured per layer")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128], help="token counts measured per layer")
     ap.add_argument("--protocol", default="CHEETAH")
     ap.add_argument("--transport", default="processes")
-    ap.add_argument("--quick", action="store_true", help="BERT-tiny shape (2 x 128) instead of BERT-base")
+    ap.add_argument("--quick", action="store_true",
+                    help="BERT-tiny shape (2 x 128), sizes 16 32 64, seq 32 64, and --validate: minutes")
+    ap.add_argument("--validate", action="store_true",
+                    help="also run every method end to end and compare with the composition (costly on BERT-base)")
     ap.add_argument("--results", type=Path, default=None, help="append the table to this Markdown file")
-    ap.add_argument("--measurements", type=Path, default=ROOT / "outputs" / "bench_e2e_measurements.json",
-                    help="per-size measurements: written after measuring, read instead of measuring with --reuse")
-    ap.add_argument("--reuse", action="store_true", help="compose from --measurements without measuring again")
+    ap.add_argument("--measurements", type=Path, default=None,
+                    help="per-size measurements file (default outputs/bench_e2e_<shape>.json)")
+    ap.add_argument("--reuse", action="store_true", help="reuse sizes already in --measurements")
     args = ap.parse_args()
+    if args.quick:
+        args.validate = True
+        if args.sizes == ap.get_default("sizes"):
+            args.sizes = [16, 32, 64]
+        if args.seq == ap.get_default("seq"):
+            args.seq = [32, 64]
+    for path in (args.checkpoint, args.checkpoint / "thresholds.json", args.glue_dir):
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist (--checkpoint needs a fine-tuned dir with thresholds.json)")
     shape = (TransformerSpec(vocab_size=30522, hidden=128, layers=2, heads=2, intermediate=512, max_positions=512)
              if args.quick else
              TransformerSpec(vocab_size=30522, hidden=768, layers=12, heads=12, intermediate=3072, max_positions=512))
-    session_spec = SessionSpec(protocol=args.protocol, transport=args.transport, recv_timeout_s=600.0)
+    tag = f"{shape.layers}x{shape.hidden}"
+    args.measurements = args.measurements or ROOT / "outputs" / f"bench_e2e_{tag}.json"
+    session_spec = SessionSpec(protocol=args.protocol, transport=args.transport, recv_timeout_s=1200.0)
     started = time.time()
     console.print(f"[bold]shape[/] {shape.layers} layers × {shape.hidden} hidden, {shape.heads} heads, random weights "
                   "(cost does not depend on weight values); schedules from real thresholds on real SST-2 sentences")
@@ -282,48 +323,35 @@ def main() -> None:
         with console.status(f"schedule at {seq} tokens from {args.checkpoint}"):
             schedules[seq] = real_schedules(args.checkpoint, args.glue_dir, seq, args.sentences, shape.layers)
         console.print(f"schedule {seq}: prune " + "-".join(f"{n:.0f}" for n in schedules[seq]["prune"].entering))
-    measured: dict[str, dict] = json.loads(args.measurements.read_text()) if args.reuse else {}
-    for n in ([] if args.reuse else args.sizes):
-        t0 = time.time()
-        with console.status(f"{args.protocol} layer at n={n}"):
-            layer = measure_layer(session_spec, shape, n)
-            prunes = measure_pruning(session_spec, shape.hidden, shape.heads, n)
-        console.print(f"measured n={n} in {time.time() - t0:.0f} s: " +
-                      ", ".join(f"{op} {layer[op][0]:.1f}s/{layer[op][1] / 2**20:.1f}MB" for op in LAYER_OPS) +
-                      ", " + ", ".join(f"{k} {v[0]:.1f}s/{v[1] / 2**20:.1f}MB" for k, v in prunes.items()))
-        measured[str(n)] = {**{op: layer[op] for op in LAYER_OPS}, **prunes}
-        args.measurements.parent.mkdir(parents=True, exist_ok=True)
-        args.measurements.write_text(json.dumps(measured, indent=1))
-    layer_pts: dict[str, list] = {op: [] for op in LAYER_OPS}
-    prune_pts: dict[str, list] = {"prune": [], "reduce": [], "bolt_we": []}
-    for key, values in measured.items():
-        n, k = int(key), max(1, int(key) // 2)
-        for op in LAYER_OPS:
-            layer_pts[op].append((n, n * n, values[op]))
-        for name in prune_pts:
-            prune_pts[name].append((n, k * n, values[name]))
-    layer_fit = {op: [fit([(a, b, v[q]) for a, b, v in pts]) for q in (0, 1)] for op, pts in layer_pts.items()}
-    prune_fit = {nm: [fit([(a, b, v[q]) for a, b, v in pts]) for q in (0, 1)] for nm, pts in prune_pts.items()}
+    layer_fit, prune_fit = fit_measurements(measure(session_spec, shape, args.sizes, args.measurements, args.reuse))
     all_rows, md_tables = [], []
     for seq in args.seq:
         rows = table_rows(seq, schedules[seq], layer_fit, prune_fit)
         table, md = render(rows, f"{seq} tokens, {shape.layers}×{shape.hidden}, {args.protocol}")
         console.print(table)
         all_rows += rows
-        md_tables.append(f"Schedule (prune, tokens entering each layer): "
-                         + "-".join(f"{n:.0f}" for n in schedules[seq]["prune"].entering) + "\n\n" + md)
+        sched = schedules[seq]["prune_reduce"]
+        md_tables.append("Schedule (tokens entering each layer): " + "-".join(f"{n:.0f}" for n in sched.entering)
+                         + "; Π_reduce high group: " + "-".join(f"{n:.0f}" for n in sched.high) + "\n\n" + md)
+    metrics = {f"{r['method']}/{r['seq']}/{k}": float(v) for r in all_rows for k, v in r.items()
+               if isinstance(v, float) and not math.isnan(v)}
+    if args.validate:
+        checks = validate(session_spec, shape, args.checkpoint, args.glue_dir, args.seq[0], layer_fit, prune_fit)
+        md_tables.append(f"End-to-end check at {args.seq[0]} tokens (measured run vs composition at its own "
+                         "schedule, layers only):\n\n" + validation_markdown(checks))
+        metrics.update({f"validate/{r['method']}/{k}": float(v) for r in checks for k, v in r.items()
+                        if isinstance(v, float)})
     header = (f"## {date.today()} — `{' '.join(sys.argv)}`\n\nMachine: {platform.node()}, {platform.processor() or platform.machine()}, "
               f"2 cores; {args.protocol} over {args.transport}; measured sizes {args.sizes}; run took "
               f"{time.time() - started:.0f} s. Whole-model figures are composed from measured per-layer costs "
-              "(fitted c + a·n + b·n²) at the schedule's sizes; LAN/WAN = compute + bytes/bandwidth.\n\n")
+              "(attention block at n entering, FFN at k kept; fitted c + a·n + b·n²; Π_reduce's low group priced "
+              "with the measured low/high-degree kernel ratio); LAN/WAN = compute + bytes/bandwidth.\n\n")
     report = header + "\n\n".join(md_tables) + "\n"
     if args.results:
         with open(args.results, "a") as fh:
             fh.write("\n" + report)
     from pipeline.tracking import log_standalone_run
 
-    metrics = {f"{r['method']}/{r['seq']}/{k}": float(v) for r in all_rows for k, v in r.items()
-               if isinstance(v, float) and not math.isnan(v)}
     run_id = log_standalone_run("benchmarks", "bench_e2e", vars(args) | {"shape": shape.__dict__}, metrics,
                                 {"results.md": report}, ROOT / "outputs")
     console.print(f"logged to MLflow run {run_id} (experiment 'benchmarks')")

@@ -69,6 +69,7 @@ class ProgramCost:
     messages: tuple[int, int]
     rounds: int
     pphlo_sent: dict[str, int] = field(default_factory=dict)
+    program: str = ""          # the kernel's qualified name (e.g. ``gelu``), for profiles
 
     @property
     def bytes_total(self) -> int:

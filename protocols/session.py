@@ -276,7 +276,7 @@ class SecureSession(Session):
         ops, (sent, recv, send_actions, recv_actions) = parse_profile(profile)
         self.meter.record(ProgramCost(op=op, layer=layer, wall_s=wall, sent=(sent, recv),
                                       messages=(send_actions, recv_actions), rounds=estimate_rounds(ops),
-                                      pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}))
+                                      pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}, program=fn.__qualname__))
         for name, meta in zip(outputs, program.outputs):
             self._meta[name] = meta
 
