@@ -5,9 +5,10 @@
 Method, in one run on this machine:
 1. Token schedules from real thresholds on real sentences: the fine-tuned checkpoint in
    ``--checkpoint`` (with its ``thresholds.json``) runs the plaintext twin of the secure
-   forward pass (same code, same decisions) on ``--sentences`` real SST-2 dev sentences at
+   forward pass (same code, same decisions) on ``--sentences`` real dev examples of ``--task`` at
    each ``--seq``; the mean tokens entering each layer (and the Π_reduce high-group sizes)
-   are stretched over the target depth by linear interpolation at the same relative depth.
+   are stretched over the target depth (``Schedule.stretched``: layer 0 as is, later layers
+   interpolated at the same relative depth).
 2. Per-layer secure costs of the target shape (BERT-base: 12 × 768, 12 heads; random
    weights: cost does not depend on weight values) measured under CHEETAH at ``--sizes``
    token counts, split into the attention block and the FFN block per op class, plus the
@@ -80,11 +81,21 @@ def random_weights(spec: TransformerSpec, seed: int = 0) -> dict[str, np.ndarray
     return out
 
 
-def real_schedules(checkpoint: Path, glue_dir: Path, seq: int, count: int, layers: int) -> dict[str, Schedule]:
-    """Schedules of the fine-tuned model on real SST-2 dev sentences, stretched to ``layers``."""
+def dev_inputs(task: str, checkpoint: Path, glue_dir: Path, seq: int, count: int) -> list[dict[str, list[int]]]:
+    """The first ``count`` real dev examples of a GLUE ``task`` (pairs for pair tasks),
+    tokenised by the checkpoint's tokenizer and padded to ``seq``."""
     from transformers import AutoTokenizer
 
     from models.data import load_glue_raw
+
+    dev = load_glue_raw(task, glue_dir, ("dev",))["dev"]
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    texts = [dev["text_a"][:count]] + ([dev["text_b"][:count]] if "text_b" in dev.column_names else [])
+    return [dict(tok(*parts, max_length=seq, truncation=True, padding="max_length")) for parts in zip(*texts)]
+
+
+def real_schedules(checkpoint: Path, task: str, glue_dir: Path, seq: int, count: int, layers: int) -> dict[str, Schedule]:
+    """Schedules of the fine-tuned model on real dev examples of ``task``, stretched to ``layers``."""
     from models.thresholds import read_thresholds
     from models.weights import load_checkpoint, to_numpy_weights
 
@@ -92,17 +103,15 @@ def real_schedules(checkpoint: Path, glue_dir: Path, seq: int, count: int, layer
     th = read_thresholds(checkpoint / "thresholds.json")
     spec = TransformerSpec.from_hf_config(json.loads((checkpoint / "config.json").read_text()))
     weights = to_numpy_weights(model)
-    tok = AutoTokenizer.from_pretrained(str(checkpoint))
-    sentences = load_glue_raw("sst2", glue_dir, ("dev",))["dev"]["text_a"][:count]
+    inputs = dev_inputs(task, checkpoint, glue_dir, seq, count)
     out: dict[str, Schedule] = {}
     for method in METHODS:
         pruning = PruningSpec(method=method, theta=tuple(th.theta), beta=tuple(th.beta))
         sums = np.zeros((3, spec.layers))
-        for text in sentences:
-            enc = tok(text, max_length=seq, truncation=True, padding="max_length")
+        for enc in inputs:
             res = plaintext_forward(spec, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"]),
                                     np.array(enc["token_type_ids"]), pruning)
-            sums += np.array(list(schedule_of(res).__dict__.values())) / len(sentences)
+            sums += np.array(list(schedule_of(res).__dict__.values())) / len(inputs)
         out[method] = Schedule(*(v.tolist() for v in sums)).stretched(layers)
     return out
 
@@ -211,21 +220,17 @@ def render(rows: list[dict], title: str) -> tuple[Table, str]:
     return table, "\n".join(md)
 
 
-def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, glue_dir: Path, seq: int,
-             layer_fit: Any, prune_fit: Any) -> list[dict[str, float | str]]:
+def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, task: str, glue_dir: Path,
+             seq: int, layer_fit: Any, prune_fit: Any) -> list[dict[str, float | str]]:
     """Every method end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
-    to its depth, one real SST-2 dev sentence at ``seq`` tokens), against the composition at the
+    to its depth, one real dev example of ``task`` at ``seq`` tokens), against the composition at the
     schedule that run actually took: measured vs composed seconds and bytes."""
-    from transformers import AutoTokenizer
-
-    from models.data import load_glue_raw
     from models.thresholds import read_thresholds
 
     th = read_thresholds(checkpoint / "thresholds.json")
     depth = np.linspace(0.0, len(th.theta) - 1, shape.layers)
     stretch = lambda v: tuple(np.interp(depth, np.arange(len(v)), v).tolist())  # noqa: E731
-    text = load_glue_raw("sst2", glue_dir, ("dev",))["dev"]["text_a"][0]
-    enc = AutoTokenizer.from_pretrained(str(checkpoint))(text, max_length=seq, truncation=True, padding="max_length")
+    enc = dev_inputs(task, checkpoint, glue_dir, seq, 1)[0]
     weights = random_weights(shape)
     rows: list[dict[str, float | str]] = []
     for method in METHODS:
@@ -285,6 +290,7 @@ def measure(session_spec: SessionSpec, shape: TransformerSpec, sizes: list[int],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned checkpoint dir with thresholds.json")
+    ap.add_argument("--task", default="sst2", help="GLUE task whose real dev examples set the schedules")
     ap.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
     ap.add_argument("--seq", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--sentences", type=int, default=16)
@@ -317,11 +323,11 @@ def main() -> None:
     session_spec = SessionSpec(protocol=args.protocol, transport=args.transport, recv_timeout_s=1200.0)
     started = time.time()
     console.print(f"[bold]shape[/] {shape.layers} layers × {shape.hidden} hidden, {shape.heads} heads, random weights "
-                  "(cost does not depend on weight values); schedules from real thresholds on real SST-2 sentences")
+                  f"(cost does not depend on weight values); schedules from real thresholds on real {args.task} dev examples")
     schedules = {}
     for seq in args.seq:
         with console.status(f"schedule at {seq} tokens from {args.checkpoint}"):
-            schedules[seq] = real_schedules(args.checkpoint, args.glue_dir, seq, args.sentences, shape.layers)
+            schedules[seq] = real_schedules(args.checkpoint, args.task, args.glue_dir, seq, args.sentences, shape.layers)
         console.print(f"schedule {seq}: prune " + "-".join(f"{n:.0f}" for n in schedules[seq]["prune"].entering))
     layer_fit, prune_fit = fit_measurements(measure(session_spec, shape, args.sizes, args.measurements, args.reuse))
     all_rows, md_tables = [], []
@@ -336,7 +342,7 @@ def main() -> None:
     metrics = {f"{r['method']}/{r['seq']}/{k}": float(v) for r in all_rows for k, v in r.items()
                if isinstance(v, float) and not math.isnan(v)}
     if args.validate:
-        checks = validate(session_spec, shape, args.checkpoint, args.glue_dir, args.seq[0], layer_fit, prune_fit)
+        checks = validate(session_spec, shape, args.checkpoint, args.task, args.glue_dir, args.seq[0], layer_fit, prune_fit)
         md_tables.append(f"End-to-end check at {args.seq[0]} tokens (measured run vs composition at its own "
                          "schedule, layers only):\n\n" + validation_markdown(checks))
         metrics.update({f"validate/{r['method']}/{k}": float(v) for r in checks for k, v in r.items()

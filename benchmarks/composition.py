@@ -42,10 +42,19 @@ class Schedule:
     high: list[float]
 
     def stretched(self, layers: int) -> "Schedule":
-        """The same schedule at ``layers`` depth (linear interpolation at equal relative depth)."""
-        src = np.arange(len(self.entering))
-        depth = np.linspace(0.0, len(self.entering) - 1, layers)
-        return Schedule(*(np.interp(depth, src, v).tolist() for v in (self.entering, self.kept, self.high)))
+        """The same schedule at ``layers`` depth. Layer 0 keeps its size (every method runs it
+        on all n0 tokens; its prune drops the padding); the entering sizes of source layers
+        1…L−1 are interpolated linearly over target layers 1…layers−1, and the high share of
+        the kept tokens at the same relative depth."""
+        src_layers = len(self.entering)
+        if src_layers == 1 or layers == 1:
+            return Schedule(*([v[0]] * layers for v in (self.entering, self.kept, self.high)))
+        depth = np.concatenate([[0.0], np.linspace(1.0, src_layers - 1, layers - 1)])
+        src = np.arange(src_layers)
+        entering = np.interp(depth, src, self.entering)
+        kept = np.append(entering[1:], self.kept[-1])
+        share = np.interp(depth, src, np.array(self.high) / np.maximum(np.array(self.kept), 1e-9))
+        return Schedule(entering.tolist(), kept.tolist(), (share * kept).tolist())
 
 
 def part_of(op: str, program: str, after_ffn_start: bool) -> str:

@@ -83,9 +83,15 @@ def test_fit_measurements_reads_every_key() -> None:
     assert float(layer["Softmax"][1] @ np.array([1.0, 48, 48 * 48])) == pytest.approx(480.0)
 
 
-def test_stretched_schedule_keeps_ends_and_interpolates() -> None:
-    s = Schedule([8.0, 4.0], [4.0, 2.0], [2.0, 1.0]).stretched(3)
-    assert s.entering == [8.0, 6.0, 4.0] and s.kept == [4.0, 3.0, 2.0] and s.high == [2.0, 1.5, 1.0]
+def test_stretched_schedule_keeps_layer_zero_and_interpolates_the_rest() -> None:
+    # 3 source layers: 64 tokens (24 real) → prune keeps 24 → 12 → 6
+    src = Schedule([64.0, 24.0, 12.0], [24.0, 12.0, 6.0], [12.0, 6.0, 3.0])
+    s = src.stretched(5)
+    np.testing.assert_allclose(s.entering, [64.0, 24.0, 20.0, 16.0, 12.0])   # layers 1..4 ↔ source depth 1..2
+    np.testing.assert_allclose(s.kept, [24.0, 20.0, 16.0, 12.0, 6.0])
+    np.testing.assert_allclose(s.high, [k / 2 for k in s.kept])       # half of the kept are high throughout
+    same = src.stretched(3)
+    assert (same.entering, same.kept, same.high) == (src.entering, src.kept, src.high)
 
 
 def test_table_rows_ratios_against_none_and_bolt() -> None:
