@@ -221,8 +221,8 @@ def render(rows: list[dict], title: str) -> tuple[Table, str]:
 
 
 def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, task: str, glue_dir: Path,
-             seq: int, layer_fit: Any, prune_fit: Any) -> list[dict[str, float | str]]:
-    """Every method end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
+             seq: int, layer_fit: Any, prune_fit: Any, methods: tuple[str, ...] = METHODS) -> list[dict[str, float | str]]:
+    """Each of ``methods`` end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
     to its depth, one real dev example of ``task`` at ``seq`` tokens), against the composition at the
     schedule that run actually took: measured vs composed seconds and bytes."""
     from models.thresholds import read_thresholds
@@ -233,7 +233,7 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
     enc = dev_inputs(task, checkpoint, glue_dir, seq, 1)[0]
     weights = random_weights(shape)
     rows: list[dict[str, float | str]] = []
-    for method in METHODS:
+    for method in methods:
         with console.status(f"validate: {method} end to end, {shape.layers} layers, {seq} tokens"), \
                 TwoPartySession(session_spec) as s:
             warm_up(s)
@@ -301,6 +301,8 @@ def main() -> None:
                     help="BERT-tiny shape (2 x 128), sizes 16 32 64, seq 32 64, and --validate: minutes")
     ap.add_argument("--validate", action="store_true",
                     help="also run every method end to end and compare with the composition (costly on BERT-base)")
+    ap.add_argument("--validate-methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="methods run end to end by --validate")
     ap.add_argument("--results", type=Path, default=None, help="append the table to this Markdown file")
     ap.add_argument("--measurements", type=Path, default=None,
                     help="per-size measurements file (default outputs/bench_e2e_<shape>.json)")
@@ -342,7 +344,8 @@ def main() -> None:
     metrics = {f"{r['method']}/{r['seq']}/{k}": float(v) for r in all_rows for k, v in r.items()
                if isinstance(v, float) and not math.isnan(v)}
     if args.validate:
-        checks = validate(session_spec, shape, args.checkpoint, args.task, args.glue_dir, args.seq[0], layer_fit, prune_fit)
+        checks = validate(session_spec, shape, args.checkpoint, args.task, args.glue_dir, args.seq[0], layer_fit, prune_fit,
+                          tuple(args.validate_methods))
         md_tables.append(f"End-to-end check at {args.seq[0]} tokens (measured run vs composition at its own "
                          "schedule, layers only):\n\n" + validation_markdown(checks))
         metrics.update({f"validate/{r['method']}/{k}": float(v) for r in checks for k, v in r.items()

@@ -83,7 +83,7 @@ def main() -> None:
         step("LN2", nl.layernorm, ["r2", "g", "b"], ["out"], "LayerNorm", {"eps": 1e-12})
         report = s.meter.report()
     print(f"\n{args.protocol}, n={n}, d={d}, H={h}, FFN={f}; total wall {time.perf_counter() - t0:.1f} s")
-    print(f"| op class | time s | comm MB | BOLT MB/layer | BumbleBee MB/layer | ours / BOLT |")
+    print("| op class | time s | comm MB | BOLT MB/layer | BumbleBee MB/layer | ours / BOLT |")
     print("|---|---:|---:|---:|---:|---:|")
     for op, part in report.by_op().items():
         if not part.programs:
