@@ -1,0 +1,37 @@
+"""bench_e2e's per-layer measurement splits one secure layer into attention and FFN parts."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.bench_e2e import measure_layer, random_weights  # noqa: E402
+from benchmarks.composition import LAYER_PARTS  # noqa: E402
+from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
+from protocols.secure_model import secure_forward  # noqa: E402
+from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
+
+
+def test_measure_layer_attributes_every_program_of_the_layer() -> None:
+    shape = TransformerSpec(vocab_size=64, hidden=16, layers=2, heads=2, intermediate=32, max_positions=16)
+    parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, 8)
+    assert set(parts) == set(LAYER_PARTS)
+    for part, (seconds, nbytes) in parts.items():
+        assert seconds > 0 and nbytes > 0, part
+    # one add_layernorm on [8, 16] each side of the split: the same program, the same bytes
+    assert parts["attn/LayerNorm"][1] == parts["ffn/LayerNorm"][1]
+
+
+def test_measure_layer_parts_add_up_to_the_layer() -> None:
+    shape = TransformerSpec(vocab_size=64, hidden=16, layers=1, heads=2, intermediate=32, max_positions=16)
+    parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, 8)
+    weights = random_weights(shape)
+    with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+        secure_forward(s, shape, weights, np.arange(1, 9), np.ones(8, np.float32), np.zeros(8, np.int64),
+                       PruningSpec("none", (0.0,), (0.0,)))
+        layer = [p for p in s.meter.report().programs if p.layer == 0]
+    assert sum(b for _, b in parts.values()) == sum(p.bytes_total for p in layer)
+    assert [p.program for p in layer][-4:] == ["linear", "gelu", "linear", "add_layernorm"]
