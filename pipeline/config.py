@@ -114,6 +114,10 @@ class DataConfig:
     truncation: Truncation = Truncation.truncate
     train_limit: Optional[int] = None
     dev_limit: Optional[int] = None
+    # wikitext2 (causal LM): max_length is the block size; the limits count blocks
+    test_limit: Optional[int] = None
+    wikitext_dir: Optional[str] = None  # local WikiText-2 raw files; None: Hugging Face hub
+    tokenizer_dir: Optional[str] = None  # GPT-2 tokenizer when model.checkpoint has none
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -144,6 +148,10 @@ class FinetuneConfig:
     beta_factor: float = 2.0
     seed: int = 0
     torch_threads: int = 1  # intra-op threads; >1 pays off only for large models on an idle machine
+    # wikitext2 (causal LM): steps = max_steps or epochs · train blocks / batch_size
+    max_minutes: Optional[float] = None  # stop LM training early on wall time
+    warmup_ratio: float = 0.05
+    eval_blocks: Optional[int] = None  # LM: final dev/test perplexity over at most this many blocks
 
 
 @dataclass
@@ -170,6 +178,7 @@ class SecureEvalConfig:
     )
     num_examples: int = 2
     random_weights: bool = False  # timing runs: cost does not depend on weight values
+    seq_len: Optional[int] = None  # wikitext2: tokens per securely evaluated sequence (None: max_length)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import PipelineConfig, Stage, Task
+from pipeline.config import Family, Method, PipelineConfig, Stage, Task
 
 FIELDS = ("FM32", "FM64", "FM128")
 GLUE_FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "stsb": "STS-B",
@@ -26,6 +26,7 @@ def _positive(name: str, value: float) -> None:
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
+    _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))
     if m.hidden % m.heads:
@@ -75,3 +76,41 @@ def validate(cfg: PipelineConfig) -> None:
     _positive("secure_eval.num_examples", cfg.secure_eval.num_examples)
     if not cfg.secure_eval.methods:
         raise ConfigError("secure_eval.methods is empty: give at least one of none, bolt_we, prune, prune_reduce")
+
+
+def _validate_lm(cfg: PipelineConfig) -> None:
+    """The causal-LM task (wikitext2) needs a GPT-2 and runs no pruning method."""
+    m, d = cfg.model, cfg.data
+    lm_task = d.task is Task.wikitext2
+    if lm_task and m.family is not Family.gpt2:
+        raise ConfigError(f"data.task=wikitext2 is causal language modelling: it needs model.family=gpt2, "
+                          f"got model.family={m.family.value} (model={m.name}); use e.g. model=gpt2_small_lm")
+    if not lm_task and m.family is Family.gpt2:
+        raise ConfigError(f"model.family=gpt2 (model={m.name}) is a causal LM and supports only data.task=wikitext2, "
+                          f"got data.task={d.task.value}; GLUE classification uses a BERT model")
+    if not lm_task:
+        return
+    if d.max_length < 2:
+        raise ConfigError(f"data.max_length={d.max_length}: an LM block needs >= 2 tokens")
+    for name in ("train_limit", "dev_limit", "test_limit"):
+        value = getattr(d, name)
+        if value is not None:
+            _positive(f"data.{name}", value)
+    if cfg.finetune.max_minutes is not None:
+        _positive("finetune.max_minutes", cfg.finetune.max_minutes)
+    if not m.checkpoint and not d.tokenizer_dir:
+        raise ConfigError("data.task=wikitext2 needs a GPT-2 tokenizer: set data.tokenizer_dir=<dir with vocab.json "
+                          "and merges.txt> (`make lm-data` writes outputs/assets/gpt2_tokenizer) or model.checkpoint")
+    if cfg.stage in (Stage.all, Stage.prepare):
+        for name in ("wikitext_dir", "tokenizer_dir"):
+            value = getattr(d, name)
+            if value and not Path(value).is_dir():
+                raise ConfigError(f"data.{name}={value!r} is not a directory; run `make lm-data` "
+                                  "(writes outputs/assets/wikitext-2 and outputs/assets/gpt2_tokenizer)"
+                                  + (" or set data.wikitext_dir=null for the Hugging Face hub" if name == "wikitext_dir" else ""))
+    pruned = [x.value for x in cfg.secure_eval.methods if x is not Method.none]
+    if pruned and cfg.stage in (Stage.all, Stage.secure_eval):
+        raise ConfigError(f"secure_eval.methods contains {pruned}: token pruning is not defined for the causal LM "
+                          "(data.task=wikitext2); use secure_eval.methods=[none]")
+    if cfg.secure_eval.seq_len is not None and not 2 <= cfg.secure_eval.seq_len <= d.max_length:
+        raise ConfigError(f"secure_eval.seq_len={cfg.secure_eval.seq_len}: must be in 2..data.max_length={d.max_length}")

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, Task
 from pipeline.stages import StageContext
 from pipeline.stages.common import DatasetManifest, curated_params
 
@@ -20,7 +20,9 @@ def params(cfg: PipelineConfig) -> dict[str, Any]:
     f = cfg.finetune
     return {**curated_params(cfg), "epochs": f.epochs, "lr": f.lr, "threshold_lr": f.threshold_lr,
             "prune_epochs": f.prune_epochs, "prune_lr": f.prune_lr, "lambdas": f.lambdas, "temperatures": f.temperatures, "hard_epochs": f.hard_epochs,
-            "ops": f.ops.value, "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size}
+            "ops": f.ops.value, "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size,
+            **({"max_steps": f.max_steps, "max_minutes": f.max_minutes, "warmup_ratio": f.warmup_ratio,
+                "eval_blocks": f.eval_blocks} if cfg.data.task is Task.wikitext2 else {})}
 
 
 def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> Any:
@@ -46,6 +48,10 @@ def run(ctx: StageContext) -> None:
     import torch
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
+    if cfg.data.task is Task.wikitext2:
+        from pipeline.stages import lm_task
+
+        return lm_task.finetune(ctx)
     torch.set_num_threads(f.torch_threads)
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     train, dev = manifest.load("train"), manifest.load("dev")

@@ -12,8 +12,12 @@ from pipeline.tracking import sections_hash
 
 
 def params(cfg: PipelineConfig) -> dict[str, Any]:
-    return {**curated_params(cfg), "glue_dir": cfg.data.glue_dir, "truncation": cfg.data.truncation.value,
-            "train_limit": cfg.data.train_limit, "dev_limit": cfg.data.dev_limit}
+    d = cfg.data
+    if d.task is Task.wikitext2:
+        return {**curated_params(cfg), "wikitext_dir": d.wikitext_dir, "tokenizer_dir": d.tokenizer_dir,
+                "train_limit": d.train_limit, "dev_limit": d.dev_limit, "test_limit": d.test_limit}
+    return {**curated_params(cfg), "glue_dir": d.glue_dir, "truncation": d.truncation.value,
+            "train_limit": d.train_limit, "dev_limit": d.dev_limit}
 
 
 def _raw_splits(cfg: PipelineConfig, cache: Path) -> tuple[dict[str, Any], Path]:
@@ -45,6 +49,10 @@ def run(ctx: StageContext) -> None:
     from models.data import get_task, tokenize_split
 
     cfg = ctx.cfg
+    if cfg.data.task is Task.wikitext2:
+        from pipeline.stages import lm_task
+
+        return lm_task.prepare(ctx)
     cache = Path(cfg.paths.outputs) / "cache" / "prepare" / sections_hash(cfg, Stage.prepare)
     cache.mkdir(parents=True, exist_ok=True)
     raw, tokenizer_dir = _raw_splits(cfg, cache)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, Task
 from pipeline.stages import StageContext
 from pipeline.stages.common import curated_params
 
@@ -42,6 +42,10 @@ def run(ctx: StageContext) -> None:
 
     finetune_tags = ctx.tracker.run_tags(ctx.upstream["finetune"])
     runs = _candidates(ctx, finetune_tags["upstream_prepare"])
+    if ctx.cfg.data.task is Task.wikitext2:
+        from pipeline.stages import lm_task
+
+        return lm_task.search(ctx, runs)
     baselines = runs[runs["tags.method"] == "none"]
     pruned = runs[runs["tags.method"] != "none"]
     if baselines.empty or pruned.empty:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
-from pipeline.config import Method, PipelineConfig
+from pipeline.config import Method, PipelineConfig, Task
 from pipeline.stages import StageContext
 from pipeline.stages.common import DatasetManifest, curated_params
 
@@ -24,7 +24,8 @@ BASELINE_METHODS = (Method.none, Method.bolt_we)
 
 def params(cfg: PipelineConfig) -> dict[str, Any]:
     s = cfg.secure_eval
-    return {**curated_params(cfg), "methods": [m.value for m in s.methods], "num_examples": s.num_examples}
+    return {**curated_params(cfg), "methods": [m.value for m in s.methods], "num_examples": s.num_examples,
+            **({"seq_len": s.seq_len} if cfg.data.task is Task.wikitext2 else {})}
 
 
 def _session_spec(cfg: PipelineConfig) -> Any:
@@ -90,6 +91,10 @@ def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds:
 
 
 def run(ctx: StageContext) -> None:
+    if ctx.cfg.data.task is Task.wikitext2:
+        from pipeline.stages import lm_task
+
+        return lm_task.secure_eval(ctx)
     search_id = ctx.upstream["search"]
     selection = json.loads(ctx.tracker.download(search_id, "selection.json").read_text())
     thresholds = json.loads(ctx.tracker.download(search_id, "thresholds.json").read_text())
