@@ -25,7 +25,12 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig, Stage
 from pipeline.stages import StageContext
-from pipeline.stages.common import MANIFEST, DatasetManifest, checkpoint_dir, curated_params
+from pipeline.stages.common import (
+    MANIFEST,
+    DatasetManifest,
+    checkpoint_dir,
+    curated_params,
+)
 from pipeline.tracking import sections_hash
 
 console = Console(stderr=True, soft_wrap=True)

@@ -12,10 +12,18 @@ import pytest
 import torch
 
 from models.config import GPT2Config
-from models.lm import (LMTrainConfig, chunk_blocks, load_lm_blocks, load_wikitext2, new_gpt2, perplexity,
-                       tokenize_text, train_lm)
+from models.lm import (
+    LMTrainConfig,
+    chunk_blocks,
+    load_lm_blocks,
+    load_wikitext2,
+    new_gpt2,
+    perplexity,
+    tokenize_text,
+    train_lm,
+)
 
-WORDS = "the cat sat on a mat and the dog ran to the park while a bird sang".split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while", "a", "bird", "sang"]
 
 
 def synthetic_text(n_lines: int, seed: int = 0) -> str:
@@ -152,7 +160,7 @@ def test_checkpoint_round_trip_through_load_hf_gpt2(tmp_path: Path) -> None:
     model = new_gpt2(_tiny(61)).eval()
     blocks = torch.randint(0, 61, (3, 10))
     save_checkpoint(model, tmp_path / "ckpt")
-    loaded, report = load_hf_gpt2(tmp_path / "ckpt")
+    loaded, _ = load_hf_gpt2(tmp_path / "ckpt")
     assert perplexity(loaded, blocks) == pytest.approx(perplexity(model, blocks), rel=1e-6)
 
 
