@@ -264,6 +264,33 @@ def validation_markdown(rows: list[dict[str, float | str]]) -> str:
     return "\n".join(lines)
 
 
+def anchor(session_spec: SessionSpec, shape: TransformerSpec, n: int, layer_fit: Any,
+           gelu_rows: int = 32) -> list[tuple[str, float, float, float, float]]:
+    """Check the fits beyond the measured sizes on slices affordable at ``n`` tokens: the
+    softmax of one head ``[1, n, n]`` and GELU on ``gelu_rows`` rows ``[r, f]``, against the
+    fitted whole-layer kernels scaled to the slice. ``[(name, s, MB, fitted s, fitted MB)]``."""
+    rng = np.random.default_rng(n)
+    cases = [("Softmax 1 head", nonlinear.softmax, (1, n, n), {"bias": None, "approx": EXP_HIGH}, "Softmax_high",
+              1.0 / shape.heads),
+             (f"GELU {gelu_rows} rows", nonlinear.gelu, (gelu_rows, shape.intermediate), {"approx": GELU_HIGH},
+              "GELU_high", gelu_rows / n)]
+    out = []
+    with TwoPartySession(session_spec) as s:
+        warm_up(s)
+        for name, fn, dims, static, key, share in cases:
+            s.share("x", rng.normal(size=dims).astype(np.float32), "client")
+            with console.status(f"anchor at n={n}: {name}"):
+                before = s.meter.report()
+                s.run(fn, ["x"], ["y"], op="Other", static=static)
+                part = s.meter.report().since(before)
+            fitted = [float(layer_fit[key][q] @ np.array([1.0, n, n * n])) * share for q in (0, 1)]
+            out.append((name, part.wall_s, part.bytes_total / 2**20, fitted[0], fitted[1] / 2**20))
+            console.print(f"anchor n={n} {name}: measured {out[-1][1]:.1f} s / {out[-1][2]:.1f} MB, "
+                          f"fit {out[-1][3]:.1f} s / {out[-1][4]:.1f} MB")
+            s.delete("x", "y")
+    return out
+
+
 def measure(session_spec: SessionSpec, shape: TransformerSpec, sizes: list[int], path: Path,
             reuse: bool) -> dict[str, dict[str, tuple[float, float]]]:
     """Per-size measurements, saved to ``path`` after each size; with ``reuse`` sizes already in
@@ -303,6 +330,8 @@ def main() -> None:
                     help="also run every method end to end and compare with the composition (costly on BERT-base)")
     ap.add_argument("--validate-methods", nargs="+", choices=METHODS, default=list(METHODS),
                     help="methods run end to end by --validate")
+    ap.add_argument("--anchor", type=int, nargs="*", default=[],
+                    help="token counts beyond --sizes at which to check the fits on affordable slices")
     ap.add_argument("--results", type=Path, default=None, help="append the table to this Markdown file")
     ap.add_argument("--measurements", type=Path, default=None,
                     help="per-size measurements file (default outputs/bench_e2e_<shape>.json)")
@@ -350,6 +379,11 @@ def main() -> None:
                          "schedule, layers only):\n\n" + validation_markdown(checks))
         metrics.update({f"validate/{r['method']}/{k}": float(v) for r in checks for k, v in r.items()
                         if isinstance(v, float)})
+    for n in args.anchor:
+        lines = ["| slice | measured s | fitted s | measured MB | fitted MB |", "|---|---|---|---|---|"]
+        lines += [f"| {a[0]} | {a[1]:.1f} | {a[3]:.1f} | {a[2]:.1f} | {a[4]:.1f} |"
+                  for a in anchor(session_spec, shape, n, layer_fit)]
+        md_tables.append(f"Fits checked at {n} tokens on slices (fits from sizes {args.sizes}):\n\n" + "\n".join(lines))
     header = (f"## {date.today()} — `{' '.join(sys.argv)}`\n\nMachine: {platform.node()}, {platform.processor() or platform.machine()}, "
               f"2 cores; {args.protocol} over {args.transport}; measured sizes {args.sizes}; run took "
               f"{time.time() - started:.0f} s. Whole-model figures are composed from measured per-layer costs "
