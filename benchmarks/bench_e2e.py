@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.composition import (  # noqa: E402
-    LAYER_PARTS, METHODS, Schedule, compose, fit_measurements, part_of, table_rows,
+    LAYER_PARTS, METHODS, PRUNE_PROGRAMS, Schedule, compose, fit_measurements, part_of, table_rows,
 )
 from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW  # noqa: E402
 from protocols import nonlinear  # noqa: E402
@@ -159,7 +159,7 @@ def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> 
         if p.layer != 0:
             continue
         in_ffn = in_ffn or p.program == "linear"      # the FFN starts with the first plain linear
-        key = part_of(p.op, p.program, in_ffn)
+        key = part_of(p.op, in_ffn)
         out[key] = (out[key][0] + p.wall_s, out[key][1] + p.bytes_total)
     return out
 
@@ -196,7 +196,7 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
         ]
         for name, fn, ins, outs, static in steps:
             before = s.meter.report()
-            s.run(fn, ins, outs, op="Other" if "_" in name else "Prune", static=static)
+            s.run(fn, ins, outs, op="Prune" if name in PRUNE_PROGRAMS else "Other", static=static)
             part = s.meter.report().since(before)
             prev = out.get(name, (0.0, 0.0))
             out[name] = (prev[0] + part.wall_s, prev[1] + part.bytes_total)

@@ -57,8 +57,9 @@ class Schedule:
         return Schedule(entering.tolist(), kept.tolist(), (share * kept).tolist())
 
 
-def part_of(op: str, program: str, after_ffn_start: bool) -> str:
-    """Map a measured program (op class, kernel name) of one layer to its ``LAYER_PARTS`` key."""
+def part_of(op: str, after_ffn_start: bool) -> str:
+    """Map a measured program of one layer (its op class, before/after the FFN's first
+    matmul) to its ``LAYER_PARTS`` key."""
     if op in ("Softmax", "GELU"):
         return op
     return f"{'ffn' if after_ffn_start else 'attn'}/{op}"
@@ -131,6 +132,7 @@ def compose(schedule: Schedule, method: str, layer_fit: Fits, prune_fit: Fits, n
     """Whole-model ``{"s/<op class>", "bytes/<op class>"}`` for ``method`` at ``schedule``."""
     totals = {f"{q}/{op}": 0.0 for q in ("s", "bytes") for op in OP_CLASSES}
     reduce = method == "prune_reduce"
+    programs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"]}.get(method, [])
     high_prev: float | None = None
     for l, (n, k) in enumerate(method_sizes(schedule, method, n0)):
         high = schedule.high[l] if reduce else k
@@ -142,9 +144,7 @@ def compose(schedule: Schedule, method: str, layer_fit: Fits, prune_fit: Fits, n
             for part in FFN_PARTS:
                 cost = _reduced(layer_fit, part, qi, k, high) if part == "GELU" and reduce else _at(layer_fit[part][qi], k)
                 totals[f"{q}/{part.split('/')[-1]}"] += cost
-            programs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"],
-                        "bolt_we": ["bolt_we"] if l == 0 else []}.get(method, [])
-            for name in programs:
+            for name in programs + (["bolt_we"] if method == "bolt_we" and l == 0 else []):
                 totals[f"{q}/{'Reduce' if name == 'reduce' else 'Prune'}"] += float(
                     prune_fit[name][qi] @ np.array([1.0, n, k * n]))
         high_prev = high if reduce else None

@@ -199,7 +199,7 @@ def secure_eval(ctx: StageContext) -> None:
                 got = np.asarray(result.logits, dtype=np.float64).reshape(-1)
                 max_err = max(max_err, float(np.abs(got - ref).max()))
                 agree += int(np.argmax(got) == np.argmax(ref))
-                top1 += int(i < dev.shape[0] and n_tok < dev.shape[1] and np.argmax(got) == int(dev[i, n_tok]))
+                top1 += int(n_tok < dev.shape[1] and np.argmax(got) == int(dev[i, n_tok]))
         metrics = {**sums, "agree/secure": 100.0 * agree / n, "logits/max_abs_err": max_err,
                    "examples/secure": float(n)}
         if n_tok < dev.shape[1]:
