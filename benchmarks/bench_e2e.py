@@ -51,8 +51,9 @@ from protocols import pruning as pr  # noqa: E402
 from protocols.meter import OP_CLASSES  # noqa: E402
 from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
 from protocols.secure_model import (  # noqa: E402
-    SecureResult, plaintext_forward, prune_step, reduce_step, secure_forward,
+    SecureResult, plaintext_forward, secure_forward,
 )
+from protocols.batch import Layout, prune_step, reduce_step  # noqa: E402
 from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
 
 console = Console(width=240)
@@ -186,7 +187,7 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
         steps = [
             ("prune", prune_step, ["A", "theta", "valid"], ["R", "M", "k"], {}),
             ("prune", pr.prune_select, ["h", "M", "valid"], ["h1", "v1"], {"k": k}),
-            ("reduce", reduce_step, ["R", "beta", "M"], ["high", "kh"], {"scale": heads * n}),
+            ("reduce", reduce_step, ["R", "beta", "M"], ["high", "kh"], {"layout": Layout((n,)), "heads": heads}),
             ("reduce", pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], {"k": k, "k_high": max(1, k // 2)}),
             ("bolt_we", pr.bolt_we_select, ["h", "R", "valid"], ["h3", "v3"], {"keep": k}),  # rank(R) = rank(S)
             ("Softmax_high", nonlinear.softmax, ["sc"], ["p1"], {"bias": None, "approx": EXP_HIGH}),

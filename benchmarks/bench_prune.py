@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocols import pruning as pr  # noqa: E402
-from protocols.secure_model import prune_step, score_step  # noqa: E402
+from protocols.batch import prune_step, score_step  # noqa: E402
 from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
 
 

@@ -169,6 +169,8 @@ class ProtocolConfig:
     transport: Transport = Transport.threads
     connect_timeout_s: float = 30.0
     recv_timeout_s: float = 60.0
+    # owners whose values stay private to them (CHEETAH; secret-shared elsewhere, recorded)
+    private_owners: list[str] = field(default_factory=lambda: ["server"])
 
 
 @dataclass
@@ -177,6 +179,7 @@ class SecureEvalConfig:
         default_factory=lambda: [Method.none, Method.bolt_we, Method.prune, Method.prune_reduce]
     )
     num_examples: int = 2
+    batch_size: int = 1  # inputs per secure program (tokens stacked): the per-call cost paid once per batch
     random_weights: bool = False  # timing runs: cost does not depend on weight values
     seq_len: Optional[int] = None  # wikitext2: tokens per securely evaluated sequence (None: max_length)
 

@@ -74,6 +74,10 @@ def validate(cfg: PipelineConfig) -> None:
     _positive("protocol.connect_timeout_s", p.connect_timeout_s)
     _positive("protocol.recv_timeout_s", p.recv_timeout_s)
     _positive("secure_eval.num_examples", cfg.secure_eval.num_examples)
+    _positive("secure_eval.batch_size", cfg.secure_eval.batch_size)
+    bad = [o for o in p.private_owners if o not in ("client", "server")]
+    if bad:
+        raise ConfigError(f"protocol.private_owners={list(p.private_owners)}: {bad} not in ['client', 'server']")
     if not cfg.secure_eval.methods:
         raise ConfigError("secure_eval.methods is empty: give at least one of none, bolt_we, prune, prune_reduce")
 

@@ -4,7 +4,9 @@ Source of truth is SPU itself: party 0 runs with ``enable_pphlo_profile``; after
 program SPU logs per-pphlo-op lines and a ``Link details`` total for that party, which
 the meter parses (party 0's send bytes are party 1's receive bytes and vice versa).
 Rounds are an estimate: SPU reports messages ("actions"), not rounds, so each
-communicating pphlo op contributes ``ROUNDS_PER_OP`` rounds per execution.
+communicating pphlo op contributes ``ROUNDS_PER_OP`` rounds per execution. The MPC
+kernels SPU ran (``mmul_sv``: secret × private matmul, one HE product under Cheetah;
+``mmul_aa``: secret × secret, two) are recorded per program with their execution counts.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ ROUNDS_PER_OP = {
 }
 DEFAULT_ROUNDS = 2
 
+_KERNEL_LINE = re.compile(r"- (?P<op>\w+), executed (?P<n>\d+) times")
 _OP_LINE = re.compile(
     r"- (?P<op>pphlo\.\w+), executed (?P<n>\d+) times, duration [\d.e+-]+s, send bytes (?P<sent>\d+) "
     r"recv bytes (?P<recv>\d+), send actions (?P<sa>\d+), recv actions (?P<ra>\d+)"
@@ -70,6 +73,7 @@ class ProgramCost:
     rounds: int
     pphlo_sent: dict[str, int] = field(default_factory=dict)
     program: str = ""          # the kernel's qualified name (e.g. ``gelu``), for profiles
+    kernels: dict[str, int] = field(default_factory=dict)   # SPU MPC kernel -> executions
 
     @property
     def bytes_total(self) -> int:
@@ -107,6 +111,22 @@ def parse_profile(text: str) -> tuple[dict[str, tuple[int, int, int, int, int]],
         prev = ops.get(m["op"], (0, 0, 0, 0, 0))
         ops[m["op"]] = tuple(a + int(b) for a, b in zip(prev, (m["n"], m["sent"], m["recv"], m["sa"], m["ra"])))  # type: ignore[assignment]
     return ops, (int(last["sent"]), int(last["recv"]), int(last["sa"]), int(last["ra"]))
+
+
+def parse_kernels(text: str) -> dict[str, int]:
+    """``{MPC kernel: executions}`` of the last program in ``text`` (SPU's "MPC profiling"
+    section, logged with ``enable_hal_profile``; empty if the section is absent)."""
+    links = list(_LINK_LINE.finditer(text))
+    if not links:
+        return {}
+    last = links[-1]
+    start = text.rfind("MPC profiling", 0, last.start())
+    if start < 0 or start < text.rfind("HLO profiling", 0, last.start()):
+        return {}
+    out: dict[str, int] = {}
+    for m in _KERNEL_LINE.finditer(text, start, last.start()):
+        out[m["op"]] = out.get(m["op"], 0) + int(m["n"])
+    return out
 
 
 def estimate_rounds(ops: dict[str, tuple[int, int, int, int, int]]) -> int:
@@ -156,6 +176,14 @@ class CostReport:
     def by_layer(self) -> dict[Optional[int], "CostReport"]:
         layers = sorted({p.layer for p in self.programs}, key=lambda v: -1 if v is None else v)
         return {layer: CostReport([p for p in self.programs if p.layer == layer]) for layer in layers}
+
+    def kernel_counts(self) -> dict[str, int]:
+        """Executions of each SPU MPC kernel over these programs (e.g. ``mmul_sv``, ``mmul_aa``)."""
+        out: dict[str, int] = {}
+        for p in self.programs:
+            for name, count in p.kernels.items():
+                out[name] = out.get(name, 0) + count
+        return out
 
     @property
     def messages(self) -> int:

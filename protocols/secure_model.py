@@ -9,6 +9,8 @@ the session caches programs by shape), and opens only
 * ``k_high_l`` (high-group size; to both) for ``prune_reduce``,
 * the final logits (to the client).
 
+``run_batch`` runs several inputs in one pass (tokens stacked, ``protocols.batch``); the
+counts are then ``[B]`` vectors, one entry per input.
 ``bolt_we`` opens nothing extra (⌈n/2⌉ is public). ``plaintext_forward`` runs the very
 same functions and decision logic on a ``PlainSession`` (plain JAX): the emulation the
 tests compare to. Padding tokens are removed at the first pruning step (their ``valid``
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from protocols import pruning as pr
+from protocols import batch as bt
 from protocols import transformer as tf
+from protocols.batch import Layout
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.session import PlainSession, RevealRecord, Session
 
@@ -38,6 +41,8 @@ class SecureResult:
     ``entering_per_layer[l]``: tokens entering layer l (layer 0 = padded length).
     ``high_per_layer[l]``: Π_reduce's k_high at layer l, else None.
     ``scores``: importance scores per layer (plaintext runs only; empty for secure runs).
+    ``cost``: the meter's report of the session so far (for a batch: the whole batch's,
+    shared by its ``batch_size`` results).
     """
 
     logits: np.ndarray
@@ -47,76 +52,89 @@ class SecureResult:
     cost: Any
     entering_per_layer: list[int] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
+    batch_size: int = 1
 
 
-# ----------------------------------------------------------------------------- pruning programs
-def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Attention received, Π_prune mask and count: ``R`` ``[n]`` (``S·H·n``), ``M`` ``[n]``, ``k`` ``[]``."""
-    heads, n, _ = probs.shape
-    r = pr.attention_received(probs)
-    m, k = pr.prune_mask(r, theta[0], valid, scale=heads * n)
-    return r, m, k
+Example = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # (input_ids, attention_mask, token_type_ids)
 
 
-def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *,
-                scale: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Π_reduce grouping from ``R`` (``scale = H·n``): ``high`` ``[n]``, ``k_high`` ``[]``."""
-    return pr.reduce_mask(received, beta[0], keep, scale=scale)
+def _counts(session: Session, name: str, purpose: str, layer: int) -> list[int]:
+    """Reveal a per-input count vector ``[B]`` to both parties."""
+    value = np.asarray(session.reveal(name, to="both", purpose=purpose, layer=layer)).reshape(-1)
+    return [int(round(float(v))) for v in value]
 
 
-def score_step(probs: jnp.ndarray) -> jnp.ndarray:
-    """Importance scores only (BOLT WE): ``[n]``."""
-    return pr.importance(probs)
-
-
-def _count(session: Session, name: str, purpose: str, layer: int) -> int:
-    return int(round(float(np.asarray(session.reveal(name, to="both", purpose=purpose, layer=layer)).reshape(-1)[0])))
-
-
-def _prune_layer(s: Session, l: int, method: str, n: int, heads: int, record: bool,
-                 scores_out: list[np.ndarray]) -> tuple[int, Optional[int]]:
-    """Prune ``h``/``valid`` after layer l's attention block; returns (k, k_high)."""
+def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
+                 scores_out: list[list[np.ndarray]]) -> Layout:
+    """Prune ``h``/``valid`` after layer l's attention block; returns the layout after it
+    (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
+    one the attention ran with (its groups order the flat ``A``)."""
+    st = {"layout": layout, "heads": heads}
     if method == "bolt_we":
-        s.run(score_step, ["A"], ["S"], op="Prune", layer=l)
+        s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static=st)
         if record:
-            scores_out.append(np.asarray(s.reveal("S", to="both", purpose="plaintext reference scores", layer=l)))
-        keep = math.ceil(n / 2)
-        s.run(pr.bolt_we_select, ["h", "S", "valid"], ["h", "valid"], op="Prune", layer=l, static={"keep": keep})
+            _record_scores(s, "S", layout, scores_out, l)
+        keep = tuple(math.ceil(n / 2) for n in layout.sizes)
+        s.run(bt.bolt_we_select, ["h", "S", "valid"], ["h", "valid"], op="Prune", layer=l,
+              static={"layout": layout, "keep": keep})
         s.delete("S")
-        return keep, None
-    s.run(prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l)
+        return Layout(keep)
+    s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l, static=st)
     if record:
-        received = np.asarray(s.reveal("R", to="both", purpose="plaintext reference scores", layer=l))
-        scores_out.append(received / (heads * n))
-    k = _count(s, "k", "kept count", l)
+        _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads))
+    k = tuple(_counts(s, "k", "kept count", l))
     if method == "prune":
-        if k < n:
-            s.run(pr.prune_select, ["h", "M", "valid"], ["h", "valid"], op="Prune", layer=l, static={"k": k})
+        if k != layout.sizes:
+            s.run(bt.prune_select, ["h", "M", "valid"], ["h", "valid"], op="Prune", layer=l,
+                  static={"layout": layout, "k": k})
         s.delete("R", "M", "k")
-        return k, None
-    s.run(reduce_step, ["R", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l, static={"scale": heads * n})
-    k_high = _count(s, "kh", "high-group count", l)
-    s.run(pr.reduce_select, ["h", "M", "high", "valid"], ["h", "valid"], op="Reduce", layer=l,
-          static={"k": k, "k_high": k_high})
+        return Layout(k)
+    s.run(bt.reduce_step, ["R", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l, static=st)
+    k_high = tuple(_counts(s, "kh", "high-group count", l))
+    s.run(bt.reduce_select, ["h", "M", "high", "valid"], ["h", "valid"], op="Reduce", layer=l,
+          static={"layout": layout, "k": k, "k_high": k_high})
     s.delete("R", "M", "k", "high", "kh")
-    return k, k_high
+    return Layout(k, k_high)
+
+
+def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndarray]], layer: int,
+                   scale: Optional[np.ndarray] = None) -> None:
+    """Plaintext reference only: open per-token scores and split them per input."""
+    value = np.asarray(s.reveal(name, to="both", purpose="plaintext reference scores", layer=layer))
+    value = value / scale if scale is not None else value
+    for b, part in enumerate(layout.split(value)):
+        out[b].append(np.asarray(part))
 
 
 # ----------------------------------------------------------------------------- runner
-def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
-                attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
-                pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-                record_scores: bool = False) -> SecureResult:
-    """Run the model on ``session`` (secure or plain). Single example: ``input_ids`` ``[n]``."""
+def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
+              pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
+              record_scores: bool = False) -> list[SecureResult]:
+    """Run the model on ``session`` (secure or plain) for every example in one pass: their
+    tokens stacked per layer (``protocols.batch``), one program per step for the whole batch.
+
+    Each example is ``(input_ids [n], attention_mask [n] or None, token_type_ids [n] or None)``.
+    Decisions and logits are those of running the examples one at a time; each example's
+    kept counts are revealed as its entry of a ``[B]`` vector. Every result carries the
+    *batch's* cost report (``batch_size`` inputs): divide by it for the cost per input.
+    """
     pruning.check_layers(spec.layers)
     if spec.causal and pruning.method != "none":
         raise ValueError(f"pruning method {pruning.method!r} is not defined for causal (GPT-2) models")
+    if not examples:
+        raise ValueError("run_batch: no examples given")
     s = session
-    ids = np.asarray(input_ids).reshape(-1)
-    n = ids.shape[0]
-    mask = np.ones(n, np.float32) if attention_mask is None else np.asarray(attention_mask, np.float32).reshape(-1)
-    s.share("h", tf.client_embed(spec, weights, ids, token_type_ids), owner="client")
-    s.share("valid", mask, owner="client")
+    ids = [np.asarray(ex[0]).reshape(-1) for ex in examples]
+    masks = [np.ones(len(i), np.float32) if ex[1] is None else np.asarray(ex[1], np.float32).reshape(-1)
+             for i, ex in zip(ids, examples)]
+    for b, (i, m) in enumerate(zip(ids, masks)):
+        if m.shape != i.shape:
+            raise ValueError(f"example {b}: attention_mask has shape {m.shape}, input_ids {i.shape}")
+    layout = Layout(tuple(len(i) for i in ids))
+    batch = layout.batch
+    s.share("h", np.concatenate([tf.client_embed(spec, weights, i, ex[2]) for i, ex in zip(ids, examples)]),
+            owner="client")
+    s.share("valid", np.concatenate(masks), owner="client")
     for name, value in tf.server_weights(spec, weights).items():
         s.share(name, value, owner="server")
     for l in range(len(pruning.theta)):
@@ -125,44 +143,46 @@ def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.n
     eps, heads = spec.layer_norm_eps, spec.heads
     if not spec.causal:
         s.run(tf.layernorm, ["h", "emb_ln.g", "emb_ln.b"], ["h"], op="LayerNorm", static={"eps": eps})
-    kept: list[int] = []
-    entering: list[int] = []
-    highs: list[Optional[int]] = []
-    scores: list[np.ndarray] = []
-    k_high_prev: Optional[int] = None
+    kept: list[list[int]] = [[] for _ in range(batch)]
+    entering: list[list[int]] = [[] for _ in range(batch)]
+    highs: list[list[Optional[int]]] = [[] for _ in range(batch)]
+    scores: list[list[np.ndarray]] = [[] for _ in range(batch)]
     for l in range(spec.layers):
         p = f"l{l}."
-        entering.append(n)
+        for b in range(batch):
+            entering[b].append(layout.sizes[b])
         x = "h"
         if spec.causal:
             s.run(tf.layernorm, ["h", p + "ln1.g", p + "ln1.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
             x = "x"
+        st = {"heads": heads, "layout": layout}
         s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
-        s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static={"heads": heads})
-        s.run(tf.attention_probs, ["sc", "valid"], ["A"], op="Softmax", layer=l,
-              static={"k_high": k_high_prev, "causal": spec.causal})
-        s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static={"heads": heads})
+        s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static=st)
+        s.run(tf.attention_probs, ["sc", "valid"], ["A"], op="Softmax", layer=l, static={**st, "causal": spec.causal})
+        s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static=st)
         if spec.causal:
             s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
         else:
             s.run(tf.add_layernorm, ["a", "h", p + "ln1.g", p + "ln1.b"], ["h"], op="LayerNorm", layer=l,
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
-        k_high: Optional[int] = None
         if pruning.method in ("prune", "prune_reduce") or (pruning.method == "bolt_we" and l == 0):
-            n, k_high = _prune_layer(s, l, pruning.method, n, heads, record_scores, scores)
-        elif record_scores:
-            s.run(score_step, ["A"], ["S"], op="Other", layer=l)
-            scores.append(np.asarray(s.reveal("S", to="both", purpose="plaintext reference scores", layer=l)))
+            layout = _prune_layer(s, l, pruning.method, layout, heads, record_scores, scores)
+        else:
+            if record_scores:
+                s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static=st)
+                _record_scores(s, "S", layout, scores, l)
+            layout = Layout(layout.sizes)
         s.delete("A")
-        kept.append(n)
-        highs.append(k_high)
+        for b in range(batch):
+            kept[b].append(layout.sizes[b])
+            highs[b].append(layout.high_of(b))
         x = "h"
         if spec.causal:
             s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
             x = "x"
         s.run(tf.linear, [x, p + "w1", p + "b1"], ["f"], op="Linear", layer=l)
-        s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"k_high": k_high})
+        s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout})
         if spec.causal:
             s.run(tf.linear_residual, ["f", p + "w2", p + "b2", "h"], ["h"], op="Linear", layer=l)
         else:
@@ -170,15 +190,27 @@ def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.n
             s.run(tf.add_layernorm, ["f", "h", p + "ln2.g", p + "ln2.b"], ["h"], op="LayerNorm", layer=l,
                   static={"eps": eps})
         s.delete("f", "x")
-        k_high_prev = k_high
     if spec.causal:
         s.run(tf.lm_logits, ["h", "lnf.g", "lnf.b", "lm.w"], ["logits"], op="Other",
-              static={"eps": eps, "last_only": last_only})
+              static={"eps": eps, "last_only": last_only, "layout": layout})
     else:
-        s.run(tf.pool_classify, ["h", "pool.w", "pool.b", "cls.w", "cls.b"], ["logits"], op="Other")
+        s.run(tf.pool_classify, ["h", "pool.w", "pool.b", "cls.w", "cls.b"], ["logits"], op="Other",
+              static={"layout": layout})
     logits = np.asarray(s.reveal("logits", to="client", purpose="final logits"))
-    return SecureResult(logits=logits, kept_per_layer=kept, high_per_layer=highs, reveals=list(s.reveals),
-                        cost=s.meter.report(), entering_per_layer=entering, scores=scores)
+    per_input = logits if (last_only or not spec.causal) else layout.split(logits)
+    cost = s.meter.report()
+    return [SecureResult(logits=np.asarray(per_input[b]), kept_per_layer=kept[b], high_per_layer=highs[b],
+                         reveals=list(s.reveals), cost=cost, entering_per_layer=entering[b], scores=scores[b],
+                         batch_size=batch) for b in range(batch)]
+
+
+def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
+                attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
+                pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
+                record_scores: bool = False) -> SecureResult:
+    """Run the model on ``session`` (secure or plain). Single example: ``input_ids`` ``[n]``."""
+    return run_batch(session, spec, weights, [(input_ids, attention_mask, token_type_ids)], pruning,
+                     last_only=last_only, record_scores=record_scores)[0]
 
 
 def _add(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -205,3 +237,10 @@ def plaintext_forward(spec: TransformerSpec, weights: dict[str, np.ndarray], inp
     with PlainSession() as s:
         return run_forward(s, spec, weights, input_ids, attention_mask, token_type_ids, pruning,
                            last_only=last_only, record_scores=True)
+
+
+def plaintext_batch(spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
+                    pruning: PruningSpec = PruningSpec(), *, last_only: bool = False) -> list[SecureResult]:
+    """``run_batch`` in plain JAX (``PlainSession``), importance scores recorded."""
+    with PlainSession() as s:
+        return run_batch(s, spec, weights, examples, pruning, last_only=last_only, record_scores=True)

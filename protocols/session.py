@@ -23,12 +23,20 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from models.approx import FIXED_POINT
-from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_profile
+from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_kernels, parse_profile
 
 PROTOCOLS = ("REF2K", "SEMI2K", "CHEETAH", "ABY3")
 FIELDS = ("FM32", "FM64", "FM128")
 TRANSPORTS = ("threads", "processes")
 OWNERS = ("client", "server")
+# SPU rank of each data owner: the client is party 0, the server party 1.
+OWNER_RANK = {"client": 0, "server": 1}
+# Protocols on which SPU 0.9.5 keeps a value private to its owner (``Priv2k``, with
+# ``experimental_enable_colocated_optimization``). Measured: under SEMI2K, REF2K and ABY3
+# ``make_shares(..., owner_rank=r)`` still yields an additive sharing (the profile shows
+# ``mmul_aa`` / ``mmul_ss`` for a matmul with a "private" weight), so there the session
+# secret-shares and records that in ``Session.ownership``.
+PRIVATE_PROTOCOLS = ("CHEETAH",)
 
 
 class PartyFailure(RuntimeError):
@@ -37,7 +45,17 @@ class PartyFailure(RuntimeError):
 
 @dataclass(frozen=True)
 class SessionSpec:
-    """How to run: protocol, ring and fixed-point bits, transport, timeouts, sort method."""
+    """How to run: protocol, ring and fixed-point bits, transport, timeouts, sort method, and
+    which owners keep their values private.
+
+    ``private_owners``: the owners whose shared values stay private to them (the paper's
+    threat model: the server's weights are the server's own, ``("server",)``). A value of an
+    owner listed here is a ``Priv2k`` value of that party on protocols in
+    ``PRIVATE_PROTOCOLS`` and secret-shared elsewhere; ``()`` secret-shares everything (the
+    engine before private ownership, kept for comparison). Under CHEETAH a matmul of a secret
+    activation with a server-private weight is ``mmul_sv`` (one HE product) instead of
+    ``mmul_aa`` (two).
+    """
 
     protocol: str = "SEMI2K"
     field: str = FIXED_POINT.field
@@ -46,8 +64,13 @@ class SessionSpec:
     connect_timeout_s: float = 30.0
     recv_timeout_s: float = 60.0
     sort_method: str = "SORT_RADIX"
+    private_owners: tuple[str, ...] = ("server",)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "private_owners", tuple(self.private_owners))
+        bad = [o for o in self.private_owners if o not in OWNERS]
+        if bad:
+            raise ValueError(f"session private_owners={list(self.private_owners)}: {bad} not in {list(OWNERS)}")
         for name, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("field", self.field, FIELDS),
                                      ("transport", self.transport, TRANSPORTS)):
             if value not in allowed:
@@ -62,13 +85,34 @@ class SessionSpec:
     def world_size(self) -> int:
         return 3 if self.protocol == "ABY3" else 2
 
+    @property
+    def supports_private(self) -> bool:
+        """Whether this protocol keeps owner-private values private (else they are secret-shared)."""
+        return self.protocol in PRIVATE_PROTOCOLS
+
+    def keeps_private(self, owner: str) -> bool:
+        """Whether a value of ``owner`` stays private to it in this session."""
+        return owner in self.private_owners and self.supports_private
+
+    def ownership_of(self, owner: str) -> str:
+        """The leakage record's description of how a value of ``owner`` is held."""
+        if self.keeps_private(owner):
+            return f"private to the {owner} (party {OWNER_RANK[owner]})"
+        if owner in self.private_owners:
+            return f"secret-shared ({self.protocol} in SPU 0.9.5 has no private values; asked private to the {owner})"
+        return "secret-shared"
+
     def runtime_config(self, profile: bool) -> Any:
+        """SPU runtime config; ``profile`` turns on SPU's per-op (pphlo, HAL and MPC kernel) profile."""
         import spu.libspu as libspu
 
         cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, self.protocol),
                                    field=getattr(libspu.FieldType, self.field), fxp_fraction_bits=self.fraction_bits)
         cfg.sort_method = getattr(libspu.RuntimeConfig.SortMethod, self.sort_method)
         cfg.enable_pphlo_profile = profile
+        cfg.enable_hal_profile = profile
+        # needed on every runtime and on the Io, or make_shares silently drops the owner
+        cfg.experimental_enable_colocated_optimization = bool(self.private_owners) and self.supports_private
         return cfg
 
 
@@ -103,6 +147,7 @@ class Session:
 
     meter: CostMeter = field(default_factory=CostMeter)
     reveals: list[RevealRecord] = field(default_factory=list)
+    ownership: dict[str, str] = field(default_factory=dict)   # variable -> how it is held (leakage record)
     _meta: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
     _programs: dict[tuple, _Program] = field(default_factory=dict)
 
@@ -144,6 +189,7 @@ class PlainSession(Session):
         arr = np.asarray(value)
         self._values[name] = arr
         self._meta[name] = (arr.shape, arr.dtype)
+        self.ownership[name] = f"plaintext (reference run; owner: {owner})"
 
     def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
             layer: Optional[int] = None, static: Static = None) -> None:
@@ -219,9 +265,11 @@ def process_log() -> Path:
 class SecureSession(Session):
     """Secret-shared execution on SPU, parties as threads or as OS processes on loopback.
 
-    Data owners secret-share their own inputs (``share(..., owner)``): the client its
-    token embeddings and mask, the server the weights and thresholds. Only ``reveal``
-    opens a value, and every opening is appended to ``reveals``.
+    Data owners bring their own inputs (``share(..., owner)``): the client its token
+    embeddings and mask, the server the weights and thresholds. A value of an owner in
+    ``spec.private_owners`` stays private to that party where the protocol allows it,
+    otherwise it is secret-shared; ``ownership`` records which. Only ``reveal`` opens a
+    value, and every opening is appended to ``reveals``.
     """
 
     def __init__(self, spec: SessionSpec) -> None:
@@ -243,9 +291,13 @@ class SecureSession(Session):
         arr = np.asarray(value)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
-        shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET)
+        if self.spec.keeps_private(owner):
+            shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET, owner_rank=OWNER_RANK[owner])
+        else:
+            shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET)
         self._parties.set_var(name, shares)
         self._meta[name] = (arr.shape, arr.dtype)
+        self.ownership[name] = self.spec.ownership_of(owner)
 
     def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: Static) -> _Program:
         import spu.libspu as libspu
@@ -276,7 +328,8 @@ class SecureSession(Session):
         ops, (sent, recv, send_actions, recv_actions) = parse_profile(profile)
         self.meter.record(ProgramCost(op=op, layer=layer, wall_s=wall, sent=(sent, recv),
                                       messages=(send_actions, recv_actions), rounds=estimate_rounds(ops),
-                                      pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}, program=fn.__qualname__))
+                                      pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}, program=fn.__qualname__,
+                                      kernels=parse_kernels(profile)))
         for name, meta in zip(outputs, program.outputs):
             self._meta[name] = meta
 
@@ -291,6 +344,7 @@ class SecureSession(Session):
         self._parties.delete([n for n in names if n in self._meta])
         for n in names:
             self._meta.pop(n, None)
+            self.ownership.pop(n, None)
 
     def close(self) -> None:
         self._parties.close()
@@ -301,5 +355,5 @@ def TwoPartySession(spec: SessionSpec) -> Session:
     return SecureSession(spec)
 
 
-__all__ = ["PartyFailure", "PlainSession", "RevealRecord", "SecureSession", "Session", "SessionSpec",
+__all__ = ["OWNER_RANK", "PRIVATE_PROTOCOLS", "PartyFailure", "PlainSession", "RevealRecord", "SecureSession", "Session", "SessionSpec",
            "TwoPartySession", "free_ports", "process_log"]

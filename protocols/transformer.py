@@ -3,15 +3,21 @@
 Threat model (as BOLT): the client holds the token ids, the attention mask and the
 embedding tables (word, position, token type), so it computes the embedded sequence
 ``x = E_word[ids] + E_pos + E_type[tt]`` ``[n, d]`` in the clear (``client_embed``) and
-secret-shares ``x`` and its mask. Everything after that — embedding LayerNorm, every
-encoder layer, pooler and classifier — runs on secret shares; the server's weights are
-secret-shared by the server. Only token counts (pruning) and the final logits (to the
-client) are opened, by the runner.
+brings ``x`` and its mask into the session. Everything after that — embedding LayerNorm,
+every encoder layer, pooler and classifier — runs under MPC; the server's weights stay
+private to the server where the protocol allows it (``SessionSpec.private_owners``), so a
+weight matmul is secret × server-private. Only token counts (pruning) and the final
+logits (to the client) are opened, by the runner.
+
+Several inputs may run in one program: their rows are stacked (``protocols.batch.Layout``);
+row-wise programs (Linear, LayerNorm, GELU) see one ``[total, d]`` operand, attention runs
+per input.
 
 Each function below is one SPU program (the runner meters it under one op class:
 Linear, Softmax, GELU, LayerNorm or Other). Weights come in the canonical names of
 ``server_weights`` in ``x @ W`` layout ``[in, out]`` (BERT's torch ``[out, in]`` Linear
-weights are transposed locally by the server). Shapes: ``n`` tokens, ``d`` hidden,
+weights are transposed locally by the server). Shapes: ``n`` tokens (``total`` stacked rows
+of a batch), ``d`` hidden,
 ``H`` heads, ``f`` intermediate, ``V`` vocabulary / labels.
 
 The very same functions run in plain JAX: that is the "JAX plaintext" reference.
@@ -23,8 +29,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from models.approx import ATTENTION_MASK_BIAS
+from models.approx import ATTENTION_MASK_BIAS, GELU_HIGH, GELU_LOW
 from protocols import nonlinear
+from protocols.batch import Layout, iter_groups, stack_group, unstack_groups
 from protocols.model_spec import TransformerSpec
 
 
@@ -106,35 +113,47 @@ def qkv(h: jnp.ndarray, wq: jnp.ndarray, bq: jnp.ndarray, wk: jnp.ndarray, bk: j
     return h @ wq + bq, h @ wk + bk, h @ wv + bv
 
 
-def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int) -> jnp.ndarray:
-    """Scaled scores ``[H, n, n]``. Cost: H secret×secret n×(d/H)×n matmuls."""
-    n, d = q.shape
+def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layout) -> jnp.ndarray:
+    """Scaled scores of each input's own tokens, flat ``[Σ_groups g·H·n·n]`` (``Layout.groups``
+    order; one input: ``[H, n, n]`` raveled). Cost: per group one batched secret×secret
+    ``[g·H] × n×(d/H)×n`` matmul."""
+    d = q.shape[1]
     dh = d // heads
-    qh = q.reshape(n, heads, dh).transpose(1, 0, 2)
-    kh = k.reshape(n, heads, dh).transpose(1, 0, 2)
-    return jnp.einsum("hid,hjd->hij", qh, kh) * (1.0 / math.sqrt(dh))
+    parts = []
+    for n, _, members in layout.groups():
+        qg = stack_group(q, layout, members).reshape(len(members), n, heads, dh).transpose(0, 2, 1, 3)
+        kg = stack_group(k, layout, members).reshape(len(members), n, heads, dh).transpose(0, 2, 1, 3)
+        parts.append((jnp.einsum("ghid,ghjd->ghij", qg, kg) * (1.0 / math.sqrt(dh))).reshape(-1))
+    return jnp.concatenate(parts)
 
 
-def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, *, k_high: int | None, causal: bool) -> jnp.ndarray:
-    """Softmax ``[H, n, n]`` with padding keys biased by ``ATTENTION_MASK_BIAS`` (from the
-    client's secret ``valid`` ``[n]``: bias is linear in it, local) and, if ``causal``, a
-    public causal mask. Query rows ``[0:k_high]`` use EXP_HIGH, the rest EXP_LOW
-    (``None``: all high). Cost: H·n rows of n (see ``nonlinear.softmax``).
+def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, *, heads: int, layout: Layout, causal: bool) -> jnp.ndarray:
+    """Softmax of each input's scores (flat, as ``attention_scores``), padding keys biased by
+    ``ATTENTION_MASK_BIAS`` (from the client's secret ``valid`` ``[total]``: bias is linear in
+    it, local) and, if ``causal``, a public causal mask. Query rows ``[0:high_b]`` use
+    EXP_HIGH, the rest EXP_LOW (``layout.high`` None: all high). Cost: Σ_b H·n_b rows of n_b
+    (see ``nonlinear.softmax``), one softmax per group.
     """
-    n = scores.shape[-1]
-    bias = ((1.0 - valid) * ATTENTION_MASK_BIAS)[None, None, :]
-    if causal:
-        bias = bias + jnp.asarray((1.0 - np.tril(np.ones((n, n), np.float32))) * ATTENTION_MASK_BIAS)[None]
-    return nonlinear.softmax_split(scores, bias, k_high)
+    parts = []
+    for (n, high, members), (_, _, x) in zip(layout.groups(), iter_groups(scores, layout, heads)):
+        bias = ((1.0 - stack_group(valid, layout, members)) * ATTENTION_MASK_BIAS)[:, None, None, :]
+        if causal:
+            bias = bias + jnp.asarray((1.0 - np.tril(np.ones((n, n), np.float32))) * ATTENTION_MASK_BIAS)[None, None]
+        parts.append(nonlinear.softmax_split(x, bias, high).reshape(-1))
+    return jnp.concatenate(parts)
 
 
 def attention_output(probs: jnp.ndarray, v: jnp.ndarray, wo: jnp.ndarray, bo: jnp.ndarray, *,
-                     heads: int) -> jnp.ndarray:
-    """``concat_h(A_h V_h) Wo + bo`` ``[n, d]``. Cost: H n×n×(d/H) + one n×d×d matmul."""
-    n, d = v.shape
-    vh = v.reshape(n, heads, d // heads).transpose(1, 0, 2)
-    ctx = jnp.einsum("hij,hjd->hid", probs, vh).transpose(1, 0, 2).reshape(n, d)
-    return ctx @ wo + bo
+                     heads: int, layout: Layout) -> jnp.ndarray:
+    """``concat_h(A_h V_h) Wo + bo`` ``[total, d]``. Cost: per group a batched
+    ``[g·H] × n×n×(d/H)`` matmul, then one ``total×d×d`` matmul with the server's ``Wo``."""
+    d = v.shape[1]
+    ctx: dict[int, jnp.ndarray] = {}
+    for n, members, a in iter_groups(probs, layout, heads):
+        vg = stack_group(v, layout, members).reshape(len(members), n, heads, d // heads).transpose(0, 2, 1, 3)
+        out = jnp.einsum("ghij,ghjd->ghid", a, vg).transpose(0, 2, 1, 3).reshape(len(members), n, d)
+        ctx.update({b: out[i] for i, b in enumerate(members)})
+    return unstack_groups(ctx, layout) @ wo + bo
 
 
 def linear(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -147,9 +166,21 @@ def linear_residual(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray, res: jnp.nda
     return res + x @ w + b
 
 
-def gelu(x: jnp.ndarray, *, k_high: int | None) -> jnp.ndarray:
-    """BOLT GELU ``[n, f]``; rows ``[0:k_high]`` GELU_HIGH, the rest GELU_LOW (Π_reduce)."""
-    return nonlinear.gelu_split(x, k_high)
+def gelu(x: jnp.ndarray, *, layout: Layout) -> jnp.ndarray:
+    """BOLT GELU ``[total, f]``; each input's first ``layout.high[b]`` rows use GELU_HIGH, the
+    rest GELU_LOW (Π_reduce; ``layout.high`` None: all high). The high rows of all inputs are
+    evaluated as one array and the low rows as another (static row moves: local)."""
+    if layout.high is None:
+        return nonlinear.gelu(x, GELU_HIGH)
+    highs = [r[:k] for r, k in zip(layout.split(x), layout.high)]
+    lows = [r[k:] for r, k in zip(layout.split(x), layout.high)]
+    y_high = nonlinear.gelu(jnp.concatenate(highs, axis=0), GELU_HIGH)
+    y_low = nonlinear.gelu(jnp.concatenate(lows, axis=0), GELU_LOW)
+    out, hi, lo = [], 0, 0
+    for n, k in zip(layout.sizes, layout.high):
+        out += [y_high[hi:hi + k], y_low[lo:lo + n - k]]
+        hi, lo = hi + k, lo + n - k
+    return jnp.concatenate(out, axis=0)
 
 
 def tanh(x: jnp.ndarray) -> jnp.ndarray:
@@ -165,14 +196,16 @@ def tanh(x: jnp.ndarray) -> jnp.ndarray:
     return 2.0 * sig - 1.0
 
 
-def pool_classify(h: jnp.ndarray, wp: jnp.ndarray, bp: jnp.ndarray, wc: jnp.ndarray, bc: jnp.ndarray) -> jnp.ndarray:
-    """BERT pooler (row 0 = [CLS], dense, tanh) and classifier → logits ``[num_labels]``."""
-    return tanh(h[0] @ wp + bp) @ wc + bc
+def pool_classify(h: jnp.ndarray, wp: jnp.ndarray, bp: jnp.ndarray, wc: jnp.ndarray, bc: jnp.ndarray, *,
+                  layout: Layout) -> jnp.ndarray:
+    """BERT pooler (each input's first row = [CLS], dense, tanh) and classifier → logits
+    ``[B, num_labels]``."""
+    cls = jnp.concatenate([h[o:o + 1] for o in layout.offsets], axis=0)
+    return tanh(cls @ wp + bp) @ wc + bc
 
 
 def lm_logits(h: jnp.ndarray, g: jnp.ndarray, b: jnp.ndarray, w: jnp.ndarray, *, eps: float,
-              last_only: bool) -> jnp.ndarray:
-    """GPT-2 final LN and LM head: ``[n, V]`` (or ``[V]`` for the last position)."""
-    x = h[-1:] if last_only else h
-    out = nonlinear.layernorm(x, g, b, eps) @ w
-    return out[0] if last_only else out
+              last_only: bool, layout: Layout) -> jnp.ndarray:
+    """GPT-2 final LN and LM head: ``[total, V]``, or ``[B, V]`` for each input's last position."""
+    x = jnp.concatenate([h[o + n - 1:o + n] for o, n in zip(layout.offsets, layout.sizes)], axis=0) if last_only else h
+    return nonlinear.layernorm(x, g, b, eps) @ w

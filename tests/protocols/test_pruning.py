@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from protocols import pruning as pr
-from protocols.secure_model import prune_step, reduce_step
+from protocols.batch import Layout, prune_step, reduce_step
 from protocols.session import PlainSession, Session, SessionSpec, TwoPartySession
 
 
@@ -98,7 +98,7 @@ def test_reduce_groups_high_then_low(session: Session, beta: float) -> None:
     session.share("M", m, owner="client")
     session.share("h", h, owner="client")
     session.share("valid", valid, owner="client")
-    session.run(reduce_step, ["R", "beta", "M"], ["high", "kh"], op="Reduce", static={"scale": heads_times_n})
+    session.run(reduce_step, ["R", "beta", "M"], ["high", "kh"], op="Reduce", static={"layout": Layout((n,)), "heads": heads_times_n // n})
     kh = int(round(float(np.asarray(session.reveal("kh", purpose="high count")).reshape(-1)[0])))
     assert kh == int(high.sum())
     session.run(pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], op="Reduce",

@@ -1,0 +1,198 @@
+"""Several inputs in one program: their tokens stacked along axis 0, and the pruning
+programs per input on that stack.
+
+Why: under Cheetah a matmul with the server's weights has a per-call constant (about
+d_out output polynomials whatever the number of rows), so a 16-token input pays almost
+what a 128-token one does. Stacking B inputs' rows into one ``[Σ n_b, d]`` operand pays it
+once per batch. Attention, pruning and compaction stay per input (input b only attends to
+its own tokens; its kept count ``k_b`` is its own), so the decisions are exactly those of
+running the inputs one at a time.
+
+``Layout`` is the static (public) row layout: input b owns rows ``[offset_b, offset_b +
+sizes[b])``; with Π_reduce the first ``high[b]`` of them are its high group. Inputs of equal
+``(size, high)`` form one group whose attention runs as one batched op (``[g, H, n, n]``):
+the same number of SPU ops, hence rounds, as a single input. Every row movement here is a
+static slice or concatenation: local on shares, no communication.
+
+Costs are those of ``protocols.pruning`` per input; the per-input kept counts ``k_b`` (and
+``k_high_b``) are the only values revealed, as a ``[B]`` vector per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from protocols import pruning as pr
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Public row layout of a stacked batch: ``sizes[b]`` rows per input, optional Π_reduce
+    high-group sizes ``high[b]`` (``None``: every row uses the high-degree approximations)."""
+
+    sizes: tuple[int, ...]
+    high: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"Layout.sizes={self.sizes}: expected at least one input of at least one row")
+        if self.high is not None:
+            object.__setattr__(self, "high", tuple(int(k) for k in self.high))
+            if len(self.high) != len(self.sizes) or any(not 0 <= k <= n for k, n in zip(self.high, self.sizes)):
+                raise ValueError(f"Layout.high={self.high}: expected 0 <= high[b] <= sizes[b]={self.sizes}")
+
+    @property
+    def batch(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+
+    def high_of(self, b: int) -> Optional[int]:
+        return None if self.high is None else self.high[b]
+
+    def rows(self, x: jnp.ndarray, b: int) -> jnp.ndarray:
+        """Input b's rows of a stacked array (a static slice)."""
+        o = self.offsets[b]
+        return x[o:o + self.sizes[b]]
+
+    def split(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+        """Every input's rows, in batch order."""
+        return [self.rows(x, b) for b in range(self.batch)]
+
+    def groups(self) -> list[tuple[int, Optional[int], tuple[int, ...]]]:
+        """``(size, high, members)`` for inputs of equal size and high-group size, in order of
+        first appearance (one group when all inputs are alike)."""
+        keys: dict[tuple[int, Optional[int]], list[int]] = {}
+        for b, n in enumerate(self.sizes):
+            keys.setdefault((n, self.high_of(b)), []).append(b)
+        return [(n, k, tuple(members)) for (n, k), members in keys.items()]
+
+    def row_scale(self, heads: int) -> np.ndarray:
+        """``H·n_b`` on each row of input b (``R = S·H·n``), public: ``[total]``."""
+        return np.concatenate([np.full(n, float(heads * n), np.float32) for n in self.sizes])
+
+    def first_rows(self) -> np.ndarray:
+        """1 on each input's first row ([CLS], always kept), else 0: ``[total]`` public."""
+        out = np.zeros(self.total, bool)
+        out[list(self.offsets)] = True
+        return out
+
+
+def stack_group(x: jnp.ndarray, layout: Layout, members: tuple[int, ...]) -> jnp.ndarray:
+    """Rows of ``members`` (all of one size n) as ``[g, n, ...]``."""
+    return jnp.stack([layout.rows(x, b) for b in members])
+
+
+def unstack_groups(parts: dict[int, jnp.ndarray], layout: Layout) -> jnp.ndarray:
+    """Per-input arrays ``{b: [n_b, ...]}`` back to the stacked ``[total, ...]`` order."""
+    return jnp.concatenate([parts[b] for b in range(layout.batch)], axis=0)
+
+
+def segment_sums(x: jnp.ndarray, layout: Layout) -> jnp.ndarray:
+    """``[B]``: the sum of each input's rows of ``x`` ``[total]`` (local)."""
+    return jnp.stack([jnp.sum(part) for part in layout.split(x)])
+
+
+def _above(received: jnp.ndarray, threshold: jnp.ndarray, member: jnp.ndarray, layout: Layout,
+           heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``[R_i > t·H·n_b] ∧ member_i`` with each input's first row forced in: exact 0/1 ``[total]``
+    and the per-input counts ``[B]``. Cost: ``total`` comparisons (secret × public scale: exact)."""
+    bound = threshold * layout.row_scale(heads)
+    mb = jnp.logical_or(jnp.logical_and(received > bound, member > 0.5), layout.first_rows())
+    m = mb.astype(received.dtype)
+    return m, segment_sums(m, layout)
+
+
+def received_rows(probs: jnp.ndarray, layout: Layout, heads: int) -> jnp.ndarray:
+    """``R`` ``[total]``: attention each token received from its own input's queries, summed
+    over heads (``probs`` flat, in ``Layout.groups`` order, as ``attention_probs`` returns it)."""
+    parts: dict[int, jnp.ndarray] = {}
+    for n, members, a in iter_groups(probs, layout, heads):
+        sums = jnp.sum(a, axis=(1, 2))                        # [g, n]
+        parts.update({b: sums[i] for i, b in enumerate(members)})
+    return unstack_groups(parts, layout)
+
+
+def iter_groups(flat: jnp.ndarray, layout: Layout, heads: int) -> list[tuple[int, tuple[int, ...], jnp.ndarray]]:
+    """Split a flat ``[Σ_groups g·H·n·n]`` attention tensor into ``(n, members, [g, H, n, n])``."""
+    out, start = [], 0
+    for n, _, members in layout.groups():
+        size = len(members) * heads * n * n
+        out.append((n, members, flat[start:start + size].reshape(len(members), heads, n, n)))
+        start += size
+    return out
+
+
+def _as_flat(probs: jnp.ndarray, layout: Optional[Layout], heads: Optional[int]) -> tuple[jnp.ndarray, Layout, int]:
+    """One input's ``[H, n, n]`` probs (layout and heads read off the shape) or a flat batch."""
+    if probs.ndim == 3:
+        return probs.reshape(-1), layout or Layout((probs.shape[-1],)), probs.shape[0]
+    if layout is None or heads is None:
+        raise ValueError("flat attention probs need the batch's layout and heads")
+    return probs, layout, heads
+
+
+def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, layout: Optional[Layout] = None,
+               heads: Optional[int] = None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Π_prune's scores and mask: ``R`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
+    ``probs`` flat (a batch) or ``[H, n, n]`` (one input).
+    Cost: ``total`` comparisons. Reveals: nothing (the runner reveals ``k``)."""
+    probs, layout, heads = _as_flat(probs, layout, heads)
+    r = received_rows(probs, layout, heads)
+    m, k = _above(r, theta[0], valid, layout, heads)
+    return r, m, k
+
+
+def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *, layout: Layout,
+                heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Π_reduce's grouping ``high = [S > β] ∧ M`` ``[total]`` and ``k_high`` ``[B]``
+    (``layout`` as entering the layer). Cost: ``total`` comparisons."""
+    return _above(received, beta[0], keep, layout, heads)
+
+
+def score_step(probs: jnp.ndarray, *, layout: Optional[Layout] = None, heads: Optional[int] = None) -> jnp.ndarray:
+    """Importance ``S = R / (H·n_b)`` ``[total]`` (BOLT WE). Cost: local (one public scaling)."""
+    probs, layout, heads = _as_flat(probs, layout, heads)
+    return received_rows(probs, layout, heads) * (1.0 / layout.row_scale(heads))
+
+
+def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
+                 k: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per input, ``pr.prune_select`` of its rows to its ``k_b`` kept (unchanged where
+    ``k_b = n_b``) → ``[Σ k_b, d]``, ``[Σ k_b]``. Cost: Σ_b (k_b·n_b equality tests + one
+    k_b×n_b×d matmul) over inputs that prune."""
+    hs, vs = [], []
+    for b, (hb, mb, vb) in enumerate(zip(layout.split(h), layout.split(keep), layout.split(valid))):
+        if k[b] == layout.sizes[b]:
+            hs.append(hb), vs.append(vb)
+            continue
+        hb, vb = pr.prune_select(hb, mb, vb, k=k[b])
+        hs.append(hb), vs.append(vb)
+    return jnp.concatenate(hs, axis=0), jnp.concatenate(vs)
+
+
+def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
+                  k: tuple[int, ...], k_high: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per input, ``pr.reduce_select`` (high group first, then the low group)."""
+    parts = [pr.reduce_select(hb, mb, gb, vb, k=k[b], k_high=k_high[b])
+             for b, (hb, mb, gb, vb) in enumerate(zip(layout.split(h), layout.split(keep), layout.split(high),
+                                                      layout.split(valid)))]
+    return jnp.concatenate([p[0] for p in parts], axis=0), jnp.concatenate([p[1] for p in parts])
+
+
+def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
+                   keep: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per input, ``pr.bolt_we_select`` keeping its top ``keep[b]`` tokens."""
+    parts = [pr.bolt_we_select(hb, sb, vb, keep=keep[b])
+             for b, (hb, sb, vb) in enumerate(zip(layout.split(h), layout.split(scores), layout.split(valid)))]
+    return jnp.concatenate([p[0] for p in parts], axis=0), jnp.concatenate([p[1] for p in parts])
