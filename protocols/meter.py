@@ -11,9 +11,10 @@ kernels SPU ran (``mmul_sv``: secret × private matmul, one HE product under Che
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 OP_CLASSES = ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other")
 
@@ -155,9 +156,6 @@ class CostReport:
 
     programs: list[ProgramCost]
 
-    def since(self, earlier: "CostReport") -> "CostReport":
-        return CostReport(self.programs[len(earlier.programs):])
-
     @property
     def bytes_total(self) -> int:
         return sum(p.bytes_total for p in self.programs)
@@ -209,11 +207,27 @@ class CostReport:
         return out
 
 
+@dataclass
+class Measurement:
+    """What ``CostMeter.measure`` saw: the programs run inside the ``with`` block (set on exit)."""
+
+    report: CostReport = field(default_factory=lambda: CostReport([]))
+
+
 class CostMeter:
     """Collects ``ProgramCost`` records; the session feeds it after each program."""
 
     def __init__(self) -> None:
         self._programs: list[ProgramCost] = []
+
+    @contextmanager
+    def measure(self) -> Iterator[Measurement]:
+        """``with meter.measure() as m: ...`` then ``m.report``: the cost of the block alone."""
+        start, m = len(self._programs), Measurement()
+        try:
+            yield m
+        finally:
+            m.report = CostReport(self._programs[start:])
 
     def record(self, cost: ProgramCost) -> None:
         if cost.op not in OP_CLASSES:

@@ -93,7 +93,7 @@ def test_cheetah_weights_private_to_server(model: tuple) -> None:
         assert p.kernels.get("mmul_sv", 0) >= 1 and "mmul_aa" not in p.kernels, (p.program, p.kernels)
     out = [p for p in res[0].cost.programs if p.program == "attention_output"]
     assert all(p.kernels.get("mmul_sv") == 1 for p in out), [p.kernels for p in out]   # ctx @ Wo
-    assert owned["l0.wq"] == "private to the server (party 1)" and owned["h"] == "secret-shared"
+    assert owned["l0.wq"] == "private to the server (party 1)" and owned["h"] == "private to the client (party 0)"
     shared, owned_shared = _secure_batch("CHEETAH", spec, w, specs["none"], private_owners=())
     for p in (p for p in shared[0].cost.programs if p.program in WEIGHT_PROGRAMS):
         assert p.kernels.get("mmul_aa", 0) >= 1 and "mmul_sv" not in p.kernels, (p.program, p.kernels)
@@ -105,5 +105,7 @@ def test_cheetah_weights_private_to_server(model: tuple) -> None:
 
 def test_semi2k_falls_back_to_secret_sharing_and_says_so(model: tuple) -> None:
     spec, w, specs = model
-    _, owned = _secure_batch("SEMI2K", spec, w, specs["none"])
+    res, owned = _secure_batch("SEMI2K", spec, w, specs["none"])
     assert owned["l0.w1"].startswith("secret-shared (SEMI2K") and "no private values" in owned["l0.w1"]
+    for p in (p for p in res[0].cost.programs if p.program in WEIGHT_PROGRAMS):   # what SPU really ran
+        assert p.kernels.get("mmul_aa", 0) >= 1 and "mmul_sv" not in p.kernels, (p.program, p.kernels)

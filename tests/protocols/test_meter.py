@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 
 from protocols import nonlinear as nl
-from protocols.meter import LAN, OP_CLASSES, WAN, CostMeter, ProgramCost, estimate_rounds, parse_profile
+from protocols.meter import (
+    LAN,
+    OP_CLASSES,
+    WAN,
+    CostMeter,
+    ProgramCost,
+    estimate_rounds,
+    parse_kernels,
+    parse_profile,
+)
 from protocols.session import Session, process_log
 
 LOG = """I ... HLO profiling: total time 0.01
@@ -34,6 +43,36 @@ def test_parse_profile_and_rounds() -> None:
     assert estimate_rounds(ops) == 2 * 7 + 1 * 2  # add does not communicate
     with pytest.raises(RuntimeError, match="enable_pphlo_profile"):
         parse_profile("no profile here")
+
+
+KERNEL_LOG = """I ... HLO profiling: total time 0.6
+- pphlo.dot, executed 1 times, duration 0.6s, send bytes 10 recv bytes 10, send actions 3, recv actions 3
+I ... HAL profiling: total time 0.6
+- f_mmul, executed 1 times, duration 0.6s, send bytes 10 recv bytes 10, send actions 3, recv actions 3
+I ... MPC profiling: total time 0.6
+- mmul_sv, executed 1 times, duration 0.4s, send bytes 9 recv bytes 9, send actions 3, recv actions 3
+- trunc_a, executed 2 times, duration 0.2s, send bytes 1 recv bytes 1, send actions 0, recv actions 0
+I ... Link details: total send bytes 10, recv bytes 10, send actions 3, recv actions 3
+"""
+
+
+def test_parse_kernels_reads_the_last_programs_mpc_section() -> None:
+    """SPU's own MPC kernel names (logged with enable_hal_profile); a program without the
+    section gives none, and an earlier program's section is not attributed to a later one."""
+    assert parse_kernels("- mmul_aa, executed 4 times\n" + KERNEL_LOG) == {"mmul_sv": 1, "trunc_a": 2}
+    assert parse_kernels(KERNEL_LOG + LOG) == {}
+    assert parse_kernels("nothing") == {}
+
+
+def test_measure_scopes_the_cost_of_a_block() -> None:
+    meter = CostMeter()
+    meter.record(ProgramCost("Linear", 0, 1.0, (1, 1), (1, 1), 2, kernels={"mmul_aa": 2}))
+    with meter.measure() as m:
+        meter.record(ProgramCost("GELU", 0, 2.0, (5, 5), (1, 1), 4, kernels={"mmul_sv": 1}))
+        meter.record(ProgramCost("Linear", 1, 3.0, (7, 0), (1, 1), 2, kernels={"mmul_sv": 2, "trunc_a": 1}))
+    assert m.report.bytes_total == 17 and m.report.wall_s == 5.0
+    assert m.report.kernel_counts() == {"mmul_sv": 3, "trunc_a": 1}
+    assert meter.report().kernel_counts()["mmul_aa"] == 2
 
 
 def test_time_model_and_metric_names() -> None:
