@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -43,17 +42,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.composition import (  # noqa: E402
-    LAYER_PARTS, METHODS, PRUNE_PROGRAMS, Schedule, compose, fit_measurements, part_of, table_rows,
+    LAYER_PARTS,
+    METHODS,
+    PRUNE_PROGRAMS,
+    Schedule,
+    compose,
+    fit_measurements,
+    part_of,
+    table_rows,
 )
 from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW  # noqa: E402
 from protocols import nonlinear  # noqa: E402
 from protocols import pruning as pr  # noqa: E402
+from protocols.batch import Layout, prune_step, reduce_step  # noqa: E402
 from protocols.meter import OP_CLASSES  # noqa: E402
 from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
 from protocols.secure_model import (  # noqa: E402
-    SecureResult, plaintext_forward, secure_forward,
+    SecureResult,
+    plaintext_forward,
+    secure_forward,
 )
-from protocols.batch import Layout, prune_step, reduce_step  # noqa: E402
 from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
 
 console = Console(width=240)
@@ -151,9 +159,9 @@ def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> 
     ids = np.random.default_rng(n).integers(1, one.vocab_size, n)
     with TwoPartySession(session_spec) as s:
         warm_up(s)
-        before = s.meter.report()
-        secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
-        programs = s.meter.report().since(before).programs
+        with s.meter.measure() as measured:
+            secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
+        programs = measured.report.programs
     out = {part: (0.0, 0.0) for part in LAYER_PARTS}
     in_ffn = False
     for p in programs:
@@ -196,9 +204,9 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
             ("GELU_low", nonlinear.gelu, ["f"], ["g2"], {"approx": GELU_LOW}),
         ]
         for name, fn, ins, outs, static in steps:
-            before = s.meter.report()
-            s.run(fn, ins, outs, op="Prune" if name in PRUNE_PROGRAMS else "Other", static=static)
-            part = s.meter.report().since(before)
+            with s.meter.measure() as measured:
+                s.run(fn, ins, outs, op="Prune" if name in PRUNE_PROGRAMS else "Other", static=static)
+            part = measured.report
             prev = out.get(name, (0.0, 0.0))
             out[name] = (prev[0] + part.wall_s, prev[1] + part.bytes_total)
     return out
@@ -238,10 +246,10 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
         with console.status(f"validate: {method} end to end, {shape.layers} layers, {seq} tokens"), \
                 TwoPartySession(session_spec) as s:
             warm_up(s)
-            before = s.meter.report()
-            res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
-                                 np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta)))
-            cost = s.meter.report().since(before)
+            with s.meter.measure() as measured:
+                res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
+                                     np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta)))
+            cost = measured.report
         sched = schedule_of(res)
         comp = compose(sched, method, layer_fit, prune_fit, seq)
         measured_s = sum(p.wall_s for p in cost.programs if p.layer is not None)
@@ -281,9 +289,9 @@ def anchor(session_spec: SessionSpec, shape: TransformerSpec, n: int, layer_fit:
         for name, fn, dims, static, key, share in cases:
             s.share("x", rng.normal(size=dims).astype(np.float32), "client")
             with console.status(f"anchor at n={n}: {name}"):
-                before = s.meter.report()
-                s.run(fn, ["x"], ["y"], op="Other", static=static)
-                part = s.meter.report().since(before)
+                with s.meter.measure() as measured:
+                    s.run(fn, ["x"], ["y"], op="Other", static=static)
+                part = measured.report
             fitted = [float(layer_fit[key][q] @ np.array([1.0, n, n * n])) * share for q in (0, 1)]
             out.append((name, part.wall_s, part.bytes_total / 2**20, fitted[0], fitted[1] / 2**20))
             console.print(f"anchor n={n} {name}: measured {out[-1][1]:.1f} s / {out[-1][2]:.1f} MB, "

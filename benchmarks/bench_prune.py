@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import pruning as pr  # noqa: E402
-from protocols.batch import prune_step, score_step  # noqa: E402
-from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
+from protocols import pruning as pr
+from protocols.batch import prune_step, score_step
+from protocols.session import SessionSpec, TwoPartySession
 
 
 def _probs(n: int, heads: int, rng: np.random.Generator) -> np.ndarray:

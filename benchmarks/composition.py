@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import PRUNE_METHODS
 from protocols.meter import LAN, OP_CLASSES, WAN
 
-METHODS = ("none", "bolt_we", "prune", "prune_reduce")
+METHODS = PRUNE_METHODS
 ATTN_PARTS = ("attn/Linear", "Softmax", "attn/LayerNorm")
 FFN_PARTS = ("ffn/Linear", "GELU", "ffn/LayerNorm")
 LAYER_PARTS = ATTN_PARTS + FFN_PARTS

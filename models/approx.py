@@ -56,6 +56,10 @@ class ExpApprox:
         return -self.z_max * LN2
 
 
+# SPU's rings: field name -> bits (the one statement of it; sessions and config checks use it)
+RING_BITS: dict[str, int] = {"FM32": 32, "FM64": 64, "FM128": 128}
+
+
 @dataclass(frozen=True)
 class FixedPoint:
     """SPU's fixed-point encoding: ring ``field`` (``FM64``: 64-bit) with ``fraction_bits``."""
@@ -65,7 +69,7 @@ class FixedPoint:
 
     @property
     def ring_bits(self) -> int:
-        return {"FM32": 32, "FM64": 64, "FM128": 128}[self.field]
+        return RING_BITS[self.field]
 
     @property
     def scale(self) -> float:

@@ -11,7 +11,40 @@ from typing import Any, Literal
 OpsMode = Literal["exact", "emulated"]
 PruneMethod = Literal["none", "bolt_we", "prune", "prune_reduce"]
 MaskMode = Literal["soft", "hard"]
+# the one list of pruning methods, in report order (pipeline.config.Method is tested against it)
 PRUNE_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
+
+
+def hf_shape(d: dict[str, Any], num_labels: int | None = None) -> dict[str, Any]:
+    """The one reader of a Hugging Face ``config.json`` dict (BERT or GPT-2 keys): the shape
+    fields of ``BertConfig`` / ``GPT2Config`` / ``protocols.model_spec.TransformerSpec``
+    (vocab_size, hidden, layers, heads, intermediate, max_positions, type_vocab, num_labels,
+    layer_norm_eps, causal) plus ``dropout``, ``attention_dropout`` and ``pad_token_id``.
+    ``num_labels`` overrides the file's. Raises ``ValueError`` naming an unsupported model_type."""
+    model_type = str(d.get("model_type", "")).lower()
+    if model_type == "gpt2" or "n_embd" in d:
+        h = int(d["n_embd"])
+        return {"vocab_size": int(d["vocab_size"]), "hidden": h, "layers": int(d["n_layer"]), "heads": int(d["n_head"]),
+                "intermediate": int(d.get("n_inner") or 4 * h),
+                "max_positions": int(d.get("n_positions", d.get("n_ctx", 1024))), "type_vocab": 0,
+                "num_labels": int(num_labels or d.get("num_labels", 2)),
+                "layer_norm_eps": float(d.get("layer_norm_epsilon", 1e-5)), "causal": True,
+                "dropout": float(d.get("resid_pdrop", 0.1)), "attention_dropout": float(d.get("attn_pdrop", 0.1)),
+                "pad_token_id": 0}
+    if "hidden_size" not in d or model_type not in ("", "bert"):
+        raise ValueError(f"unsupported config (model_type={model_type!r}): expected a BERT (hidden_size) or "
+                         "GPT-2 (n_embd) config.json")
+    labels = num_labels if num_labels is not None else int(d.get("num_labels") or len(d.get("id2label", {})) or 2)
+    return {"vocab_size": int(d["vocab_size"]), "hidden": int(d["hidden_size"]), "layers": int(d["num_hidden_layers"]),
+            "heads": int(d["num_attention_heads"]), "intermediate": int(d["intermediate_size"]),
+            "max_positions": int(d.get("max_position_embeddings", 512)), "type_vocab": int(d.get("type_vocab_size", 2)),
+            "num_labels": labels, "layer_norm_eps": float(d.get("layer_norm_eps", 1e-12)), "causal": False,
+            "dropout": float(d.get("hidden_dropout_prob", 0.1)),
+            "attention_dropout": float(d.get("attention_probs_dropout_prob", 0.1)),
+            "pad_token_id": int(d.get("pad_token_id", 0) or 0)}
+
+
+SHAPE_FIELDS = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions")
 
 
 @dataclass(frozen=True)
@@ -55,21 +88,12 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any], num_labels: int | None = None) -> "BertConfig":
-        """From a Hugging Face ``config.json`` dict; ``num_labels`` overrides the file."""
-        if d.get("model_type", "bert") != "bert":
+        """From a Hugging Face ``config.json`` dict (``hf_shape``); ``num_labels`` overrides the file."""
+        s = hf_shape(d, num_labels)
+        if s["causal"]:
             raise ValueError(f"not a BERT config: model_type={d.get('model_type')!r}")
-        n = num_labels if num_labels is not None else int(d.get("num_labels", len(d.get("id2label", {})) or 2))
-        return cls(
-            vocab_size=int(d["vocab_size"]), hidden=int(d["hidden_size"]),
-            layers=int(d["num_hidden_layers"]), heads=int(d["num_attention_heads"]),
-            intermediate=int(d["intermediate_size"]),
-            max_positions=int(d.get("max_position_embeddings", 512)),
-            type_vocab=int(d.get("type_vocab_size", 2)), num_labels=n,
-            layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
-            hidden_dropout=float(d.get("hidden_dropout_prob", 0.1)),
-            attention_dropout=float(d.get("attention_probs_dropout_prob", 0.1)),
-            pad_token_id=int(d.get("pad_token_id", 0) or 0),
-        )
+        return cls(**{k: s[k] for k in (*SHAPE_FIELDS, "type_vocab", "num_labels", "layer_norm_eps",
+                                        "attention_dropout", "pad_token_id")}, hidden_dropout=s["dropout"])
 
     def to_hf(self) -> dict[str, Any]:
         """Hugging Face ``config.json`` dict for ``BertForSequenceClassification``."""
@@ -105,15 +129,11 @@ class GPT2Config:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "GPT2Config":
-        """From a Hugging Face GPT-2 ``config.json`` dict."""
-        h = int(d["n_embd"])
-        return cls(
-            vocab_size=int(d["vocab_size"]), hidden=h, layers=int(d["n_layer"]),
-            heads=int(d["n_head"]), intermediate=int(d.get("n_inner") or 4 * h),
-            max_positions=int(d.get("n_positions", 1024)),
-            layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
-            dropout=float(d.get("resid_pdrop", 0.1)),
-        )
+        """From a Hugging Face GPT-2 ``config.json`` dict (``hf_shape``)."""
+        s = hf_shape(d)
+        if not s["causal"]:
+            raise ValueError(f"not a GPT-2 config: model_type={d.get('model_type')!r}")
+        return cls(**{k: s[k] for k in (*SHAPE_FIELDS, "layer_norm_eps", "dropout")})
 
     def to_hf(self) -> dict[str, Any]:
         """Hugging Face ``config.json`` dict for ``GPT2LMHeadModel``."""

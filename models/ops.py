@@ -13,8 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from models.approx import (
-    ATTENTION_MASK_BIAS, EXP_HIGH, EXP_LOW, FIXED_POINT, GELU_HIGH, GELU_LOW, LN2,
-    ExpApprox, GeluApprox,
+    ATTENTION_MASK_BIAS,
+    EXP_HIGH,
+    EXP_LOW,
+    FIXED_POINT,
+    GELU_HIGH,
+    GELU_LOW,
+    LN2,
+    ExpApprox,
+    GeluApprox,
 )
 from models.config import OpsConfig
 

@@ -14,16 +14,16 @@ if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12
         f"{sys.version.split()[0]}. Create the venv with python3.11 (see README.md)."
     )
 
-import os  # noqa: E402
+import os
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import PipelineConfig, register_configs  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
-from pipeline.reporting import ReportDataMissing  # noqa: E402
-from pipeline.tracking import UpstreamMissing  # noqa: E402
-from pipeline.validate import ConfigError  # noqa: E402
+from pipeline.config import PipelineConfig, register_configs
+from pipeline.reporting import ReportDataMissing
+from pipeline.runner import run_pipeline
+from pipeline.tracking import UpstreamMissing
+from pipeline.validate import ConfigError
 
 # Errors whose message names the bad input: shown alone, without a traceback from inside.
 USER_ERRORS = (ConfigError, UpstreamMissing, ReportDataMissing, FileNotFoundError, ValueError, ImportError)

@@ -8,6 +8,7 @@ see these dataclasses.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -170,7 +171,7 @@ class ProtocolConfig:
     connect_timeout_s: float = 30.0
     recv_timeout_s: float = 60.0
     # owners whose values stay private to them (CHEETAH; secret-shared elsewhere, recorded)
-    private_owners: list[str] = field(default_factory=lambda: ["server"])
+    private_owners: list[str] = dataclasses.field(default_factory=lambda: ["server", "client"])
 
 
 @dataclass

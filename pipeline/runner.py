@@ -1,19 +1,20 @@
 """Runs a chain of stages, each in its own MLflow run, wiring upstream run ids."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from rich.console import Console
 
 from pipeline.config import CHAIN, PipelineConfig, Stage
-from pipeline.stages import STAGES, StageContext
+from pipeline.context import StageContext
+from pipeline.stages import STAGES
 from pipeline.tracking import PARENT_RUN_FILE, Tracker, sections_hash
 from pipeline.validate import validate
 
-console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger(__name__)
 
 UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.prepare: (),
@@ -59,11 +60,11 @@ def run_stages(cfg: PipelineConfig, tracker: Tracker, stages: tuple[Stage, ...],
         upstream = _resolve_upstream(cfg, tracker, stage, produced)
         reused = tracker.reusable(stage, upstream)
         if reused:
-            console.print(f"[yellow]{stage.value}: identical run {reused} already FINISHED, reusing it "
+            log.warning(f"{stage.value}: identical run {reused} already FINISHED, reusing it "
                           "(tracking.resume=false to re-run)")
             produced[stage] = reused
             continue
-        console.rule(f"[bold]{stage.value}")
+        log.info(f"stage {stage.value}")
         module = STAGES[stage]
         with tracker.stage_run(stage, upstream, module.params(cfg), overrides) as run:
             module.run(StageContext(cfg=cfg, run=run, tracker=tracker, upstream=upstream))
@@ -71,7 +72,7 @@ def run_stages(cfg: PipelineConfig, tracker: Tracker, stages: tuple[Stage, ...],
     return produced
 
 
-def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = console.print) -> dict[Stage, str]:
+def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = log.info) -> dict[Stage, str]:
     """Entry for ``python -m pipeline``: one stage, or the whole chain under a parent run."""
     validate(cfg)
     overrides, multirun_parent = _hydra_context()

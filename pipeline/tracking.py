@@ -1,16 +1,26 @@
-"""MLflow tracking: the only module of the project that imports MLflow.
+"""MLflow tracking: the only module of the project that imports MLflow (reports read runs
+through ``Tracker`` too).
 
 One MLflow run per stage, each a child of a parent run per chain (``stage=all``) and per
-Hydra multirun. A stage runs inside ``with mlflow.start_run()``, so an exception leaves
-the run FAILED, never FINISHED. Stages hand artifacts downstream by run id.
+Hydra multirun. Every run is created and logged to by its id (``MlflowClient``, no global
+active run) inside a ``with`` block that marks it FAILED when the body raises, FINISHED
+otherwise. Every run carries the ``host`` and ``pid`` of the process that created it: a
+process killed outright (SIGKILL, power loss) cannot close its runs, so a new ``Tracker``
+marks RUNNING runs of this host whose process is gone as KILLED, and resume and reports,
+which read FINISHED runs only, never take them for live ones. Stages hand artifacts
+downstream by run id; downloads go to one temporary directory per tracker, removed with it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import socket
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
@@ -27,6 +37,8 @@ from pipeline.config import PipelineConfig, Stage
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
+# one "Downloading artifacts" bar per upstream artifact says nothing a stage log needs
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # Config sections whose values decide a stage's result (its resume identity).
 STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {
@@ -55,6 +67,19 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+@contextlib.contextmanager
+def quiet_store_setup() -> Iterator[None]:
+    """Keep MLflow's database migrations of a new store off the terminal (alembic's own
+    logging config prints ~30 INFO lines to the stderr of the moment); shown if setup fails."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -102,37 +127,59 @@ def _config_hash(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str],
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def process_tags() -> dict[str, str]:
+    """``host`` and ``pid`` of this process: who can close a RUNNING run (``Tracker.reap_dead_runs``)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+@contextmanager
+def client_run(client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, Any]) -> Iterator[str]:
+    """A run created by id, FAILED if the body raises (even ``KeyboardInterrupt``), else FINISHED."""
+    run = client.create_run(experiment_id, run_name=name, tags={**{k: str(v) for k, v in tags.items()},
+                                                                 **process_tags()})
+    try:
+        yield run.info.run_id
+    except BaseException:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
 @dataclass
 class StageRun:
-    """Handle given to a stage: log to its run, read its id."""
+    """Handle given to a stage: log to its run (by id), read its id, open child runs."""
 
     run_id: str
     client: MlflowClient
+    experiment_id: str
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        for name, value in metrics.items():
+            self.client.log_metric(self.run_id, name, float(value), step=step)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params({k: _param(v) for k, v in params.items()})
+        for name, value in params.items():
+            self.client.log_param(self.run_id, name, _param(value))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        for name, value in tags.items():
+            self.client.set_tag(self.run_id, name, str(value))
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        mlflow.log_dict(plain(data), artifact_file)
+        self.client.log_dict(self.run_id, plain(data), artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
         path = Path(path)
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path)
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
-            mlflow.log_artifact(str(path), artifact_path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     @contextmanager
     def child(self, name: str, tags: Mapping[str, Any]) -> Iterator["StageRun"]:
         """A nested run (e.g. one fine-tuning candidate, one secure-eval method)."""
-        with mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in tags.items()}) as run:
-            yield StageRun(run.info.run_id, self.client)
+        with client_run(self.client, self.experiment_id, name, {**tags, MLFLOW_PARENT_RUN_ID: self.run_id}) as run_id:
+            yield StageRun(run_id, self.client, self.experiment_id)
 
 
 def _param(value: Any) -> str:
@@ -148,10 +195,35 @@ class Tracker:
         self.uri = tracking_uri(cfg)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        self.experiment_id = self._experiment(cfg.tracking.experiment)
-        mlflow.set_experiment(experiment_id=self.experiment_id)  # nested runs land here too
+        with quiet_store_setup():
+            self.experiment_id = self._experiment(cfg.tracking.experiment)
         self.code, self.dirty = code_version(cfg.paths.root)
         self.parent_run_id = parent_run_id
+        self._downloads = tempfile.TemporaryDirectory(prefix="cipherprune-downloads-")
+        self.reap_dead_runs()
+
+    def reap_dead_runs(self) -> list[str]:
+        """Mark KILLED every RUNNING run of this experiment created on this host by a process
+        that no longer exists (killed before it could close its runs); returns their ids."""
+        host = socket.gethostname()
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                          max_results=10_000)
+        reaped = []
+        for run in running:
+            tags = run.data.tags
+            if tags.get("host") != host or not tags.get("pid", "").isdigit() or _alive(int(tags["pid"])):
+                continue
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            self.client.set_tag(run.info.run_id, "killed_reason", f"process {tags['pid']} on {host} is gone")
+            reaped.append(run.info.run_id)
+        if reaped:
+            logging.getLogger(__name__).warning(f"marked {len(reaped)} run(s) of dead processes KILLED: {reaped}")
+        return reaped
+
+    def runs_frame(self, experiment_ids: list[str], filter_string: str) -> Any:
+        """``mlflow.search_runs`` as a pandas DataFrame (every match)."""
+        return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=filter_string,
+                                  output_format="pandas", max_results=100_000)
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -172,17 +244,12 @@ class Tracker:
         run_tags.update({"git_sha": self.code, "git_dirty": str(self.dirty)})
         if self.parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
-        previous, self.parent_run_id = self.parent_run_id, run.info.run_id
-        try:
-            yield run.info.run_id
-        except BaseException:
-            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            raise
-        else:
-            self.client.set_terminated(run.info.run_id, "FINISHED")
-        finally:
-            self.parent_run_id = previous
+        with client_run(self.client, self.experiment_id, name, run_tags) as run_id:
+            previous, self.parent_run_id = self.parent_run_id, run_id
+            try:
+                yield run_id
+            finally:
+                self.parent_run_id = previous
 
     def finished_match(self, stage: Stage, config_hash: str) -> Optional[str]:
         """Run id of a FINISHED run of ``stage`` with the same config hash and code, if any."""
@@ -226,10 +293,24 @@ class Tracker:
                 f"{run.info.status}; a FINISHED '{stage.value}' run is required"
             )
 
+    def candidate_runs(self, prepare_id: str) -> Any:
+        """FINISHED ``kind=candidate`` runs (a DataFrame, as ``mlflow.search_runs``) of every FINISHED
+        finetune run on the prepare run ``prepare_id`` (so a multirun over λ/T accumulates)."""
+        experiment = [self.experiment_id]
+        parents = mlflow.search_runs(experiment, filter_string=(
+            f"tags.stage = 'finetune' and tags.upstream_prepare = '{prepare_id}' and attributes.status = 'FINISHED'"))
+        runs = mlflow.search_runs(experiment, filter_string="tags.kind = 'candidate' and attributes.status = 'FINISHED'")
+        if not runs.empty:
+            runs = runs[runs["tags.mlflow.parentRunId"].isin(set(parents["run_id"]))]
+        if runs.empty:
+            raise RuntimeError(f"no FINISHED fine-tuning candidates on prepare run {prepare_id}; run stage=finetune first")
+        return runs
+
     def download(self, run_id: str, artifact_path: str) -> Path:
-        """Local copy of an artifact (file or folder) of an upstream run."""
-        dst = Path(tempfile.mkdtemp(prefix="cipherprune-artifact-"))
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+        """Local copy of an artifact (file or folder) of a run, under this tracker's download
+        directory (removed when the tracker is)."""
+        dst = Path(tempfile.mkdtemp(prefix="artifact-", dir=self._downloads.name))
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
@@ -265,12 +346,23 @@ class Tracker:
         tags.update({f"upstream_{k}": v for k, v in upstream.items()})
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        with mlflow.start_run(experiment_id=self.experiment_id, run_name=stage.value, tags=tags) as run:
-            handle = StageRun(run.info.run_id, self.client)
+        with client_run(self.client, self.experiment_id, stage.value, tags) as run_id:
+            handle = StageRun(run_id, self.client, self.experiment_id)
             handle.log_params(params)
             handle.log_dict(plain(self.cfg), "config/resolved.json")
             handle.log_dict({"overrides": overrides}, "config/overrides.json")
             yield handle
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def log_standalone_run(experiment: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
@@ -282,8 +374,9 @@ def log_standalone_run(experiment: str, run_name: str, params: Mapping[str, Any]
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(outputs / 'mlflow.db').resolve()}"
     outputs.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+    with quiet_store_setup():
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags={**dict(tags or {}), **process_tags()}) as run:
         mlflow.log_params({k: _param(v) for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         for name, text in artifacts.items():

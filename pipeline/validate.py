@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from models.approx import RING_BITS
 from pipeline.config import Family, Method, PipelineConfig, Stage, Task
 
-FIELDS = ("FM32", "FM64", "FM128")
 GLUE_FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "stsb": "STS-B",
                 "mnli": "MNLI", "cola": "CoLA"}
 
@@ -37,8 +37,9 @@ def validate(cfg: PipelineConfig) -> None:
         config = Path(m.checkpoint).expanduser() / "config.json"
         if not config.is_file():
             raise ConfigError(f"model.checkpoint={m.checkpoint!r}: {config} does not exist")
-        hf = json.loads(config.read_text())
-        max_positions = int(hf.get("max_position_embeddings", hf.get("n_positions", max_positions)))
+        from models.config import hf_shape
+
+        max_positions = hf_shape(json.loads(config.read_text()))["max_positions"]
     if d.max_length > max_positions:
         raise ConfigError(
             f"data.max_length={d.max_length} exceeds the model's {max_positions} positions "
@@ -66,9 +67,9 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
     if cfg.search.max_drop < 0:
         raise ConfigError(f"search.max_drop={cfg.search.max_drop}: must be >= 0 (accuracy points)")
-    if p.field not in FIELDS:
-        raise ConfigError(f"protocol.field={p.field!r}: expected one of {list(FIELDS)}")
-    ring = {"FM32": 32, "FM64": 64, "FM128": 128}[p.field]
+    if p.field not in RING_BITS:
+        raise ConfigError(f"protocol.field={p.field!r}: expected one of {list(RING_BITS)}")
+    ring = RING_BITS[p.field]
     if not 0 < p.fraction_bits < ring // 2:
         raise ConfigError(f"protocol.fraction_bits={p.fraction_bits}: must be in 1..{ring // 2 - 1} for {p.field}")
     _positive("protocol.connect_timeout_s", p.connect_timeout_s)

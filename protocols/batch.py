@@ -117,7 +117,7 @@ def received_rows(probs: jnp.ndarray, layout: Layout, heads: int) -> jnp.ndarray
     """``R`` ``[total]``: attention each token received from its own input's queries, summed
     over heads (``probs`` flat, in ``Layout.groups`` order, as ``attention_probs`` returns it)."""
     parts: dict[int, jnp.ndarray] = {}
-    for n, members, a in iter_groups(probs, layout, heads):
+    for _, members, a in iter_groups(probs, layout, heads):
         sums = jnp.sum(a, axis=(1, 2))                        # [g, n]
         parts.update({b: sums[i] for i, b in enumerate(members)})
     return unstack_groups(parts, layout)

@@ -5,12 +5,11 @@ torch; ``PruningSpec`` carries the per-layer thresholds of ``thresholds.json``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from models.approx import LAYERNORM_EPS
-
-METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
+from models.config import PRUNE_METHODS, hf_shape
 
 
 @dataclass(frozen=True)
@@ -46,27 +45,9 @@ class TransformerSpec:
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any], num_labels: int | None = None) -> "TransformerSpec":
-        """From a Hugging Face ``config.json`` dict (BERT or GPT-2 keys)."""
-        model_type = str(config.get("model_type", "")).lower()
-        if model_type == "gpt2" or "n_embd" in config:
-            hidden = int(config["n_embd"])
-            return cls(
-                vocab_size=int(config["vocab_size"]), hidden=hidden, layers=int(config["n_layer"]),
-                heads=int(config["n_head"]), intermediate=int(config.get("n_inner") or 4 * hidden),
-                max_positions=int(config.get("n_positions", config.get("n_ctx", 1024))), type_vocab=0,
-                num_labels=int(num_labels or config.get("num_labels", 2)),
-                layer_norm_eps=float(config.get("layer_norm_epsilon", 1e-5)), causal=True,
-            )
-        if "hidden_size" not in config:
-            raise ValueError(f"unsupported config (model_type={model_type!r}): no hidden_size / n_embd")
-        labels = num_labels or config.get("num_labels") or len(config.get("id2label", {})) or 2
-        return cls(
-            vocab_size=int(config["vocab_size"]), hidden=int(config["hidden_size"]),
-            layers=int(config["num_hidden_layers"]), heads=int(config["num_attention_heads"]),
-            intermediate=int(config["intermediate_size"]), max_positions=int(config["max_position_embeddings"]),
-            type_vocab=int(config.get("type_vocab_size", 2)), num_labels=int(labels),
-            layer_norm_eps=float(config.get("layer_norm_eps", LAYERNORM_EPS)), causal=False,
-        )
+        """From a Hugging Face ``config.json`` dict (BERT or GPT-2 keys), read by ``models.config.hf_shape``."""
+        shape = hf_shape(dict(config), num_labels)
+        return cls(**{f.name: shape[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -83,8 +64,8 @@ class PruningSpec:
     beta: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(METHODS)}")
+        if self.method not in PRUNE_METHODS:
+            raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(PRUNE_METHODS)}")
         object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
         if self.method in ("prune", "prune_reduce"):

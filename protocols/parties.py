@@ -11,14 +11,50 @@ raise ``PartyFailure`` at once; both processes are then killed and reaped.
 from __future__ import annotations
 
 import multiprocessing as mp
+import socket
+import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Optional
 
 from protocols.meter import LogTail
-from protocols.session import PartyFailure, SessionSpec, free_ports, process_log
+from protocols.spec import PartyFailure, SessionSpec
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS reports free on 127.0.0.1 (bound then released)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+_LOG_LOCK = threading.Lock()
+_PROCESS_LOG: Optional[Path] = None
+
+
+def process_log() -> Path:
+    """SPU's log of this process (set up once: SPU's logging is process-global)."""
+    global _PROCESS_LOG
+    with _LOG_LOCK:
+        if _PROCESS_LOG is None:
+            import spu.libspu as libspu
+
+            path = Path(tempfile.mkdtemp(prefix="cipherprune-spu-")) / "spu.log"
+            opts = libspu.logging.LogOptions()
+            opts.system_log_path = str(path)
+            opts.enable_console_logger = False
+            libspu.logging.setup_logging(opts)
+            _PROCESS_LOG = path
+        return _PROCESS_LOG
 
 
 def _link_desc(spec: SessionSpec, hosts: list[str]) -> Any:

@@ -28,30 +28,41 @@ def random_weights(spec: TransformerSpec, seed: int = 0, scale: float = 0.2) -> 
         put("transformer.wpe.weight", spec.max_positions, d, kind="e")
         for l in range(spec.layers):
             p = f"transformer.h.{l}."
-            put(p + "attn.c_attn.weight", d, 3 * d); put(p + "attn.c_attn.bias", 3 * d, kind="b")
-            put(p + "attn.c_proj.weight", d, d); put(p + "attn.c_proj.bias", d, kind="b")
-            put(p + "mlp.c_fc.weight", d, f); put(p + "mlp.c_fc.bias", f, kind="b")
-            put(p + "mlp.c_proj.weight", f, d); put(p + "mlp.c_proj.bias", d, kind="b")
+            put(p + "attn.c_attn.weight", d, 3 * d)
+            put(p + "attn.c_attn.bias", 3 * d, kind="b")
+            put(p + "attn.c_proj.weight", d, d)
+            put(p + "attn.c_proj.bias", d, kind="b")
+            put(p + "mlp.c_fc.weight", d, f)
+            put(p + "mlp.c_fc.bias", f, kind="b")
+            put(p + "mlp.c_proj.weight", f, d)
+            put(p + "mlp.c_proj.bias", d, kind="b")
             for i in (1, 2):
-                put(p + f"ln_{i}.weight", d, kind="g"); put(p + f"ln_{i}.bias", d, kind="b")
-        put("transformer.ln_f.weight", d, kind="g"); put("transformer.ln_f.bias", d, kind="b")
+                put(p + f"ln_{i}.weight", d, kind="g")
+                put(p + f"ln_{i}.bias", d, kind="b")
+        put("transformer.ln_f.weight", d, kind="g")
+        put("transformer.ln_f.bias", d, kind="b")
         w["lm_head.weight"] = w["transformer.wte.weight"]
         return w
     e = "bert.embeddings."
     put(e + "word_embeddings.weight", spec.vocab_size, d, kind="e")
     put(e + "position_embeddings.weight", spec.max_positions, d, kind="e")
     put(e + "token_type_embeddings.weight", max(spec.type_vocab, 1), d, kind="e")
-    put(e + "LayerNorm.weight", d, kind="g"); put(e + "LayerNorm.bias", d, kind="b")
+    put(e + "LayerNorm.weight", d, kind="g")
+    put(e + "LayerNorm.bias", d, kind="b")
     for l in range(spec.layers):
         p = f"bert.encoder.layer.{l}."
         for key, o, i in (("attention.self.query", d, d), ("attention.self.key", d, d),
                           ("attention.self.value", d, d), ("attention.output.dense", d, d),
                           ("intermediate.dense", f, d), ("output.dense", d, f)):
-            put(p + key + ".weight", o, i); put(p + key + ".bias", o, kind="b")
+            put(p + key + ".weight", o, i)
+            put(p + key + ".bias", o, kind="b")
         for key in ("attention.output.LayerNorm", "output.LayerNorm"):
-            put(p + key + ".weight", d, kind="g"); put(p + key + ".bias", d, kind="b")
-    put("bert.pooler.dense.weight", d, d); put("bert.pooler.dense.bias", d, kind="b")
-    put("classifier.weight", spec.num_labels, d); put("classifier.bias", spec.num_labels, kind="b")
+            put(p + key + ".weight", d, kind="g")
+            put(p + key + ".bias", d, kind="b")
+    put("bert.pooler.dense.weight", d, d)
+    put("bert.pooler.dense.bias", d, kind="b")
+    put("classifier.weight", spec.num_labels, d)
+    put("classifier.bias", spec.num_labels, kind="b")
     return w
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +28,7 @@ import numpy as np
 from protocols import batch as bt
 from protocols import transformer as tf
 from protocols.batch import Layout
+from protocols.meter import CostReport
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.session import PlainSession, RevealRecord, Session
 
@@ -202,6 +203,20 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     return [SecureResult(logits=np.asarray(per_input[b]), kept_per_layer=kept[b], high_per_layer=highs[b],
                          reveals=list(s.reveals), cost=cost, entering_per_layer=entering[b], scores=scores[b],
                          batch_size=batch) for b in range(batch)]
+
+
+def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray],
+                     examples: Sequence[Example], pruning: PruningSpec = PruningSpec(), *, batch_size: int = 1,
+                     last_only: bool = False) -> Iterator[tuple[range, list[SecureResult], CostReport]]:
+    """``run_batch`` over ``examples`` in batches of ``batch_size``: yields each batch's example
+    indices, per-example results and the batch's own cost (``CostMeter.measure``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    for start in range(0, len(examples), batch_size):
+        chunk = range(start, min(start + batch_size, len(examples)))
+        with session.meter.measure() as m:
+            results = run_batch(session, spec, weights, [examples[i] for i in chunk], pruning, last_only=last_only)
+        yield chunk, results, m.report
 
 
 def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,

@@ -9,7 +9,6 @@ run's metrics under their MLflow names.
 """
 from __future__ import annotations
 
-import tempfile
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import pandas as pd
@@ -18,7 +17,7 @@ import yaml
 from pipeline.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
+    from pipeline.tracking import Tracker
 
 PARENT = "tags.mlflow.parentRunId"
 KEYS = ("model", "task", "max_length")
@@ -39,23 +38,20 @@ def launch_hint(experiment: str) -> str:
     return f"python -m pipeline tracking.experiment={experiment}"
 
 
-def experiment_ids(client: "MlflowClient", names: Iterable[str]) -> dict[str, str]:
+def experiment_ids(tracker: "Tracker", names: Iterable[str]) -> dict[str, str]:
     """Experiment id per name; names that do not exist are left out."""
     found: dict[str, str] = {}
     for name in names:
-        exp = client.get_experiment_by_name(name)
+        exp = tracker.client.get_experiment_by_name(name)
         if exp is not None:
             found[name] = exp.experiment_id
     return found
 
 
-def _search(ids: Mapping[str, str], filter_string: str) -> pd.DataFrame:
-    import mlflow
-
+def _search(tracker: "Tracker", ids: Mapping[str, str], filter_string: str) -> pd.DataFrame:
     if not ids:
         return pd.DataFrame()
-    runs = mlflow.search_runs(experiment_ids=list(ids.values()), filter_string=filter_string,
-                              output_format="pandas", max_results=100_000)
+    runs = tracker.runs_frame(list(ids.values()), filter_string)
     if runs.empty:
         return runs
     names = {v: k for k, v in ids.items()}
@@ -63,11 +59,12 @@ def _search(ids: Mapping[str, str], filter_string: str) -> pd.DataFrame:
     return runs
 
 
-def _finished_children(ids: Mapping[str, str], stage: str, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _finished_children(tracker: "Tracker", ids: Mapping[str, str], stage: str,
+                       kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(children, parents): FINISHED ``kind`` runs under FINISHED ``stage`` runs."""
     done = "attributes.status = 'FINISHED'"
-    parents = _search(ids, f"tags.stage = '{stage}' and {done}")
-    children = _search(ids, f"tags.kind = '{kind}' and {done}")
+    parents = _search(tracker, ids, f"tags.stage = '{stage}' and {done}")
+    children = _search(tracker, ids, f"tags.kind = '{kind}' and {done}")
     if parents.empty or children.empty or PARENT not in children:
         return pd.DataFrame(), parents
     return children[children[PARENT].isin(set(parents["run_id"]))].copy(), parents
@@ -96,23 +93,23 @@ def _tidy(children: pd.DataFrame, parents: pd.DataFrame, numeric_tags: tuple[str
     return pd.concat([out, metrics], axis=1).reset_index(drop=True)
 
 
-def method_runs(ids: Mapping[str, str]) -> pd.DataFrame:
+def method_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     """Every FINISHED secure_eval method run (tag kind=method) under a FINISHED stage run."""
-    children, parents = _finished_children(ids, "secure_eval", "method")
+    children, parents = _finished_children(tracker, ids, "secure_eval", "method")
     return pd.DataFrame() if children.empty else _tidy(children, parents)
 
 
-def candidate_runs(ids: Mapping[str, str]) -> pd.DataFrame:
+def candidate_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     """Every FINISHED fine-tuning candidate (tag kind=candidate) under a FINISHED finetune run."""
-    children, parents = _finished_children(ids, "finetune", "candidate")
+    children, parents = _finished_children(tracker, ids, "finetune", "candidate")
     if children.empty:
         return pd.DataFrame()
     return _tidy(children, parents, numeric_tags=("lambda", "temperature"))
 
 
-def pareto_tables(client: "MlflowClient", ids: Mapping[str, str]) -> dict[tuple[str, str, int], pd.DataFrame]:
+def pareto_tables(tracker: "Tracker", ids: Mapping[str, str]) -> dict[tuple[str, str, int], pd.DataFrame]:
     """``pareto.csv`` of the newest FINISHED search run per (model, task, max_length)."""
-    runs = _search(ids, "tags.stage = 'search' and attributes.status = 'FINISHED'")
+    runs = _search(tracker, ids, "tags.stage = 'search' and attributes.status = 'FINISHED'")
     tables: dict[tuple[str, str, int], pd.DataFrame] = {}
     if runs.empty or any(f"params.{k}" not in runs for k in KEYS):
         return tables
@@ -121,12 +118,10 @@ def pareto_tables(client: "MlflowClient", ids: Mapping[str, str]) -> dict[tuple[
         key = (run["params.model"], run["params.task"], int(run["params.max_length"]))
         if key in tables:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = client.download_artifacts(run["run_id"], "pareto.csv", tmp)
-                table = pd.read_csv(path)
-            except Exception:  # noqa: BLE001 - older search runs without the artifact
-                continue
+        try:
+            table = pd.read_csv(tracker.download(run["run_id"], "pareto.csv"))
+        except Exception:  # noqa: BLE001 - older search runs without the artifact
+            continue
         table.attrs["search_run_id"] = run["run_id"]
         tables[key] = table
     return tables

@@ -12,12 +12,12 @@ from typing import Any, Mapping
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from pipeline.reporting import paper  # noqa: E402
-from pipeline.reporting.tables import GROUP, method_rank, newest  # noqa: E402
+from pipeline.reporting import paper
+from pipeline.reporting.tables import GROUP, method_rank, newest
 
 CANDIDATE_GROUP = ["model", "task", "max_length"]  # fine-tuning does not depend on the protocol
 METHOD_COLORS = {"none": "#4c72b0", "bolt_we": "#dd8452", "prune": "#55a868", "prune_reduce": "#c44e52"}
@@ -126,11 +126,15 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def pareto_front(points: pd.DataFrame) -> pd.Series:
-    """True for candidates no other candidate beats on both accuracy (higher) and kept
-    tokens (lower), with one strictly better."""
-    acc, kept = points["acc"].to_numpy(float), points["kept_tokens_mean"].to_numpy(float)
-    front = [not np.any((acc >= a) & (kept <= k) & ((acc > a) | (kept < k))) for a, k in zip(acc, kept)]
-    return pd.Series(front, index=points.index)
+    """True for candidates on ``models.thresholds.pareto_front`` (the search stage's rule:
+    non-dominated in accuracy up and kept tokens down; of exact duplicates the first)."""
+    from models.thresholds import Candidate
+    from models.thresholds import pareto_front as front
+
+    cands = [Candidate(metric=float(a), cost=float(k), name=str(i))
+             for i, a, k in zip(points.index, points["acc"], points["kept_tokens_mean"])]
+    on_front = {c.name for c in front(cands)}
+    return pd.Series([str(i) in on_front for i in points.index], index=points.index)
 
 
 def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.DataFrame:

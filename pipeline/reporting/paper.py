@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional
 
+from models.config import PRUNE_METHODS
+
 PAPER_MAX_LENGTH = 128
 """Paper Table 1, the ablation and Figure 10 are at 128 tokens, LAN."""
 
@@ -20,7 +22,7 @@ METHOD_LABELS: Mapping[str, str] = MappingProxyType({
     "prune": "CipherPrune†",
     "prune_reduce": "CipherPrune",
 })
-METHOD_ORDER: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
+METHOD_ORDER: tuple[str, ...] = PRUNE_METHODS
 
 MODEL_LABELS: Mapping[str, str] = MappingProxyType({
     "bert_medium": "BERT-medium",

@@ -10,17 +10,17 @@ figure without data is skipped with a note in ``index.md`` and ``summary.json``.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-from rich.console import Console
 
 from pipeline.config import PipelineConfig
-from pipeline.stages import StageContext
+from pipeline.context import StageContext
 
-console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger(__name__)
 
 TABLES: dict[str, str] = {
     "table1": "Table 1: secure inference cost per model and method (per inference), ours vs the paper "
@@ -105,13 +105,13 @@ def run(ctx: StageContext) -> None:
     cfg = ctx.cfg
     _check_names(cfg)
     names = list(cfg.report.experiments) or [cfg.tracking.experiment]
-    ids = reporting.experiment_ids(ctx.tracker.client, names)
+    ids = reporting.experiment_ids(ctx.tracker, names)
     out_dir = Path(cfg.paths.outputs).resolve() / "reports" / cfg.report.name
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a report directory holds only the latest regeneration
     out_dir.mkdir(parents=True)
-    methods = reporting.method_runs(ids)
-    candidates = reporting.candidate_runs(ids) if "pareto" in cfg.report.figures else pd.DataFrame()
+    methods = reporting.method_runs(ctx.tracker, ids)
+    candidates = reporting.candidate_runs(ctx.tracker, ids) if "pareto" in cfg.report.figures else pd.DataFrame()
 
     built: list[str] = []
     metrics: dict[str, float] = {"method_runs": float(len(methods)), "candidate_runs": float(len(candidates))}
@@ -120,12 +120,12 @@ def run(ctx: StageContext) -> None:
         tables.write_table(table, out_dir, name, TABLES[name])
         metrics.update(_table_metrics(name, table))
         built.append(name)
-        console.print(f"report: {name} with {len(table)} rows -> {out_dir / name}.md")
+        log.info(f"report: {name} with {len(table)} rows -> {out_dir / name}.md")
 
     builders: dict[str, Callable[[], list[Path]]] = {
         "kept_tokens": lambda: figures.kept_tokens(methods, out_dir),
         "breakdown": lambda: figures.breakdown(methods, out_dir),
-        "pareto": lambda: figures.pareto(candidates, reporting.pareto_tables(ctx.tracker.client, ids), out_dir),
+        "pareto": lambda: figures.pareto(candidates, reporting.pareto_tables(ctx.tracker, ids), out_dir),
         "scaling": lambda: figures.scaling(methods, out_dir),
     }
     notes: list[str] = []
@@ -135,7 +135,7 @@ def run(ctx: StageContext) -> None:
             figure_files[name] = [p.name for p in builders[name]()]
         except figures.FigureSkipped as why:
             notes.append(f"{name}: {why}")
-            console.print(f"[yellow]report: figure {name} skipped: {why}")
+            log.warning(f"report: figure {name} skipped: {why}")
     sources = {"report": cfg.report.name, "experiments": names, "experiment_ids": ids, "uri": ctx.tracker.uri,
                "method_runs": len(methods), "candidate_runs": len(candidates),
                "runs": sorted(methods["run_id"]) if not methods.empty else []}
@@ -144,4 +144,4 @@ def run(ctx: StageContext) -> None:
                      "report/summary.json")
     ctx.run.log_metrics(metrics)
     ctx.run.log_artifact(out_dir, "report")
-    console.print(f"report: {len(built)} tables, {sum(map(len, figure_files.values()))} figures in {out_dir}")
+    log.info(f"report: {len(built)} tables, {sum(map(len, figure_files.values()))} figures in {out_dir}")

@@ -15,25 +15,43 @@ and secure_eval do for it. Computation lives in ``models.lm``; this maps the con
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from pipeline.config import PipelineConfig, Stage
-from pipeline.stages import StageContext
-from pipeline.stages.common import (
+from pipeline.context import StageContext
+from pipeline.tasks.common import (
     MANIFEST,
+    SELECTION,
     DatasetManifest,
+    Selection,
     checkpoint_dir,
     curated_params,
+    session_spec,
 )
 from pipeline.tracking import sections_hash
 
-console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger(__name__)
+
+
+def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
+    """The stage's own params (beside ``curated_params``)."""
+    d, f, s = cfg.data, cfg.finetune, cfg.secure_eval
+    return {
+        Stage.prepare: lambda: {"wikitext_dir": d.wikitext_dir, "tokenizer_dir": d.tokenizer_dir,
+                                "train_limit": d.train_limit, "dev_limit": d.dev_limit, "test_limit": d.test_limit},
+        Stage.finetune: lambda: {"epochs": f.epochs, "lr": f.lr, "ops": f.ops.value, "seed": f.seed,
+                                 "batch_size": f.batch_size, "max_steps": f.max_steps, "max_minutes": f.max_minutes,
+                                 "warmup_ratio": f.warmup_ratio, "eval_blocks": f.eval_blocks},
+        Stage.search: lambda: {},
+        Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
+                                    "batch_size": s.batch_size, "seq_len": s.seq_len,
+                                    "private_owners": list(cfg.protocol.private_owners)},
+    }[stage]()
 
 
 def _tokenizer_dir(cfg: PipelineConfig) -> Path:
@@ -108,7 +126,7 @@ def finetune(ctx: StageContext) -> None:
     cfg, f = ctx.cfg, ctx.cfg.finetune
     torch.set_num_threads(f.torch_threads)
     if f.lambdas:
-        console.print(f"finetune: data.task=wikitext2 is a causal LM; token pruning is not defined for it, "
+        log.info(f"finetune: data.task=wikitext2 is a causal LM; token pruning is not defined for it, "
                         f"so finetune.lambdas={f.lambdas} is ignored: training the unpruned LM only")
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     train, dev, test = (load_blocks(manifest, s) for s in ("train", "dev", "test"))
@@ -137,40 +155,38 @@ def finetune(ctx: StageContext) -> None:
             save_checkpoint(model, Path(tmp) / "checkpoint", tokenizer_dir=manifest.tokenizer_dir)
             child.log_artifact(Path(tmp) / "checkpoint", "checkpoint")
     ctx.run.log_metrics({"dev/perplexity": metrics["dev/perplexity"], "test/perplexity": metrics["test/perplexity"]})
-    console.print(f"finetune: {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
+    log.info(f"finetune: {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
                     f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
                     f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
 
 
-def search(ctx: StageContext, candidates: Any) -> None:
+def search(ctx: StageContext) -> None:
     """No thresholds to search for a causal LM: select the unpruned LM run, say so."""
+    candidates = ctx.tracker.candidate_runs(ctx.tracker.run_tags(ctx.upstream["finetune"])["upstream_prepare"])
     baseline = candidates[candidates["tags.method"] == "none"]
     if baseline.empty:
         raise RuntimeError("search: no unpruned LM candidate run; run stage=finetune first")
     run_id = baseline.iloc[0]["run_id"]
-    console.print("search: skipped for data.task=wikitext2 (causal LM): token pruning is not defined for "
+    log.info("search: skipped for data.task=wikitext2 (causal LM): token pruning is not defined for "
                     f"GPT-2, nothing to search; selecting the unpruned LM run {run_id}")
-    selection = {"baseline_run_id": run_id, "selected_run_id": run_id,
-                 "prepare_run_id": ctx.tracker.run_tags(ctx.upstream["finetune"])["upstream_prepare"]}
-    ctx.run.log_dict(selection, "selection.json")
-    ctx.run.set_tags({**selection, "skipped": "causal LM: no pruning"})
+    selection = Selection(run_id, run_id, ctx.tracker.run_tags(ctx.upstream["finetune"])["upstream_prepare"])
+    ctx.run.log_dict(selection.to_dict(), SELECTION)
+    ctx.run.set_tags({**selection.to_dict(), "skipped": "causal LM: no pruning"})
 
 
 def secure_eval(ctx: StageContext) -> None:
     """Method ``none``: secure next-token logits of a few dev blocks vs the plaintext torch model."""
     import numpy as np
     import torch
-    from rich.progress import track
+    from tqdm.auto import tqdm
 
     from models.weights import load_hf_gpt2, to_numpy_weights
-    from pipeline.stages.secure_eval import _session_spec
     from protocols.model_spec import PruningSpec, TransformerSpec
-    from protocols.secure_model import secure_forward
+    from protocols.secure_model import evaluate_batches
     from protocols.session import TwoPartySession
 
     cfg = ctx.cfg
-    selection = json.loads(ctx.tracker.download(ctx.upstream["search"], "selection.json").read_text())
-    run_id = selection["baseline_run_id"]
+    run_id = Selection.from_run(ctx.tracker, ctx.upstream["search"]).baseline_run_id
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     dev = load_blocks(manifest, "dev")
     ckpt = ctx.tracker.download(run_id, "checkpoint")
@@ -185,29 +201,29 @@ def secure_eval(ctx: StageContext) -> None:
         sums: dict[str, float] = {}
         agree = top1 = 0
         max_err = 0.0
-        with TwoPartySession(_session_spec(cfg)) as session:
-            for i in track(range(n), description="secure gpt2"):
-                ids = dev[i, :n_tok].numpy()
-                before = session.meter.report()
-                result = secure_forward(session, spec, weights, ids, np.ones(n_tok), None, PruningSpec(),
-                                        last_only=True)
-                cost = session.meter.report().since(before)
+        batch = cfg.secure_eval.batch_size
+        examples = [(dev[i, :n_tok].numpy(), np.ones(n_tok), None) for i in range(n)]
+        with TwoPartySession(session_spec(cfg)) as session:
+            batches = evaluate_batches(session, spec, weights, examples, PruningSpec(), batch_size=batch, last_only=True)
+            for chunk, results, cost in tqdm(batches, total=-(-n // batch), desc=f"secure gpt2 (batches of {batch})"):
                 for k, v in cost.to_metrics().items():
-                    sums[k] = sums.get(k, 0.0) + v / n
-                with torch.no_grad():
-                    ref = model(torch.as_tensor(ids)[None])[0, -1].numpy()
-                got = np.asarray(result.logits, dtype=np.float64).reshape(-1)
-                max_err = max(max_err, float(np.abs(got - ref).max()))
-                agree += int(np.argmax(got) == np.argmax(ref))
-                top1 += int(n_tok < dev.shape[1] and np.argmax(got) == int(dev[i, n_tok]))
+                    sums[k] = sums.get(k, 0.0) + v / n      # the batch's cost spread over its inputs
+                for i, result in zip(chunk, results):
+                    with torch.no_grad():
+                        ref = model(torch.as_tensor(examples[i][0])[None])[0, -1].numpy()
+                    got = np.asarray(result.logits, dtype=np.float64).reshape(-1)
+                    max_err = max(max_err, float(np.abs(got - ref).max()))
+                    agree += int(np.argmax(got) == np.argmax(ref))
+                    top1 += int(n_tok < dev.shape[1] and np.argmax(got) == int(dev[i, n_tok]))
         metrics = {**sums, "agree/secure": 100.0 * agree / n, "logits/max_abs_err": max_err,
-                   "examples/secure": float(n)}
+                   "examples/secure": float(n), "batch_size": float(batch)}
         if n_tok < dev.shape[1]:
             metrics["acc/secure_next_token"] = 100.0 * top1 / n
         child.log_metrics(metrics)
         child.log_dict({"declared": "final (last-position) logits to the client; no pruning, nothing else",
-                        "reveals": [r.to_dict() for r in session.reveals]}, "leakage.json")
+                        "reveals": [r.to_dict() for r in session.reveals],
+                        "ownership": dict(session.ownership)}, "leakage.json")
     ctx.run.log_metrics({"time_s/lan/none": metrics.get("time_s/lan", 0.0),
                          "comm_mb/none": metrics.get("comm_mb/total", 0.0)})
-    console.print(f"secure_eval: {n} dev sequence(s) of {n_tok} tokens under {cfg.protocol.protocol.value}: "
+    log.info(f"secure_eval: {n} dev sequence(s) of {n_tok} tokens under {cfg.protocol.protocol.value}: "
                     f"next-token argmax agrees with plaintext on {agree}/{n}, max |Δlogit| {max_err:.3g}")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.bench_e2e import measure_layer, random_weights  # noqa: E402
-from benchmarks.composition import LAYER_PARTS  # noqa: E402
-from protocols.model_spec import PruningSpec, TransformerSpec  # noqa: E402
-from protocols.secure_model import secure_forward  # noqa: E402
-from protocols.session import SessionSpec, TwoPartySession  # noqa: E402
+from benchmarks.bench_e2e import measure_layer, random_weights
+from benchmarks.composition import LAYER_PARTS
+from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.secure_model import secure_forward
+from protocols.session import SessionSpec, TwoPartySession
 
 
 def test_measure_layer_attributes_every_program_of_the_layer() -> None:

@@ -9,8 +9,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.composition import (  # noqa: E402
-    LAYER_PARTS, PRUNE_PROGRAMS, REDUCED, Schedule, compose, fit, fit_measurements, method_sizes, table_rows,
+from benchmarks.composition import (
+    LAYER_PARTS,
+    PRUNE_PROGRAMS,
+    REDUCED,
+    Schedule,
+    compose,
+    fit,
+    fit_measurements,
+    method_sizes,
+    table_rows,
 )
 
 

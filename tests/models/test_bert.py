@@ -9,7 +9,12 @@ import transformers
 
 from models import ops
 from models.bert import (
-    BertClassifier, bolt_we_mask, hard_prune_mask, importance_scores, reduce_high_mask, soft_prune_mask,
+    BertClassifier,
+    bolt_we_mask,
+    hard_prune_mask,
+    importance_scores,
+    reduce_high_mask,
+    soft_prune_mask,
 )
 from models.config import BertConfig, OpsConfig
 

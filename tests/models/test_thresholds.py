@@ -6,7 +6,12 @@ import json
 import pytest
 
 from models.thresholds import (
-    Candidate, ThresholdsArtifact, pareto_front, read_thresholds, select_thresholds, write_thresholds,
+    Candidate,
+    ThresholdsArtifact,
+    pareto_front,
+    read_thresholds,
+    select_thresholds,
+    write_thresholds,
 )
 
 

@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import PROJECT_ROOT
 
 SMALL = ["data.synthetic.n_train=600", "data.synthetic.n_dev=120", "finetune.lambdas=[0.2]", "secure_eval.num_examples=1"]
+KEPT = [f"metrics.kept_tokens/layer_{i}" for i in range(2)]
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -54,12 +55,33 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
 
 
 def test_embedded_default_chain_semi2k(tmp_path):
-    out = _run(tmp_path, "protocol=semi2k", *SMALL)
-    _check_chain(tmp_path, out, "SEMI2K")
+    """The chain, then secure_eval again on 2 inputs in one batch: the same per-input schedule
+    and agreement as one at a time, and a leakage record that says who holds what."""
+    out = _run(tmp_path, "protocol=semi2k", *SMALL[:-1], "secure_eval.num_examples=2")
+    runs = _check_chain(tmp_path, out, "SEMI2K")
+    again = _run(tmp_path, "protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=2",
+                 "secure_eval.batch_size=2")
+    assert again.returncode == 0, again.stderr[-4000:]
+    runs = mlflow.search_runs(experiment_names=["cipherprune"])
+    methods = runs[runs["tags.kind"] == "method"]
+    for method, rows in methods.groupby("tags.method"):
+        by_batch = rows.set_index("metrics.batch_size")
+        assert sorted(by_batch.index) == [1.0, 2.0], method
+        assert list(by_batch.loc[1.0, KEPT]) == list(by_batch.loc[2.0, KEPT]), method
+        assert by_batch.loc[2.0, "metrics.agree/secure"] == 100.0, method
+        leakage = mlflow.artifacts.load_dict(f"runs:/{by_batch.loc[2.0, 'run_id']}/leakage.json")
+        assert leakage["ownership"]["l0.wq"].startswith("secret-shared (SEMI2K"), leakage["ownership"]
+        assert leakage["ownership"]["h"].startswith("secret-shared (SEMI2K"), leakage["ownership"]["h"]
+        counts = [r for r in leakage["reveals"] if r["purpose"] == "kept count"]
+        assert all(r["examples"] == [0, 1] and r["shape"] == [2] for r in counts), method
 
 
 @pytest.mark.slow
 def test_embedded_default_chain_cheetah_processes(tmp_path):
     """The README's `make run` configuration (CHEETAH), parties as two OS processes."""
     out = _run(tmp_path, "protocol.transport=processes", *SMALL)
-    _check_chain(tmp_path, out, "CHEETAH")
+    runs = _check_chain(tmp_path, out, "CHEETAH")
+    for _, row in runs[runs["tags.kind"] == "method"].iterrows():
+        leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")
+        assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)"
+        assert row["metrics.mpc/mmul_sv"] > 0

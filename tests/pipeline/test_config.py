@@ -19,6 +19,19 @@ def test_default_composes(compose_cfg):
     assert cfg.secure_eval.methods == [Method.none, Method.bolt_we, Method.prune, Method.prune_reduce]
 
 
+def test_config_enums_are_the_library_names():
+    """The Hydra enums are the one list of each name the libraries define (no second spelling)."""
+    from models.approx import RING_BITS
+    from models.config import PRUNE_METHODS
+    from pipeline.config import Transport
+    from protocols.spec import FIELDS, PROTOCOLS, TRANSPORTS
+
+    assert tuple(m.value for m in Method) == PRUNE_METHODS
+    assert tuple(p.value for p in Protocol) == PROTOCOLS
+    assert tuple(t.value for t in Transport) == TRANSPORTS
+    assert FIELDS == tuple(RING_BITS) == ("FM32", "FM64", "FM128")
+
+
 def test_there_are_experiments():
     assert {"table1_smoke", "table2_smoke"} <= set(EXPERIMENTS)
 

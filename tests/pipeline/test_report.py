@@ -198,9 +198,9 @@ def test_pareto_uses_search_artifact_and_front(store: dict) -> None:
 
     tracker: Tracker = store["tracker"]
     ids = {"fake": tracker.experiment_id}
-    cands = reporting.candidate_runs(ids)
+    cands = reporting.candidate_runs(tracker, ids)
     assert len(cands) == len(CANDIDATES) and set(cands["model"]) == {"bert_base"}  # model from the parent run
-    tables = reporting.pareto_tables(tracker.client, ids)
+    tables = reporting.pareto_tables(tracker, ids)
     pts = _candidate_points(cands, tables[("bert_base", "sst2", 128)])
     chosen = store["candidates"]["lambda_0.2"]
     assert pts.set_index("run_id").loc[chosen, "selected"] and pts["selected"].sum() == 1

@@ -92,3 +92,37 @@ def test_chain_logs_to_a_real_mlflow_server(compose_cfg, tmp_path, monkeypatch):
         assert run.info.status == "FINISHED" and run.data.metrics["acc/dev"] == 0.75
         artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "config")}
         assert {"config/resolved.json", "config/overrides.json"} <= artifacts
+
+
+def test_runs_of_a_killed_process_are_marked_killed(tracker, tmp_path):
+    """A process SIGKILLed inside a stage run leaves it RUNNING; the next Tracker marks it KILLED
+    (host/pid tags), and leaves the RUNNING runs of live processes alone."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.config import PROJECT_ROOT
+    from pipeline.tracking import client_run
+
+    code = (
+        "import sys, time\n"
+        "from mlflow.tracking import MlflowClient\n"
+        "from pipeline.tracking import client_run\n"
+        f"client = MlflowClient({tracker.uri!r})\n"
+        f"with client_run(client, {tracker.experiment_id!r}, 'doomed', {{'stage': 'prepare'}}) as run_id:\n"
+        "    print(run_id, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    doomed = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert tracker.client.get_run(doomed).info.status == "RUNNING"      # nobody could close it
+    with client_run(tracker.client, tracker.experiment_id, "alive", {"stage": "prepare"}) as alive:
+        Tracker(tracker.cfg)                                              # a new launch reaps on start
+        assert tracker.client.get_run(doomed).info.status == "KILLED"
+        assert tracker.client.get_run(alive).info.status == "RUNNING"   # this process still owns it
+        assert json.dumps(tracker.client.get_run(doomed).data.tags["killed_reason"]).count(str(proc.pid)) == 1
+    assert tracker.client.get_run(alive).info.status == "FINISHED"

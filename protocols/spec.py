@@ -1,0 +1,110 @@
+"""How a secure session runs (``SessionSpec``), who owns what, and the failure it raises.
+
+Kept apart from ``protocols.session`` so that ``protocols.parties`` (the party runtimes)
+and the session both import it without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models.approx import FIXED_POINT, RING_BITS
+
+PROTOCOLS = ("REF2K", "SEMI2K", "CHEETAH", "ABY3")
+FIELDS = tuple(RING_BITS)
+TRANSPORTS = ("threads", "processes")
+OWNERS = ("client", "server")
+# SPU rank of each data owner: the client is party 0, the server party 1.
+OWNER_RANK = {"client": 0, "server": 1}
+# Protocols on which SPU 0.9.5 keeps a value private to its owner (``Priv2k``, with
+# ``experimental_enable_colocated_optimization``). Measured: under SEMI2K, REF2K and ABY3
+# ``make_shares(..., owner_rank=r)`` still yields an additive sharing (the profile shows
+# ``mmul_aa`` / ``mmul_ss`` for a matmul with a "private" weight), so there the session
+# secret-shares and records that in ``Session.ownership``.
+PRIVATE_PROTOCOLS = ("CHEETAH",)
+
+
+class PartyFailure(RuntimeError):
+    """A party died, timed out or raised; the session is closed and its processes reaped."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to run: protocol, ring and fixed-point bits, transport, timeouts, sort method, and
+    which owners keep their values private.
+
+    ``private_owners``: the owners whose shared values stay private to them. The default is
+    both: the server's weights, biases, LayerNorm parameters and thresholds are the server's
+    own (the paper's threat model), and the client's embedded sequence and mask the client's
+    until they meet the server's data (measured, one BERT-base layer batch of 8 × 16 tokens
+    under CHEETAH: the embedding LayerNorm then runs mostly locally, 55.0 → 20.8 MB, and the
+    layer itself is unchanged at 804.0 MB). A value of an owner listed here is a ``Priv2k``
+    value of that party on protocols in ``PRIVATE_PROTOCOLS`` and secret-shared elsewhere;
+    ``()`` secret-shares everything (the engine before private ownership, kept for
+    comparison). Under CHEETAH a matmul of a secret activation with a server-private weight
+    is ``mmul_sv`` (one HE product) instead of ``mmul_aa`` (two).
+    """
+
+    protocol: str = "SEMI2K"
+    field: str = FIXED_POINT.field
+    fraction_bits: int = FIXED_POINT.fraction_bits
+    transport: str = "threads"
+    connect_timeout_s: float = 30.0
+    recv_timeout_s: float = 60.0
+    sort_method: str = "SORT_RADIX"
+    private_owners: tuple[str, ...] = ("server", "client")
+    # further SPU RuntimeConfig fields for experiments, e.g. (("experimental_disable_mmul_split", True),)
+    runtime_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "private_owners", tuple(self.private_owners))
+        bad = [o for o in self.private_owners if o not in OWNERS]
+        if bad:
+            raise ValueError(f"session private_owners={list(self.private_owners)}: {bad} not in {list(OWNERS)}")
+        for name, value, allowed in (("protocol", self.protocol, PROTOCOLS), ("field", self.field, FIELDS),
+                                     ("transport", self.transport, TRANSPORTS)):
+            if value not in allowed:
+                raise ValueError(f"session {name}={value!r}: expected one of {list(allowed)}")
+        ring = RING_BITS[self.field]
+        if not 0 < self.fraction_bits < ring // 2:
+            raise ValueError(f"fraction_bits={self.fraction_bits}: must be in 1..{ring // 2 - 1} for {self.field}")
+        if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
+            raise ValueError(f"timeouts must be > 0, got connect={self.connect_timeout_s}, recv={self.recv_timeout_s}")
+
+    @property
+    def world_size(self) -> int:
+        return 3 if self.protocol == "ABY3" else 2
+
+    @property
+    def supports_private(self) -> bool:
+        """Whether this protocol keeps owner-private values private (else they are secret-shared)."""
+        return self.protocol in PRIVATE_PROTOCOLS
+
+    def keeps_private(self, owner: str) -> bool:
+        """Whether a value of ``owner`` stays private to it in this session."""
+        return owner in self.private_owners and self.supports_private
+
+    def ownership_of(self, owner: str) -> str:
+        """The leakage record's description of how a value of ``owner`` is held."""
+        if self.keeps_private(owner):
+            return f"private to the {owner} (party {OWNER_RANK[owner]})"
+        if owner in self.private_owners:
+            return f"secret-shared ({self.protocol} in SPU 0.9.5 has no private values; asked private to the {owner})"
+        return "secret-shared"
+
+    def runtime_config(self, profile: bool) -> Any:
+        """SPU runtime config; ``profile`` turns on SPU's per-op (pphlo, HAL and MPC kernel) profile."""
+        import spu.libspu as libspu
+
+        cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, self.protocol),
+                                   field=getattr(libspu.FieldType, self.field), fxp_fraction_bits=self.fraction_bits)
+        cfg.sort_method = getattr(libspu.RuntimeConfig.SortMethod, self.sort_method)
+        cfg.enable_pphlo_profile = profile
+        cfg.enable_hal_profile = profile
+        # needed on every runtime and on the Io, or make_shares silently drops the owner
+        cfg.experimental_enable_colocated_optimization = bool(self.private_owners) and self.supports_private
+        for name, value in self.runtime_options:
+            if not hasattr(cfg, name):
+                raise ValueError(f"session runtime_options: SPU RuntimeConfig has no field {name!r}")
+            setattr(cfg, name, value)
+        return cfg
