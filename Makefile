@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow setup lm-data
+.PHONY: run test test-slow setup lint lm-data
 
 setup: $(STAMP)
 
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/python -m pipeline $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# ruff on the whole tree (rules in pyproject.toml), mypy on the protocol library
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy protocols/ --ignore-missing-imports
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)

@@ -96,7 +96,9 @@ def measure_matmuls(rows: int, hidden: int, field: str, fraction_bits: int, disa
     """Q/K/V projections of ``rows`` rows with server-private weights under CHEETAH, as three
     matmuls and as one fused ``[d, 3d]`` one: ``{variant: (seconds, MB, kernels)}``."""
     rng = np.random.default_rng(rows)
+    # the activation is secret (as inside a layer), the weights private to the server
     spec = SessionSpec(protocol="CHEETAH", field=field, fraction_bits=fraction_bits, recv_timeout_s=1800.0,
+                       private_owners=("server",),
                        runtime_options=(("experimental_disable_mmul_split", True),) if disable_split else ())
     ws = {n: rng.normal(0, 0.02, (hidden, hidden)).astype(np.float32) for n in ("wq", "wk", "wv")}
     ws["wqkv"] = np.concatenate([ws["wq"], ws["wk"], ws["wv"]], axis=1)

@@ -83,7 +83,8 @@ class FixedPoint:
 
 LN2 = math.log(2.0)
 
-# BOLT's degree-4 GELU polynomial (EzPC `bert` branch), |x| < 2.7.
+# BOLT's degree-4 GELU polynomial (EzPC `bert` branch), |x| < 2.7. Error against the exact
+# (erf) GELU over all x: max |Δ| = 0.0094 (measured on a 1e-4 grid over [-8, 8]).
 GELU_HIGH = GeluApprox(
     coeffs=(
         0.020848611754127593,
@@ -98,7 +99,8 @@ GELU_HIGH = GeluApprox(
 # Degree-2 least-squares fit of GELU(x) - x/2 on |x| in [0, 2.7] (max error 0.084).
 GELU_LOW = GeluApprox(coeffs=(0.058236, 0.38950313, -0.08375522), clip=2.7)
 
-# BOLT's quadratic for exp on (-ln2, 0]: 0.3585 (p + 1.353)^2 + 0.344, expanded.
+# BOLT's quadratic for exp on (-ln2, 0]: 0.3585 (p + 1.353)^2 + 0.344, expanded. With the range
+# reduction, for -13 ln2 <= x <= 0: max relative error 0.0031, max |Δ| 0.0021 (same grid).
 EXP_HIGH = ExpApprox(
     coeffs=(0.3585, 0.3585 * 2 * 1.353, 0.3585 * 1.353**2 + 0.344),
     z_max=13,

@@ -20,7 +20,7 @@ Costs are those of ``protocols.pruning`` per input; the per-input kept counts ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -60,12 +60,12 @@ class Layout:
     def high_of(self, b: int) -> Optional[int]:
         return None if self.high is None else self.high[b]
 
-    def rows(self, x: jnp.ndarray, b: int) -> jnp.ndarray:
-        """Input b's rows of a stacked array (a static slice)."""
+    def rows(self, x: Any, b: int) -> Any:
+        """Input b's rows of a stacked array (jax or numpy; a static slice)."""
         o = self.offsets[b]
         return x[o:o + self.sizes[b]]
 
-    def split(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    def split(self, x: Any) -> list[Any]:
         """Every input's rows, in batch order."""
         return [self.rows(x, b) for b in range(self.batch)]
 
@@ -173,11 +173,10 @@ def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layou
     k_b×n_b×d matmul) over inputs that prune."""
     hs, vs = [], []
     for b, (hb, mb, vb) in enumerate(zip(layout.split(h), layout.split(keep), layout.split(valid))):
-        if k[b] == layout.sizes[b]:
-            hs.append(hb), vs.append(vb)
-            continue
-        hb, vb = pr.prune_select(hb, mb, vb, k=k[b])
-        hs.append(hb), vs.append(vb)
+        if k[b] < layout.sizes[b]:
+            hb, vb = pr.prune_select(hb, mb, vb, k=k[b])
+        hs.append(hb)
+        vs.append(vb)
     return jnp.concatenate(hs, axis=0), jnp.concatenate(vs)
 
 

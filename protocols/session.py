@@ -22,6 +22,8 @@ from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_kerne
 from protocols.parties import ProcessParties, ThreadParties, process_log
 from protocols.spec import OWNER_RANK, OWNERS, PartyFailure, SessionSpec
 
+Static = Optional[dict[str, Any] | tuple[Any, ...]]
+
 
 @dataclass(frozen=True)
 class RevealRecord:
@@ -73,6 +75,23 @@ class Session:
         self.reveals.append(RevealRecord(name, to, purpose, layer, np.array(value, copy=True)))
         return value
 
+    def share(self, name: str, value: np.ndarray, owner: str) -> None:
+        """Bring ``owner``'s ``value`` into the session as variable ``name``."""
+        raise NotImplementedError
+
+    def run(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str], *, op: str,
+            layer: Optional[int] = None, static: Static = None) -> None:
+        """Run the program ``fn`` on variables ``inputs``, binding its results to ``outputs``."""
+        raise NotImplementedError
+
+    def reveal(self, name: str, *, to: str = "both", purpose: str, layer: Optional[int] = None) -> np.ndarray:
+        """Open ``name`` to ``to`` (recorded in ``reveals``)."""
+        raise NotImplementedError
+
+    def delete(self, *names: str) -> None:
+        """Drop variables."""
+        raise NotImplementedError
+
     def __enter__(self) -> "Session":
         return self
 
@@ -117,7 +136,6 @@ class PlainSession(Session):
             self._meta.pop(n, None)
 
 
-Static = Optional[dict[str, Any] | tuple[Any, ...]]
 
 
 def _bind(fn: Callable[..., Any], static: Static) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ EXACT, EMU, EMU_FXP = OpsConfig("exact"), OpsConfig("emulated"), OpsConfig("emul
 def test_gelu_within_error() -> None:
     x = torch.linspace(-10, 10, 4001)
     ref = F.gelu(x)
-    assert (gelu(x, EMU) - ref).abs().max() < 0.02
+    assert (gelu(x, EMU) - ref).abs().max() < 0.0095  # the bound stated in models/approx.py: 0.0094
     low = torch.ones(1, dtype=torch.bool).expand(4001)
     assert (gelu(x[None], EMU, low[None]) - ref).abs().max() < 0.09  # GELU_LOW max error 0.084
     assert torch.equal(gelu(x, EXACT), ref)
@@ -24,7 +24,7 @@ def test_gelu_within_error() -> None:
 
 def test_exp_range_reduction_and_zero_below_xmin() -> None:
     x = torch.linspace(EXP_HIGH.x_min + 1e-3, 0, 2001)
-    assert ((exp_approx(x, EXP_HIGH) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.01
+    assert ((exp_approx(x, EXP_HIGH) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.0032  # stated: 0.0031
     assert ((exp_approx(x, EXP_LOW) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.07  # 0.031 abs on (-ln2, 0]
     assert torch.all(exp_approx(torch.tensor([EXP_HIGH.x_min - 0.01, -30.0, ATTENTION_MASK_BIAS]), EXP_HIGH) == 0)
 
