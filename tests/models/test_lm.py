@@ -145,7 +145,9 @@ def test_training_reduces_loss_and_beats_uniform(tmp_path: Path, tokenizer) -> N
     assert [s for s, _ in res.dev_perplexity] == [30, 60]
     assert any("dev/perplexity" in m for m, _ in logged) and any("train/loss" in m for m, _ in logged)
     emulated = perplexity(model, blocks["dev"], ops_mode="emulated")
-    assert math.isfinite(emulated) and abs(math.log(emulated) - math.log(after)) < 0.5
+    # the polynomial GELU/exp move the perplexity of this briefly trained model by 0.017 % (measured; the README's
+    # real-data figure is 0.0002 %); a broken emulation (e.g. exp ≡ 0) moves it far more
+    assert math.isfinite(emulated) and abs(emulated / after - 1) < 0.01, (emulated, after)
 
 
 def test_max_minutes_stops_early() -> None:
