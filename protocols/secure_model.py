@@ -42,6 +42,8 @@ class SecureResult:
     ``entering_per_layer[l]``: tokens entering layer l (layer 0 = padded length).
     ``high_per_layer[l]``: Π_reduce's k_high at layer l, else None.
     ``scores``: importance scores per layer (plaintext runs only; empty for secure runs).
+    ``kept_positions[l]``: original indices of the tokens after layer l, in their new order
+    (plaintext runs, and secure runs with ``trace_positions``; else empty).
     ``cost``: the meter's report of the session so far (for a batch: the whole batch's,
     shared by its ``batch_size`` results).
     """
@@ -54,6 +56,7 @@ class SecureResult:
     entering_per_layer: list[int] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
     batch_size: int = 1
+    kept_positions: list[list[int]] = field(default_factory=list)
 
 
 Example = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # (input_ids, attention_mask, token_type_ids)
@@ -65,8 +68,17 @@ def _counts(session: Session, name: str, purpose: str, layer: int) -> list[int]:
     return [int(round(float(v))) for v in value]
 
 
+def _select(s: Session, fn: Any, inputs: list[str], *, op: str, layer: int, static: dict[str, Any],
+            trace: bool) -> None:
+    """Run a compaction program on ``h`` (and, when tracing, first on the original positions ``pos``)."""
+    if trace:
+        s.run(fn, ["pos", *inputs[1:]], ["pos", "_pos_valid"], op="Other", layer=layer, static=static)
+        s.delete("_pos_valid")
+    s.run(fn, inputs, ["h", "valid"], op=op, layer=layer, static=static)
+
+
 def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
-                 scores_out: list[list[np.ndarray]]) -> Layout:
+                 scores_out: list[list[np.ndarray]], trace: bool = False) -> Layout:
     """Prune ``h``/``valid`` after layer l's attention block; returns the layout after it
     (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
     one the attention ran with (its groups order the flat ``A``)."""
@@ -76,8 +88,8 @@ def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, re
         if record:
             _record_scores(s, "S", layout, scores_out, l)
         keep = tuple(math.ceil(n / 2) for n in layout.sizes)
-        s.run(bt.bolt_we_select, ["h", "S", "valid"], ["h", "valid"], op="Prune", layer=l,
-              static={"layout": layout, "keep": keep})
+        _select(s, bt.bolt_we_select, ["h", "S", "valid"], op="Prune", layer=l,
+                static={"layout": layout, "keep": keep}, trace=trace)
         s.delete("S")
         return Layout(keep)
     s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l, static=st)
@@ -86,14 +98,14 @@ def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, re
     k = tuple(_counts(s, "k", "kept count", l))
     if method == "prune":
         if k != layout.sizes:
-            s.run(bt.prune_select, ["h", "M", "valid"], ["h", "valid"], op="Prune", layer=l,
-                  static={"layout": layout, "k": k})
+            _select(s, bt.prune_select, ["h", "M", "valid"], op="Prune", layer=l,
+                    static={"layout": layout, "k": k}, trace=trace)
         s.delete("R", "M", "k")
         return Layout(k)
     s.run(bt.reduce_step, ["R", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l, static=st)
     k_high = tuple(_counts(s, "kh", "high-group count", l))
-    s.run(bt.reduce_select, ["h", "M", "high", "valid"], ["h", "valid"], op="Reduce", layer=l,
-          static={"layout": layout, "k": k, "k_high": k_high})
+    _select(s, bt.reduce_select, ["h", "M", "high", "valid"], op="Reduce", layer=l,
+            static={"layout": layout, "k": k, "k_high": k_high}, trace=trace)
     s.delete("R", "M", "k", "high", "kh")
     return Layout(k, k_high)
 
@@ -110,7 +122,7 @@ def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndar
 # ----------------------------------------------------------------------------- runner
 def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
               pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-              record_scores: bool = False) -> list[SecureResult]:
+              record_scores: bool = False, trace_positions: bool = False) -> list[SecureResult]:
     """Run the model on ``session`` (secure or plain) for every example in one pass: their
     tokens stacked per layer (``protocols.batch``), one program per step for the whole batch.
 
@@ -118,6 +130,9 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     Decisions and logits are those of running the examples one at a time; each example's
     kept counts are revealed as its entry of a ``[B]`` vector. Every result carries the
     *batch's* cost report (``batch_size`` inputs): divide by it for the cost per input.
+    ``trace_positions`` (tests and the plaintext reference only: it reveals which tokens were
+    kept, beyond the declared leakage) carries each token's original index through every
+    compaction and opens it after each layer (``SecureResult.kept_positions``).
     """
     pruning.check_layers(spec.layers)
     if spec.causal and pruning.method != "none":
@@ -136,6 +151,8 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     s.share("h", np.concatenate([tf.client_embed(spec, weights, i, ex[2]) for i, ex in zip(ids, examples)]),
             owner="client")
     s.share("valid", np.concatenate(masks), owner="client")
+    if trace_positions:
+        s.share("pos", np.concatenate([np.arange(n, dtype=np.float32) for n in layout.sizes])[:, None], owner="client")
     for name, value in tf.server_weights(spec, weights).items():
         s.share(name, value, owner="server")
     for l in range(len(pruning.theta)):
@@ -148,6 +165,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     entering: list[list[int]] = [[] for _ in range(batch)]
     highs: list[list[Optional[int]]] = [[] for _ in range(batch)]
     scores: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    positions: list[list[list[int]]] = [[] for _ in range(batch)]
     for l in range(spec.layers):
         p = f"l{l}."
         for b in range(batch):
@@ -168,7 +186,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
         if pruning.method in ("prune", "prune_reduce") or (pruning.method == "bolt_we" and l == 0):
-            layout = _prune_layer(s, l, pruning.method, layout, heads, record_scores, scores)
+            layout = _prune_layer(s, l, pruning.method, layout, heads, record_scores, scores, trace_positions)
         else:
             if record_scores:
                 s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static=st)
@@ -178,6 +196,10 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
         for b in range(batch):
             kept[b].append(layout.sizes[b])
             highs[b].append(layout.high_of(b))
+        if trace_positions:
+            opened = np.asarray(s.reveal("pos", to="both", purpose="test only: kept positions", layer=l)).reshape(-1)
+            for b, part in enumerate(layout.split(opened)):
+                positions[b].append([int(round(float(v))) for v in part])
         x = "h"
         if spec.causal:
             s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
@@ -202,7 +224,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     cost = s.meter.report()
     return [SecureResult(logits=np.asarray(per_input[b]), kept_per_layer=kept[b], high_per_layer=highs[b],
                          reveals=list(s.reveals), cost=cost, entering_per_layer=entering[b], scores=scores[b],
-                         batch_size=batch) for b in range(batch)]
+                         batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
 
 
 def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray],
@@ -222,10 +244,10 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
                 attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
                 pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-                record_scores: bool = False) -> SecureResult:
+                record_scores: bool = False, trace_positions: bool = False) -> SecureResult:
     """Run the model on ``session`` (secure or plain). Single example: ``input_ids`` ``[n]``."""
     return run_batch(session, spec, weights, [(input_ids, attention_mask, token_type_ids)], pruning,
-                     last_only=last_only, record_scores=record_scores)[0]
+                     last_only=last_only, record_scores=record_scores, trace_positions=trace_positions)[0]
 
 
 def _add(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -251,11 +273,12 @@ def plaintext_forward(spec: TransformerSpec, weights: dict[str, np.ndarray], inp
     """The same forward pass in plain JAX (``PlainSession``), with importance scores recorded."""
     with PlainSession() as s:
         return run_forward(s, spec, weights, input_ids, attention_mask, token_type_ids, pruning,
-                           last_only=last_only, record_scores=True)
+                           last_only=last_only, record_scores=True, trace_positions=True)
 
 
 def plaintext_batch(spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
                     pruning: PruningSpec = PruningSpec(), *, last_only: bool = False) -> list[SecureResult]:
     """``run_batch`` in plain JAX (``PlainSession``), importance scores recorded."""
     with PlainSession() as s:
-        return run_batch(s, spec, weights, examples, pruning, last_only=last_only, record_scores=True)
+        return run_batch(s, spec, weights, examples, pruning, last_only=last_only, record_scores=True,
+                         trace_positions=True)

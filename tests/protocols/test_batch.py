@@ -50,7 +50,7 @@ def test_plain_batch_equals_one_at_a_time(model: tuple, method: str) -> None:
     for ex, res in zip(EXAMPLES, batch):
         one = plaintext_forward(spec, w, *ex, pruning=specs[method])
         assert res.kept_per_layer == one.kept_per_layer and res.high_per_layer == one.high_per_layer
-        assert res.entering_per_layer == one.entering_per_layer
+        assert res.entering_per_layer == one.entering_per_layer and res.kept_positions == one.kept_positions
         for a, b in zip(res.scores, one.scores):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(res.logits, one.logits, rtol=1e-4, atol=1e-5)
@@ -59,9 +59,10 @@ def test_plain_batch_equals_one_at_a_time(model: tuple, method: str) -> None:
         assert all(r.kept_per_layer[0] < r.entering_per_layer[0] for r in batch)
 
 
-def _secure_batch(protocol: str, spec: TransformerSpec, w: dict, pruning: PruningSpec, **kw: object) -> tuple:
+def _secure_batch(protocol: str, spec: TransformerSpec, w: dict, pruning: PruningSpec, trace: bool = False,
+                  **kw: object) -> tuple:
     with TwoPartySession(SessionSpec(protocol=protocol, **kw)) as s:
-        res = run_batch(s, spec, w, EXAMPLES, pruning)
+        res = run_batch(s, spec, w, EXAMPLES, pruning, trace_positions=trace)
         return res, dict(s.ownership)
 
 
@@ -75,6 +76,9 @@ def test_secure_batch_matches_plaintext_per_input(model: tuple, protocol: str, m
         assert [(r.purpose, r.to, r.shape) for r in secure[0].reveals] == [("final logits", "client", (3, 2))]
     else:                                                       # one count per input, per layer
         assert [r.shape for r in kept] == [(3,)] * spec.layers
+    traced, _ = _secure_batch(protocol, spec, w, specs[method], trace=True)
+    for ex, res in zip(EXAMPLES, traced):                       # the very tokens, in order, per input
+        assert res.kept_positions == plaintext_forward(spec, w, *ex, pruning=specs[method]).kept_positions
     for ex, res in zip(EXAMPLES, secure):
         one = plaintext_forward(spec, w, *ex, pruning=specs[method])
         assert res.kept_per_layer == one.kept_per_layer and res.high_per_layer == one.high_per_layer

@@ -8,7 +8,7 @@ import pytest
 
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import load_bert_safetensors, random_weights
-from protocols.secure_model import SecureResult, plaintext_forward, secure_forward
+from protocols.secure_model import SecureResult, plaintext_forward, run_forward, secure_forward
 from protocols.session import SessionSpec, TwoPartySession
 
 TOL = 1e-2
@@ -39,10 +39,12 @@ def model() -> tuple[TransformerSpec, dict[str, np.ndarray], dict[str, PruningSp
 
 def _check(secure: SecureResult, plain: SecureResult) -> None:
     assert secure.kept_per_layer == plain.kept_per_layer
+    if secure.kept_positions:   # traced: the same tokens, in the same order, after every layer
+        assert secure.kept_positions == plain.kept_positions, (secure.kept_positions, plain.kept_positions)
     assert secure.high_per_layer == plain.high_per_layer
     assert np.max(np.abs(secure.logits - plain.logits)) < TOL, (secure.logits, plain.logits)
     assert np.argmax(secure.logits) == np.argmax(plain.logits)
-    assert {r.purpose for r in secure.reveals} <= ALLOWED_REVEALS
+    assert {r.purpose for r in secure.reveals} - {"test only: kept positions"} <= ALLOWED_REVEALS
     assert [r.to for r in secure.reveals if r.purpose == "final logits"] == ["client"]
 
 
@@ -52,7 +54,8 @@ def test_secure_matches_plaintext(model: tuple, protocol: str, method: str) -> N
     spec, w, specs = model
     plain = plaintext_forward(spec, w, IDS, MASK, pruning=specs[method])
     with TwoPartySession(SessionSpec(protocol=protocol)) as s:
-        secure = secure_forward(s, spec, w, IDS, MASK, pruning=specs[method])
+        secure = run_forward(s, spec, w, IDS, MASK, pruning=specs[method], trace_positions=True)
+    assert len(secure.kept_positions) == spec.layers
     _check(secure, plain)
     expected = {"none": [12, 12], "bolt_we": [6, 6], "prune": [6, 4], "prune_reduce": [6, 4]}[method]
     assert plain.kept_per_layer == expected
@@ -94,9 +97,10 @@ def test_cheetah_end_to_end_prune_reduce(model: tuple) -> None:
     pruning = PruningSpec("prune_reduce", (_mid_gap(s0, 2), 0.0), (_mid_gap(s0, 4), 1.0))
     plain = plaintext_forward(spec, w, ids, mask, pruning=pruning)
     with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
-        secure = secure_forward(s, spec, w, ids, mask, pruning=pruning)
+        secure = run_forward(s, spec, w, ids, mask, pruning=pruning, trace_positions=True)
     _check(secure, plain)
     assert plain.kept_per_layer == [4, 4] and plain.high_per_layer == [2, 1]
+    assert plain.kept_positions[0][0] == 0 and len(set(plain.kept_positions[0])) == 4   # [CLS] first, 4 distinct
     assert secure.cost.bytes_total > 0
 
 
