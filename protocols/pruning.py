@@ -35,7 +35,7 @@ Cost comparison of the oblivious compaction (n tokens, p pruned, d = 768):
   d-wide payload swap, O(log² n) rounds of comparisons.
 * Here: n comparisons (mask) + k·n equality tests (selection) + one k×n×d matmul
   (Cheetah HE: ≈ one matmul of that shape) — O(1) rounds in n beyond the comparison
-  depth. DESIGN.md measured ≈10 s / 27 MB at 128×768 vs 21–33 s for sort-based.
+  depth. Measured (CHEETAH, 2 cores): ≈10 s / 27 MB at 128×768 vs 21–33 s for sort-based.
 * BOLT WE ranking here: ``rank_i = Σ_j [S_j > S_i]`` (index tie-break) with one n×n
   comparison matrix: n² comparisons in one vectorised round group vs bitonic sort's
   ½·n·log n·(log n + 1)/2 ≈ O(n log² n) comparisons in O(log² n) sequential stages.

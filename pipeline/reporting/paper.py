@@ -1,7 +1,8 @@
 """The CipherPrune paper's numbers (ICLR 2025), as typed constants.
 
-Source: /work/shared/PAPER.md (paper Table 1, the ablation table, Figure 10 read off the
-bar chart, the authors' README for kept tokens). Reports print these beside our runs.
+Source: the paper (Table 1, the ablation table, Figure 10 read off the bar chart), its
+OpenReview discussion and the authors' repository README (UCF-Lou-Lab-PET/cipher-prune-inference)
+for kept tokens. Reports print these beside our runs.
 Method keys are our method names: ``none`` = BOLT w/o WE, ``bolt_we`` = BOLT,
 ``prune`` = CipherPrune† (pruning only), ``prune_reduce`` = CipherPrune.
 """
