@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import tempfile
 from collections import defaultdict
 from dataclasses import replace
@@ -44,6 +45,7 @@ from pipeline.tasks.common import (
 from pipeline.tracking import sections_hash
 
 BASELINE_METHODS = (Method.none, Method.bolt_we)
+log = logging.getLogger(__name__)
 
 
 def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
@@ -274,6 +276,14 @@ def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds:
     metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
     entering_emulated = [float(emulated.n0), *emulated.kept_tokens[:-1]]  # tokens entering each layer
     metrics.update({f"kept_tokens_emulated/layer_{i}": k for i, k in enumerate(entering_emulated)})
+    # the torch emulation (hard masks) on the very inputs run securely: its schedule must be the secure one
+    same = evaluate(model, dev.select(range(n)), manifest.task, method.value, ops_cfg=OpsConfig("emulated"))
+    same_entering = [float(same.n0), *same.kept_tokens[:-1]]
+    gap = float(np.max(np.abs(mean_kept - np.asarray(same_entering))))
+    metrics["kept_tokens/secure_vs_emulated_max_abs_diff"] = gap
+    if gap > 0:
+        log.warning(f"secure_eval {method.value}: secure schedule {mean_kept.tolist()} differs from the torch "
+                    f"emulation's {same_entering} on the same {n} inputs (max |Δ| {gap:g} tokens)")
     return metrics, {"reveals": reveals, "ownership": ownership}
 
 
