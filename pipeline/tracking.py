@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from enum import Enum
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -154,16 +155,14 @@ class StageRun:
     experiment_id: str
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        for name, value in metrics.items():
-            self.client.log_metric(self.run_id, name, float(value), step=step)
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        for name, value in params.items():
-            self.client.log_param(self.run_id, name, _param(value))
+        self.client.log_batch(self.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for name, value in tags.items():
-            self.client.set_tag(self.run_id, name, str(value))
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, plain(data), artifact_file)

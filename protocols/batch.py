@@ -105,8 +105,11 @@ def segment_sums(x: jnp.ndarray, layout: Layout) -> jnp.ndarray:
 
 def _above(received: jnp.ndarray, threshold: jnp.ndarray, member: jnp.ndarray, layout: Layout,
            heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``[R_i > t·H·n_b] ∧ member_i`` with each input's first row forced in: exact 0/1 ``[total]``
-    and the per-input counts ``[B]``. Cost: ``total`` comparisons (secret × public scale: exact)."""
+    """``[R_i > t·H·n_b] ∧ member_i`` with each input's first row ([CLS]) forced in: exact 0/1
+    ``[total]`` and the per-input counts ``[B]``. Ties ``S_i == t`` are dropped (strict ``>``), as
+    in ``models.bert.hard_prune_mask``. ``R`` is an exact sum of shares and ``t·H·n`` a secret ×
+    public integer (exact), so no truncation decides a tie. Cost: ``total`` comparisons
+    (n·O(ℓ) OT bits, O(log ℓ) rounds); boolean logic after them, no fixed-point product."""
     bound = threshold * layout.row_scale(heads)
     mb = jnp.logical_or(jnp.logical_and(received > bound, member > 0.5), layout.first_rows())
     m = mb.astype(received.dtype)

@@ -7,10 +7,11 @@ Notation: ``n`` tokens entering the layer, ``k`` kept, ``d`` hidden size, ``H`` 
 ``ℓ`` ring bits (64), a "comparison" is one secure millionaire/MSB protocol on ℓ bits
 (Cheetah: O(ℓ) OT bits ≈ a few hundred bytes amortised, O(log ℓ) rounds).
 
-Protocol outline (one layer)::
+Protocol outline (one layer; the mask steps are ``protocols.batch.prune_step`` /
+``reduce_step``, which run them per input of a stacked batch)::
 
-    R      = attention_received(A)               local (sum of shares)          Reveals: nothing
-    M, k   = prune_mask(R, θ, valid, H·n)        n comparisons                  Reveals: k
+    R      = Σ_h Σ_j A_h[j, ·]                    local (sum of shares)          Reveals: nothing
+    M, k   = [R > θ·H·n] ∧ valid, [CLS] kept      n comparisons                  Reveals: k
     P      = selection(M, k)                     prefix sum (local) + k·n eq.   Reveals: nothing
     h', v' = compact(P, h, valid)                one k×n·n×d secret matmul      Reveals: nothing
 
@@ -47,58 +48,6 @@ import numpy as np
 
 # Scores lie in [0, 1]; [CLS] gets this to rank first in BOLT WE (exactly representable).
 CLS_FORCE_SCORE: float = 4.0
-
-
-def attention_received(probs: jnp.ndarray) -> jnp.ndarray:
-    """``R_i = Σ_h Σ_j A_h[j, i]`` from attention probs ``[H, n, n]`` → ``[n]``.
-
-    Cost: local (additions of shares, no truncation: exact). Reveals: nothing.
-    """
-    return jnp.sum(probs, axis=(0, 1))
-
-
-def importance(probs: jnp.ndarray) -> jnp.ndarray:
-    """``S_i = R_i / (H·n)`` from attention probs ``[H, n, n]`` → ``[n]``.
-
-    Cost: local (additions of shares, one public scaling: a truncation, ±1 ulp under
-    SEMI2K/Cheetah). Reveals: nothing.
-    """
-    h, n, _ = probs.shape
-    return attention_received(probs) * (1.0 / (h * n))
-
-
-def _above(received: jnp.ndarray, threshold: jnp.ndarray, scale: int, member: jnp.ndarray,
-           cls_index: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``[R_i > t·scale] ∧ member_i`` with [CLS] forced in; exact 0/1 and its count."""
-    received = jnp.asarray(received)
-    bound = threshold * float(scale)     # secret × public integer: exact in fixed point
-    mb = jnp.logical_and(received > bound, jnp.asarray(member) > 0.5).at[cls_index].set(True)
-    m = mb.astype(received.dtype)        # boolean logic, no fixed-point product: exact 0/1
-    return m, jnp.sum(m)
-
-
-def prune_mask(received: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, scale: int,
-               cls_index: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Π_prune's mask ``M_i = [S_i > θ] ∧ valid_i``, ``M[cls_index] = 1`` and ``k = Σ M``.
-
-    ``received`` ``[n]`` (``R = S·scale`` from :func:`attention_received`, ``scale = H·n``),
-    ``theta`` ``[]`` (shared by the server), ``valid`` ``[n]`` 0/1 (the client's attention
-    mask, compacted along with the tokens) → ``M`` ``[n]``, ``k`` ``[]``.
-    Ties ``S_i == θ`` prune (strict ``>``), as in ``models.bert.hard_prune_mask``.
-    Cost: n comparisons (n·O(ℓ) OT bits, O(log ℓ) rounds). Reveals: nothing (the runner
-    reveals ``k``).
-    """
-    return _above(received, theta, scale, valid, cls_index)
-
-
-def reduce_mask(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *, scale: int,
-                cls_index: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Π_reduce's grouping ``high_i = [S_i > β] ∧ M_i``, [CLS] high → ``high`` ``[n]``, ``k_high``.
-
-    ``received`` and ``scale`` as in :func:`prune_mask`.
-    Cost: n comparisons. Reveals: nothing (the runner reveals ``k_high``).
-    """
-    return _above(received, beta, scale, keep, cls_index)
 
 
 def bolt_we_mask(scores: jnp.ndarray, *, keep: int, cls_index: int = 0) -> jnp.ndarray:
