@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from models.config import GPT2Config, OpsConfig
-from models.training import _schedule, set_seed
+from models.training import set_seed
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -156,7 +157,7 @@ class LMTrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     eval_every: int | None = None
-    eval_blocks: int = 64
+    eval_blocks: int | None = 64  # None: all dev blocks
     log_every: int = 10
 
 
@@ -194,7 +195,7 @@ def train_lm(
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = _schedule(opt, cfg.steps, max(1, int(cfg.warmup_ratio * cfg.steps)))
+    sched = get_linear_schedule_with_warmup(opt, max(1, int(cfg.warmup_ratio * cfg.steps)), cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     order, pos = torch.randperm(train_blocks.shape[0], generator=gen), 0
     res, t0, acc, nacc = LMTrainResult(0, 0.0), time.time(), 0.0, 0

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from models.bert import BertClassifier
 from models.config import OpsConfig
@@ -154,14 +155,6 @@ def init_thresholds(model: BertClassifier, ds: Any, quantile: float, n_examples:
     model.pruning.beta.data.copy_(model.pruning.theta.data)
 
 
-def _schedule(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        return max(0.0, (total - step) / max(total - warmup, 1))
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
 def _run_phase(
     model: BertClassifier, train_ds: Any, dev_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
     log: LogFn | None, step0: int, history: list[dict[str, float]],
@@ -186,7 +179,7 @@ def _run_phase(
         groups.append({"params": [model.pruning.theta], "weight_decay": 0.0, "lr": cfg.threshold_lr})
     lr = (cfg.hard_lr or cfg.lr) if phase == "hard" else cfg.lr
     opt = torch.optim.AdamW(groups, lr=lr)
-    sched = _schedule(opt, total, int(cfg.warmup_ratio * total) if phase != "hard" else 0)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) if phase != "hard" else 0, total)
     method = "none" if phase == "base" else cfg.method
     every = cfg.eval_every or len(loader)
     best, best_state, bad, step = -math.inf, None, 0, 0

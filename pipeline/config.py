@@ -126,7 +126,8 @@ class DataConfig:
 class FinetuneConfig:
     """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per (λ, T).
 
-    Mapped onto ``models.training.FinetuneConfig``. ``epochs``/``lr`` train the baseline;
+    Builds ``models.training.FinetuneConfig`` (GLUE) or ``models.lm.LMTrainConfig`` (LM) by field
+    name (``pipeline.tasks.common.training_config``). ``epochs``/``lr`` train the baseline;
     each candidate starts from it and trains ``prune_epochs`` soft-mask epochs at
     ``prune_lr`` (thresholds at ``threshold_lr``), then ``hard_epochs`` with hard masks.
     Epochs may be fractional. Defaults suit the embedded tiny model.

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.reporting import paper
-from pipeline.reporting.tables import GROUP, method_rank, newest
+from pipeline.reporting.tables import GROUP, in_method_order, newest
 
 CANDIDATE_GROUP = ["model", "task", "max_length"]  # fine-tuning does not depend on the protocol
 METHOD_COLORS = {"none": "#4c72b0", "bolt_we": "#dd8452", "prune": "#55a868", "prune_reduce": "#c44e52"}
@@ -55,7 +55,7 @@ def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     if not cols:
         raise FigureSkipped("no secure_eval run logged kept_tokens/layer_{i}")
     rows = newest(methods, GROUP + ["method"])
-    rows = rows.assign(_r=rows["method"].map(method_rank)).sort_values(GROUP + ["_r"])
+    rows = rows.sort_values(GROUP + ["method"], key=in_method_order)
     fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5.5))
     ref = np.asarray(paper.KEPT_TOKENS["bert_base"], dtype=float)
     styles = {key: LINESTYLES[i % len(LINESTYLES)] for i, key in enumerate(rows[GROUP].drop_duplicates().itertuples(index=False))}
@@ -106,7 +106,7 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     rows = newest(methods, GROUP + ["method"])
     paths: list[Path] = []
     for (model, task, length, protocol), grp in rows.groupby(GROUP):
-        grp = grp.assign(_r=grp["method"].map(method_rank)).sort_values("_r")
+        grp = grp.sort_values("method", key=in_method_order)
         fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
         drawn = [_stack(axes[0], grp, "time_s/lan/", "s per inference", "Ours: LAN time"),
                  _stack(axes[1], grp, "time_s/wan/", "s per inference", "Ours: WAN time"),
@@ -198,7 +198,7 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
                             "values (e.g. `python -m pipeline -m experiment=scaling_512`)")
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
     for ax, ((model, task, protocol), grp) in zip(axes[0], groups):
-        methods_here = sorted(grp["method"].unique(), key=method_rank)
+        methods_here = grp.drop_duplicates("method").sort_values("method", key=in_method_order)["method"].tolist()
         lengths = sorted(grp["max_length"].unique())
         width = 0.8 / len(lengths)
         for j, length in enumerate(lengths):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import pandas as pd
+from tabulate import LATEX_ESCAPE_RULES, tabulate
 
 from pipeline.reporting import paper
 
@@ -24,9 +25,12 @@ def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values("start_time", ascending=False).drop_duplicates(keys, keep="first")
 
 
-def method_rank(method: str) -> int:
-    """Paper order of methods (unknown ones last)."""
-    return paper.METHOD_ORDER.index(method) if method in paper.METHOD_ORDER else len(paper.METHOD_ORDER)
+def in_method_order(column: pd.Series) -> pd.Series:
+    """Sort key for ``DataFrame.sort_values(key=...)``: the ``method`` column as an ordered
+    categorical in the paper's order (unknown methods sort last, as missing values); others as is."""
+    if column.name != "method":
+        return column
+    return pd.Series(pd.Categorical(column, categories=paper.METHOD_ORDER, ordered=True), index=column.index)
 
 
 def kept_tokens_sum(row: pd.Series) -> float:
@@ -69,9 +73,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     for ref in ("none", "bolt_we"):
         out[f"paper_speedup_vs_{ref}"] = [
             _opt(paper.paper_speedup(r.model, r.method, ref, r.max_length)) for r in out.itertuples()]
-    out["_rank"] = out["method"].map(method_rank)
-    out = out.sort_values(GROUP + ["_rank"]).drop(columns="_rank")
-    return out.reset_index(drop=True)
+    return out.sort_values(GROUP + ["method"], key=in_method_order).reset_index(drop=True)
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,8 +96,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
         rec["tasks"] = ",".join(sorted(grp["task"]))
         records.append(rec)
     out = pd.DataFrame.from_records(records)
-    out["_rank"] = out["method"].map(method_rank)
-    return out.sort_values(["model", "max_length", "protocol", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+    return out.sort_values(["model", "max_length", "protocol", "method"], key=in_method_order).reset_index(drop=True)
 
 
 def _fmt(value: object, digits: int) -> str:
@@ -134,11 +135,8 @@ def display(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return text
 
 
-def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                       ("#", r"\#"), ("—", "--"), ("×", r"$\times$"), ("Σ", r"$\Sigma$"), ("†", r"$^\dagger$")):
-        text = text.replace(char, repl)
-    return text
+# Characters tabulate's LaTeX escaping leaves alone, as LaTeX (applied after tabulate escaped the rest).
+LATEX_SYMBOLS = {"—": "--", "×": r"$\times$", "Σ": r"$\Sigma$", "†": r"$^\dagger$", "≈": r"$\approx$"}
 
 
 def _numeric(value: object) -> bool:
@@ -150,14 +148,17 @@ def _numeric(value: object) -> bool:
 
 
 def to_latex(text: pd.DataFrame, caption: str) -> str:
-    """A booktabs ``table`` environment (no jinja2 needed)."""
-    spec = "".join("r" if all(_numeric(v) for v in text[c]) else "l" for c in text.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(_latex_escape(c) for c in text.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(_latex_escape(str(v)) for v in row) + r" \\" for row in text.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+    """A booktabs ``table`` environment: ``tabulate``'s ``latex_booktabs`` (its escaping; the cells
+    keep :func:`display`'s formatting, numeric columns right-aligned) inside ``table`` with the
+    caption; a few symbols tabulate leaves alone mapped to LaTeX."""
+    align = ["right" if all(_numeric(v) for v in text[c]) else "left" for c in text.columns]
+    body = tabulate(text.values.tolist(), headers=list(text.columns), tablefmt="latex_booktabs",
+                    disable_numparse=True, colalign=align)
+    caption_tex = "".join(LATEX_ESCAPE_RULES.get(c, c) for c in caption)
+    out = "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption_tex}}}", body, r"\end{table}", ""])
+    for char, tex in LATEX_SYMBOLS.items():
+        out = out.replace(char, tex)
+    return out
 
 
 def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> list[Path]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.config import PipelineConfig
+from pipeline.config import FinetuneConfig, PipelineConfig
 from pipeline.tracking import Tracker
 
 MANIFEST = "dataset.json"
@@ -31,6 +32,23 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
         "fraction_bits": cfg.protocol.fraction_bits,
         "transport": cfg.protocol.transport.value,
     }
+
+
+# ``finetune`` fields the stages read themselves (candidate grid, threads); every other field is
+# passed on under its own name to the library's training config (``ops`` as ``ops_mode``).
+FINETUNE_STAGE_ONLY = frozenset({"prune_epochs", "prune_lr", "lambdas", "temperatures", "torch_threads"})
+FINETUNE_RENAMED = {"ops": "ops_mode"}
+
+
+def training_config(section: FinetuneConfig, cls: type, **overrides: Any) -> Any:
+    """The library's training config ``cls`` (``models.training.FinetuneConfig``,
+    ``models.lm.LMTrainConfig``) built from the pipeline's ``finetune`` section: each field
+    ``cls`` declares takes the section's value of the same name, ``overrides`` win.
+    ``tests/pipeline/test_config.py`` checks that no section field is silently dropped."""
+    wanted = {f.name for f in fields(cls)}
+    values = {FINETUNE_RENAMED.get(k, k): (v.value if isinstance(v, Enum) else v) for k, v in asdict(section).items()
+              if k not in FINETUNE_STAGE_ONLY}
+    return cls(**{k: v for k, v in values.items() if k in wanted} | overrides)
 
 
 def checkpoint_dir(cfg: PipelineConfig) -> Optional[Path]:

@@ -41,6 +41,7 @@ from pipeline.tasks.common import (
     curated_params,
     session_spec,
     thresholds_of,
+    training_config,
 )
 from pipeline.tracking import sections_hash
 
@@ -155,12 +156,7 @@ def finetune(ctx: StageContext) -> None:
     set_seed(f.seed)
     base_model, port_report = _initial_model(cfg, manifest)
     ctx.run.set_tags({"weights": port_report[:250]})
-    base_cfg = FinetuneConfig(
-        epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, threshold_lr=f.threshold_lr,
-        hard_epochs=f.hard_epochs, method="none", ops_mode=f.ops.value, fixed_point=f.fixed_point,
-        seed=f.seed, max_steps=f.max_steps, patience=f.patience, theta_quantile=f.theta_quantile,
-        beta_factor=f.beta_factor,
-    )
+    base_cfg = training_config(f, FinetuneConfig, method="none")
     plans = [("baseline", base_cfg, 0.0, 0.0)]
     plans += [(f"lambda_{lam:g}_T_{t:g}",
                replace(base_cfg, method="prune", lambda_=lam, temperature=t, epochs=f.prune_epochs, lr=f.prune_lr),

@@ -32,6 +32,7 @@ from pipeline.tasks.common import (
     checkpoint_dir,
     curated_params,
     session_spec,
+    training_config,
 )
 from pipeline.tracking import sections_hash
 
@@ -133,8 +134,7 @@ def finetune(ctx: StageContext) -> None:
     model, port_report = _initial_model(cfg, manifest)
     ctx.run.set_tags({"weights": port_report[:250]})
     steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / f.batch_size))
-    tc = LMTrainConfig(steps=steps, batch_size=f.batch_size, lr=f.lr, warmup_ratio=f.warmup_ratio,
-                       ops_mode=f.ops.value, seed=f.seed, max_minutes=f.max_minutes)
+    tc = training_config(f, LMTrainConfig, steps=steps)
     tags = {"kind": "candidate", "method": "none", "lambda": 0.0, "temperature": 0.0,
             "upstream_prepare": ctx.upstream["prepare"]}
     with ctx.run.child("baseline", tags) as child:

@@ -71,3 +71,23 @@ def test_unknown_model_lists_options(compose_cfg):
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg("model=gpt5")
     assert "gpt5" in str(err.value) and "tiny_bert" in str(err.value)
+
+
+def test_every_finetune_field_reaches_a_training_config() -> None:
+    """A ``finetune`` field is either read by the stage or passed to a library training config
+    under its own name: a field neither consumes (a typo, a renamed library field) fails here."""
+    from dataclasses import fields
+
+    from models.lm import LMTrainConfig
+    from models.training import FinetuneConfig as TrainConfig
+    from pipeline.config import FinetuneConfig
+    from pipeline.tasks.common import FINETUNE_RENAMED, FINETUNE_STAGE_ONLY, training_config
+
+    library = {f.name for cls in (TrainConfig, LMTrainConfig) for f in fields(cls)}
+    dropped = [f.name for f in fields(FinetuneConfig)
+               if f.name not in FINETUNE_STAGE_ONLY and FINETUNE_RENAMED.get(f.name, f.name) not in library]
+    assert dropped == []
+    section = FinetuneConfig(lr=0.123, warmup_ratio=0.2, patience=None)
+    built = training_config(section, TrainConfig, method="none")
+    assert (built.lr, built.warmup_ratio, built.patience, built.ops_mode, built.method) == (0.123, 0.2, None, "emulated", "none")
+    assert training_config(section, LMTrainConfig, steps=7).steps == 7

@@ -245,3 +245,23 @@ def test_unknown_table_is_rejected(compose_cfg, monkeypatch) -> None:
     cfg = compose_cfg("stage=report", "report.tables=[table9]")
     with pytest.raises(ValueError, match="table9.*tables: \\['table1', 'table2'\\]"):
         run_stages(cfg, Tracker(cfg), (Stage.report,), [])
+
+
+def test_latex_escapes_aligns_and_keeps_display_formatting() -> None:
+    from pipeline.reporting.tables import to_latex
+
+    text = pd.DataFrame({"method": ["CipherPrune†", "w/o WE"], "LAN (s)": ["1.20", "—"], "× vs BOLT": ["2.10", "3.40"]})
+    tex = to_latex(text, "Table 1: 50% & more_x")
+    assert r"\caption{Table 1: 50\% \& more\_x}" in tex
+    assert r"\begin{tabular}{lrr}" in tex                   # numbers (and "—") right-aligned, names left
+    assert "2.10" in tex and "1.20" in tex                  # display's digits, not re-parsed to "2.1"
+    assert r"CipherPrune$^\dagger$" in tex and r"$\times$ vs BOLT" in tex and "--" in tex
+    assert "—" not in tex and "×" not in tex
+
+
+def test_methods_sort_in_paper_order_unknown_last() -> None:
+    from pipeline.reporting.tables import in_method_order
+
+    frame = pd.DataFrame({"method": ["prune_reduce", "mystery", "none", "prune", "bolt_we"], "x": range(5)})
+    ordered = frame.sort_values("method", key=in_method_order)["method"].tolist()
+    assert ordered == [*paper.METHOD_ORDER, "mystery"]
