@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -27,6 +27,7 @@ class Stage(str, Enum):
     search = "search"
     secure_eval = "secure_eval"
     report = "report"
+    benchmark = "benchmark"  # one of benchmarks/ (``benchmark=<name>``), outside the chain
 
 
 CHAIN: tuple[Stage, ...] = (Stage.prepare, Stage.finetune, Stage.search, Stage.secure_eval, Stage.report)
@@ -231,6 +232,7 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    benchmark: Any = None  # ``benchmark=<name>``: one of ``benchmarks.configs.BENCHMARKS``
 
 
 def register_configs() -> None:
@@ -241,3 +243,7 @@ def register_configs() -> None:
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="protocol", name="protocol_schema", node=ProtocolConfig)
     cs.store(group="report", name="report_schema", node=ReportConfig)
+    from benchmarks.configs import BENCHMARKS
+
+    for name, schema in BENCHMARKS.items():
+        cs.store(group="benchmark", name=f"{name}_schema", node=schema)

@@ -22,6 +22,7 @@ UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.search: (Stage.finetune,),
     Stage.secure_eval: (Stage.prepare, Stage.search),
     Stage.report: (),
+    Stage.benchmark: (),
 }
 
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -48,6 +46,7 @@ STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {
     Stage.search: ("model", "data", "finetune", "search"),
     Stage.secure_eval: ("model", "data", "finetune", "search", "protocol", "secure_eval"),
     Stage.report: ("report",),
+    Stage.benchmark: ("benchmark",),
 }
 
 
@@ -72,15 +71,23 @@ def plain(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def quiet_store_setup() -> Iterator[None]:
-    """Keep MLflow's database migrations of a new store off the terminal (alembic's own
-    logging config prints ~30 INFO lines to the stderr of the moment); shown if setup fails."""
-    buffer = io.StringIO()
+    """Keep MLflow's database migrations of a new store off the terminal and out of the way:
+    alembic's ``fileConfig`` replaces the root handlers (Hydra's console and job log file) with
+    its own and sets its loggers to INFO (~30 lines on a first run). INFO and below are disabled
+    while the store is set up, and the logging configuration is put back afterwards."""
+    root, manager = logging.getLogger(), logging.Logger.manager
+    handlers, level = root.handlers[:], root.level
+    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    logging.disable(logging.INFO)
     try:
-        with contextlib.redirect_stderr(buffer):
-            yield
-    except BaseException:
-        sys.stderr.write(buffer.getvalue())
-        raise
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, logger in list(manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -167,6 +174,9 @@ class StageRun:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, plain(data), artifact_file)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -193,8 +203,8 @@ class Tracker:
         self.cfg = cfg
         self.uri = tracking_uri(cfg)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
         with quiet_store_setup():
+            self.client = MlflowClient(self.uri)   # a new sqlite store runs its migrations here
             self.experiment_id = self._experiment(cfg.tracking.experiment)
         self.code, self.dirty = code_version(cfg.paths.root)
         self.parent_run_id = parent_run_id
@@ -320,9 +330,10 @@ class Tracker:
     def reusable(self, stage: Stage, upstream: Mapping[str, str]) -> Optional[str]:
         """Id of a FINISHED run of ``stage`` with identical config, upstream runs and code.
 
-        Reports are always regenerated; ``tracking.resume=false`` disables reuse.
+        Reports are always regenerated and benchmarks always measured again; ``tracking.resume=false``
+        disables reuse.
         """
-        if not self.cfg.tracking.resume or stage is Stage.report:
+        if not self.cfg.tracking.resume or stage in (Stage.report, Stage.benchmark):
             return None
         return self.finished_match(stage, _config_hash(self.cfg, stage, upstream, self.code))
 
@@ -362,22 +373,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def log_standalone_run(experiment: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
-                       artifacts: Mapping[str, str], outputs: Path, tags: Optional[Mapping[str, str]] = None) -> str:
-    """One MLflow run outside the stage chain (benchmarks): params, metrics, text artifacts.
-
-    Goes to ``$MLFLOW_TRACKING_URI`` or the sqlite store under ``outputs``; returns the run id.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(outputs / 'mlflow.db').resolve()}"
-    outputs.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    with quiet_store_setup():
-        mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags={**dict(tags or {}), **process_tags()}) as run:
-        mlflow.log_params({k: _param(v) for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        for name, text in artifacts.items():
-            mlflow.log_text(text, name)
-        return run.info.run_id

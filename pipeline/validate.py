@@ -23,9 +23,22 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name}={value}: must be > 0")
 
 
+def _validate_benchmark(cfg: PipelineConfig) -> None:
+    """``stage=benchmark`` and ``benchmark=<name>`` go together."""
+    from benchmarks.configs import BENCHMARKS
+
+    choices = "|".join(BENCHMARKS)
+    if cfg.stage is Stage.benchmark and cfg.benchmark is None:
+        raise ConfigError(f"stage=benchmark needs a benchmark: add benchmark=<{choices}> (conf/benchmark/)")
+    if cfg.benchmark is not None and cfg.stage is not Stage.benchmark:
+        raise ConfigError(f"benchmark={cfg.benchmark.name} is run by stage=benchmark, not stage={cfg.stage.value}; "
+                          "add stage=benchmark")
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
+    _validate_benchmark(cfg)
     _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))

@@ -1,16 +1,12 @@
-"""bench_e2e's per-layer measurement splits one secure layer into attention and FFN parts."""
+"""benchmarks.e2e's per-layer measurement splits one secure layer into attention and FFN parts."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 
-from benchmarks.bench_e2e import measure_layer, random_weights
 from benchmarks.composition import LAYER_PARTS
+from benchmarks.e2e import measure_layer
 from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.plaintext import random_weights
 from protocols.secure_model import secure_forward
 from protocols.session import SessionSpec, TwoPartySession
 
@@ -28,7 +24,7 @@ def test_measure_layer_attributes_every_program_of_the_layer() -> None:
 def test_measure_layer_parts_add_up_to_the_layer() -> None:
     shape = TransformerSpec(vocab_size=64, hidden=16, layers=1, heads=2, intermediate=32, max_positions=16)
     parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, 8)
-    weights = random_weights(shape)
+    weights = random_weights(shape, scale=0.02)
     with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
         secure_forward(s, shape, weights, np.arange(1, 9), np.ones(8, np.float32), np.zeros(8, np.int64),
                        PruningSpec("none", (0.0,), (0.0,)))

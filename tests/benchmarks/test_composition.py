@@ -1,13 +1,8 @@
 """The benchmark's cost composition: attention at n, FFN at k, Π_reduce's low group, fits."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.composition import (
     LAYER_PARTS,

@@ -1,4 +1,4 @@
-"""The package structure: no import cycles anywhere in the project, and protocols/ and models/
+"""The package structure: no import cycles anywhere in the project, and protocols/, models/ and benchmarks/
 are libraries (importing every one of their modules pulls no Hydra, OmegaConf or MLflow;
 protocols/ no torch)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT
 
-PACKAGES = ("protocols", "models", "pipeline")
+PACKAGES = ("protocols", "models", "benchmarks", "pipeline")
 
 
 def project_modules(packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
@@ -93,7 +93,7 @@ def _import_in_subprocess(modules: list[str], watched: set[str]) -> list[str]:
 
 
 def test_libraries_do_not_import_hydra_omegaconf_mlflow() -> None:
-    libraries = sorted(project_modules(("protocols", "models")))
+    libraries = sorted(project_modules(("protocols", "models", "benchmarks")))
     assert len(libraries) > 20
     assert _import_in_subprocess(libraries, {"hydra", "omegaconf", "mlflow"}) == []
 

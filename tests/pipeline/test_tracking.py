@@ -1,6 +1,7 @@
 """MLflow tracking: FAILED on exceptions, parent grouping, resume, upstream errors, a real server."""
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -126,3 +127,25 @@ def test_runs_of_a_killed_process_are_marked_killed(tracker, tmp_path):
         assert tracker.client.get_run(alive).info.status == "RUNNING"   # this process still owns it
         assert json.dumps(tracker.client.get_run(doomed).data.tags["killed_reason"]).count(str(proc.pid)) == 1
     assert tracker.client.get_run(alive).info.status == "FINISHED"
+
+
+def test_new_store_keeps_the_logging_setup_and_prints_no_migrations(compose_cfg, tmp_path, monkeypatch):
+    """A first launch creates the sqlite store: alembic's migrations must neither print their ~30
+    INFO lines nor replace the handlers (Hydra's console and job log file) or levels."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    before = (root.handlers[:], root.level, logging.getLogger("alembic").level)
+    try:
+        Tracker(compose_cfg(f"tracking.uri=sqlite:///{tmp_path / 'fresh.db'}"))
+        after = (root.handlers[:], root.level, logging.getLogger("alembic").level)
+        logging.getLogger("pipeline.probe").warning("after the store")
+    finally:
+        root.removeHandler(handler)
+    assert (tmp_path / "fresh.db").exists()
+    assert after == before
+    assert [r.name for r in records if r.levelno <= logging.INFO and r.name.startswith(("alembic", "mlflow"))] == []
+    assert any(r.getMessage() == "after the store" for r in records)     # our handler still receives

@@ -1,0 +1,95 @@
+"""Typed settings of each benchmark (plain dataclasses, stdlib only).
+
+The pipeline registers them as the Hydra group ``benchmark`` (``conf/benchmark/<name>.yaml``),
+so ``python -m pipeline stage=benchmark benchmark=engine benchmark.tokens=[16,128]`` checks
+every key and type at composition; the benchmark modules only see these objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from protocols.spec import OWNERS
+
+
+class Shape(str, Enum):
+    """Transformer shapes measured with random weights (secure cost does not depend on weight values)."""
+
+    base = "base"      # BERT-base: 768 hidden, 12 heads, FFN 3072
+    minilm = "minilm"  # MiniLM-L6: 384 hidden, 12 heads, FFN 1536
+    tiny = "tiny"      # 128 hidden, 2 heads, FFN 512: minutes, for checks
+
+
+SHAPES: dict[Shape, dict[str, int]] = {
+    Shape.base: dict(vocab_size=30522, hidden=768, heads=12, intermediate=3072, max_positions=512),
+    Shape.minilm: dict(vocab_size=30522, hidden=384, heads=12, intermediate=1536, max_positions=512),
+    Shape.tiny: dict(vocab_size=30522, hidden=128, heads=2, intermediate=512, max_positions=512),
+}
+
+# Ownership settings of the engine benchmark: which parties keep their values private.
+OWNERSHIP: dict[str, tuple[str, ...]] = {"server": ("server",), "none": (), "server_client": OWNERS}
+
+
+@dataclass
+class EngineBench:
+    """One unpruned layer per (tokens, batch, ownership), all in one run; or, with ``matmuls``,
+    the Q/K/V projection levers (three matmuls vs one fused) at those row counts per ring."""
+
+    name: str = "engine"
+    shape: Shape = Shape.base
+    tokens: list[int] = field(default_factory=lambda: [16, 128])
+    batch: list[int] = field(default_factory=lambda: [1, 8])
+    owners: list[str] = field(default_factory=lambda: ["server", "none"])  # keys of OWNERSHIP
+    transport: str = "threads"
+    max_rows: int = 128             # skip batched pairs with more stacked rows (memory, time)
+    matmuls: list[int] = field(default_factory=list)  # non-empty: projection levers instead of layers
+    fields: list[str] = field(default_factory=lambda: ["FM64"])
+    recv_timeout_s: float = 1800.0
+
+
+@dataclass
+class OpsBench:
+    """Every program of one layer at ``tokens`` tokens, per op class, beside BOLT / BumbleBee."""
+
+    name: str = "ops"
+    protocol: str = "CHEETAH"
+    shape: Shape = Shape.base
+    tokens: int = 128
+    recv_timeout_s: float = 3600.0
+
+
+@dataclass
+class PruneBench:
+    """Π_prune (mask, count, selection) vs BOLT WE's ranking and selection, per layer, at ``sizes``."""
+
+    name: str = "prune"
+    protocol: str = "CHEETAH"
+    shape: Shape = Shape.base
+    sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+
+
+@dataclass
+class E2EBench:
+    """Whole-model figures composed from measured per-layer costs at real token schedules
+    (``benchmarks.e2e``); ``validate`` runs methods end to end against the composition."""
+
+    name: str = "e2e"
+    checkpoint: Optional[str] = None   # fine-tuned checkpoint dir with thresholds.json (required)
+    task: str = "sst2"
+    glue_dir: Optional[str] = None     # local GLUE tsv tree (required)
+    seq: list[int] = field(default_factory=lambda: [128, 512])
+    sentences: int = 16
+    sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    layers: int = 12
+    shape: Shape = Shape.base
+    protocol: str = "CHEETAH"
+    transport: str = "processes"
+    validate: bool = False
+    validate_methods: list[str] = field(default_factory=lambda: ["none", "bolt_we", "prune", "prune_reduce"])
+    anchor: list[int] = field(default_factory=list)  # token counts beyond ``sizes`` to check the fits at
+    measurements: Optional[str] = None  # per-size measurement cache (JSON); None: none kept
+    reuse: bool = False                 # read sizes already in ``measurements``
+
+
+BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "e2e": E2EBench}

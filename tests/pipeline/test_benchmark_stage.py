@@ -1,0 +1,60 @@
+"""``stage=benchmark``: a benchmark as a tracked run (params, metrics as measured, report artifact)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import Stage
+from pipeline.runner import run_stages
+from pipeline.tracking import Tracker
+from pipeline.validate import ConfigError, validate
+
+
+@pytest.fixture
+def tracker_for(compose_cfg, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return lambda *overrides: Tracker(compose_cfg("stage=benchmark", *overrides))
+
+
+def test_prune_benchmark_logs_its_measurements_and_report(tracker_for) -> None:
+    tracker = tracker_for("benchmark=prune", "benchmark.shape=tiny", "benchmark.sizes=[8,16]", "benchmark.protocol=SEMI2K")
+    run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["name"] == "prune" and run.data.params["sizes"] == "[8, 16]"
+    assert run.data.tags["kind"] == "benchmark"
+    m = run.data.metrics
+    for n in (8, 16):
+        # Π_prune's total is its two measured programs; BOLT WE ranks n² pairs, Π_prune compares n
+        assert m[f"{n}/prune_mb"] == pytest.approx(m[f"{n}/mask_mb"] + m[f"{n}/select_mb"])
+        assert m[f"{n}/mask_mb"] > 0 and m[f"{n}/bolt_mb"] > m[f"{n}/mask_mb"]
+    assert m["16/bolt_mb"] > m["8/bolt_mb"]
+    report = (tracker.download(run_id, "results.md")).read_text()
+    assert run_id in report
+    assert "| n " in report and "BOLT WE / Π_prune" in report
+    rows = json.loads(tracker.download(run_id, "rows.json").read_text())
+    assert [r["n"] for r in rows] == [8, 16]
+
+
+def test_failing_benchmark_leaves_a_failed_run(tracker_for) -> None:
+    tracker = tracker_for("benchmark=e2e")                       # no checkpoint given
+    with pytest.raises(ValueError, match="benchmark.checkpoint"):
+        run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'benchmark'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_benchmark_and_stage_go_together(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match="benchmark=<engine"):
+        validate(compose_cfg("stage=benchmark"))
+    with pytest.raises(ConfigError, match="add stage=benchmark"):
+        validate(compose_cfg("benchmark=ops"))
+
+
+def test_unknown_benchmark_key_is_named(compose_cfg) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("stage=benchmark", "benchmark=engine", "benchmark.tokenz=[16]")
+    assert "tokenz" in str(err.value.__cause__ or err.value)
