@@ -58,3 +58,18 @@ def test_unknown_benchmark_key_is_named(compose_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg("stage=benchmark", "benchmark=engine", "benchmark.tokenz=[16]")
     assert "tokenz" in str(err.value.__cause__ or err.value)
+
+
+def test_engine_benchmark_measures_ownership_by_kernel(tracker_for) -> None:
+    """Server-private weights run secret × private matmuls (``mmul_sv``), secret-shared ones only
+    ``mmul_aa``: the kernels SPU itself counted, not a label the benchmark sets."""
+    tracker = tracker_for("benchmark=engine", "benchmark.shape=tiny", "benchmark.tokens=[4]", "benchmark.batch=[2]",
+                          "benchmark.owners=[server,none]")
+    run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
+    m = tracker.client.get_run(run_id).data.metrics
+    assert m["server/4x2/kernel/mmul_sv"] >= 6          # Q, K, V, output, FFN up, FFN down
+    assert "none/4x2/kernel/mmul_sv" not in m and m["none/4x2/kernel/mmul_aa"] >= 6
+    for owners in ("server", "none"):
+        assert m[f"{owners}/4x2/per_input_mb"] == pytest.approx(m[f"{owners}/4x2/layer_mb"] / 2)
+        parts = sum(m[f"{owners}/4x2/{p}/mb"] for p in ("attn/Linear", "Softmax", "ffn/Linear", "GELU", "LayerNorm", "Other"))
+        assert parts == pytest.approx(m[f"{owners}/4x2/layer_mb"])
