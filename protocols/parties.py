@@ -112,105 +112,157 @@ class ThreadParties:
         self._pool.shutdown(wait=True)
 
 
-def _worker(rank: int, spec: SessionSpec, hosts: list[str], conn: Connection) -> None:
-    """Party process main loop: build the runtime, then serve commands until 'stop'."""
-    try:
+class PartyRuntime:
+    """One party's SPU runtime and the commands a coordinator sends it (``(cmd, arg)`` → reply).
+
+    ``set``/``get``/``del``/``run``/``stop`` as the transports' methods; ``provide`` loads the
+    party's own inputs from a request naming files on its host (``protocols.provision``) and
+    builds its share of each locally (private: the owner's share holds the plaintext, and the
+    peer's is built by ``placeholder`` from zeros of the same shape, so no other process sees
+    the values; secret-shared: the peer's shares are returned for relay, ``set_many``). The
+    reply of ``provide`` is each value's name, shape and dtype and the request's public part.
+    """
+
+    def __init__(self, rank: int, spec: SessionSpec, hosts: list[str]) -> None:
         import spu.libspu as libspu
         from spu import api
 
-        tail = LogTail(process_log())
-        link = libspu.link.create_brpc(_link_desc(spec, hosts), rank)
-        rt = api.Runtime(link, spec.runtime_config(rank == 0))
-        conn.send(("ok", None))
-        while True:
-            cmd, arg = conn.recv()
-            if cmd == "set":
-                rt.set_var(arg[0], arg[1])
-                reply: Any = None
-            elif cmd == "get":
-                reply = rt.get_var(arg)
-            elif cmd == "del":
-                for name in arg:
-                    rt.del_var(name)
-                reply = None
-            elif cmd == "run":
-                tail.read_new()
-                rt.run(arg)
-                reply = tail.read_new() if rank == 0 else ""
-            elif cmd == "stop":
-                link.stop_link()
-                conn.send(("ok", None))
-                return
-            else:
-                raise ValueError(f"unknown command {cmd!r}")
-            conn.send(("ok", reply))
-    except BaseException as err:  # noqa: BLE001 - reported to the driver, then exit
+        self.rank, self._libspu = rank, libspu
+        self._tail = LogTail(process_log())
+        self.link = libspu.link.create_brpc(_link_desc(spec, hosts), rank)
+        self.rt = api.Runtime(self.link, spec.runtime_config(rank == 0))
+        self._io = api.Io(spec.world_size, spec.runtime_config(False))
+
+    def _shares(self, value: Any, owner_rank: Optional[int]) -> list[Any]:
+        secret = self._libspu.Visibility.VIS_SECRET
+        if owner_rank is None:
+            return self._io.make_shares(value, secret)
+        return self._io.make_shares(value, secret, owner_rank=owner_rank)
+
+    def handle(self, cmd: str, arg: Any) -> Any:
+        """Execute one command; raises on an unknown one."""
+        import numpy as np
+
+        if cmd == "set":
+            self.rt.set_var(arg[0], arg[1])
+        elif cmd == "set_many":
+            for name, share in arg.items():
+                self.rt.set_var(name, share)
+        elif cmd == "get":
+            return self.rt.get_var(arg)
+        elif cmd == "del":
+            for name in arg:
+                self.rt.del_var(name)
+        elif cmd == "run":
+            self._tail.read_new()
+            self.rt.run(arg)
+            return self._tail.read_new() if self.rank == 0 else ""
+        elif cmd == "provide":
+            request, private = arg
+            provided = request.load()
+            metas, peer = [], {}
+            for name, value in provided.values.items():
+                value = np.asarray(value, np.float32) if np.asarray(value).dtype == np.float64 else np.asarray(value)
+                shares = self._shares(value, self.rank if private else None)
+                self.rt.set_var(name, shares[self.rank])
+                metas.append((name, tuple(value.shape), str(value.dtype)))
+                if not private:
+                    peer[name] = shares[1 - self.rank]
+            return metas, peer, provided.public
+        elif cmd == "placeholder":
+            metas, owner_rank = arg
+            for name, shape, dtype in metas:
+                self.rt.set_var(name, self._shares(np.zeros(shape, dtype), owner_rank)[self.rank])
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+        return None
+
+
+def serve_commands(party: PartyRuntime, conn: Connection) -> None:
+    """Answer ``(cmd, arg)`` messages with ``("ok", reply)`` until ``stop``; an error is sent back
+    as ``("error", text)`` and ends the loop (the coordinator then fails the session)."""
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "stop":
+            party.link.stop_link()
+            conn.send(("ok", None))
+            return
         try:
-            conn.send(("error", f"party {rank}: {err!r}\n{traceback.format_exc()}"))
-        except OSError:
-            pass
+            reply = party.handle(cmd, arg)
+        except BaseException as err:  # noqa: BLE001 - reported to the coordinator, which fails the session
+            conn.send(("error", f"party {party.rank}: {err!r}\n{traceback.format_exc()}"))
+            return
+        conn.send(("ok", reply))
 
 
-class ProcessParties:
-    """One OS process per party, brpc over loopback TCP."""
+def _worker(rank: int, spec: SessionSpec, hosts: list[str], conn: Connection) -> None:
+    """Party process main loop: build the runtime, then serve commands until 'stop'."""
+    try:
+        party = PartyRuntime(rank, spec, hosts)
+        conn.send(("ok", None))
+    except BaseException as err:  # noqa: BLE001 - reported to the driver, then exit
+        conn.send(("error", f"party {rank}: {err!r}\n{traceback.format_exc()}"))
+        return
+    try:
+        serve_commands(party, conn)
+    except (EOFError, OSError):
+        pass
+
+
+class ConnectedParties:
+    """Parties behind one ``Connection`` each (a pipe to a local process, or an authenticated
+    socket to a party on another host): every call fails the whole session with ``PartyFailure``
+    when a party errs, goes away or does not answer within ``recv_timeout_s`` (+30 s)."""
 
     def __init__(self, spec: SessionSpec) -> None:
         self.spec = spec
-        ctx = mp.get_context("spawn")
-        hosts = [f"127.0.0.1:{p}" for p in free_ports(spec.world_size)]
         self._conns: list[Connection] = []
-        self._procs: list[mp.process.BaseProcess] = []
         self._failed: Optional[str] = None
-        for rank in range(spec.world_size):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(rank, spec, hosts, child), daemon=True, name=f"spu-party{rank}")
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        self._collect(spec.connect_timeout_s + 60.0)
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+    def _gone(self, rank: int) -> Optional[str]:
+        """Why party ``rank`` can no longer answer, or None (subclasses know their processes)."""
+        return None
 
-    def _collect(self, timeout_s: float) -> list[Any]:
-        """Every party's reply, or PartyFailure (dead process, error, timeout) after killing all."""
+    def _collect(self, ranks: list[int], timeout_s: float) -> list[Any]:
+        """The replies of ``ranks``, or PartyFailure (gone, error, timeout) after closing all."""
         deadline = time.monotonic() + timeout_s
-        replies: list[Any] = [None] * len(self._conns)
-        pending = set(range(len(self._conns)))
+        replies: dict[int, Any] = {}
+        pending = set(ranks)
         while pending:
             for rank in sorted(pending):
-                conn, proc = self._conns[rank], self._procs[rank]
+                conn = self._conns[rank]
                 if conn.poll(0.05):
                     try:
                         status, value = conn.recv()
                     except (EOFError, OSError):
-                        self._fail(f"party {rank} closed its connection (exit code {proc.exitcode})")
+                        self._fail(f"party {rank} closed its connection ({self._gone(rank) or 'no reason given'})")
                     if status == "error":
                         self._fail(value)
                     replies[rank] = value
                     pending.discard(rank)
-                elif not proc.is_alive():
-                    self._fail(f"party {rank} (pid {proc.pid}) died with exit code {proc.exitcode}")
+                elif (why := self._gone(rank)) is not None:
+                    self._fail(f"party {rank} {why}")
             if pending and time.monotonic() > deadline:
                 self._fail(f"parties {sorted(pending)} did not answer within {timeout_s:.0f} s")
-        return replies
+        return [replies[r] for r in ranks]
 
     def _fail(self, reason: str) -> None:
         self._failed = reason
         self._kill()
         raise PartyFailure(reason)
 
-    def _send_all(self, messages: list[tuple[str, Any]]) -> list[Any]:
+    def _send(self, messages: dict[int, tuple[str, Any]]) -> list[Any]:
         if self._failed:
             raise PartyFailure(f"session already failed: {self._failed}")
-        for rank, (conn, msg) in enumerate(zip(self._conns, messages)):
+        for rank, msg in messages.items():
             try:
-                conn.send(msg)
+                self._conns[rank].send(msg)
             except OSError:
-                self._fail(f"party {rank} is gone (pipe closed)")
-        return self._collect(self.spec.recv_timeout_s + 30.0)
+                self._fail(f"party {rank} is gone (connection closed)")
+        return self._collect(list(messages), self.spec.recv_timeout_s + 30.0)
+
+    def _send_all(self, messages: list[tuple[str, Any]]) -> list[Any]:
+        return self._send(dict(enumerate(messages)))
 
     def set_var(self, name: str, shares: list[Any]) -> None:
         self._send_all([("set", (name, s)) for s in shares])
@@ -224,19 +276,57 @@ class ProcessParties:
     def run(self, exe: Any) -> str:
         return self._send_all([("run", exe)] * len(self._conns))[0]
 
+    def provide(self, owner_rank: int, request: Any, private: bool) -> tuple[list[tuple[str, tuple[int, ...], str]], Any]:
+        """Party ``owner_rank`` loads ``request`` and shares it (``PartyRuntime``); the peer builds its
+        placeholder shares (private) or receives its shares (relayed, secret-shared). Returns the
+        values' metadata and the request's public part; the coordinator never sees a value."""
+        metas, peer, public = self._send({owner_rank: ("provide", (request, private))})[0]
+        other = 1 - owner_rank
+        self._send({other: ("placeholder", (metas, owner_rank)) if private else ("set_many", peer)})
+        return metas, public
+
+    def _kill(self) -> None:
+        for conn in self._conns:
+            conn.close()
+
+    def close(self) -> None:
+        if not self._failed:
+            try:
+                self._send_all([("stop", None)] * len(self._conns))
+            except PartyFailure:
+                pass
+        self._kill()
+
+
+class ProcessParties(ConnectedParties):
+    """One spawned OS process per party, brpc over loopback TCP, driven over pipes."""
+
+    def __init__(self, spec: SessionSpec) -> None:
+        super().__init__(spec)
+        ctx = mp.get_context("spawn")
+        hosts = [f"127.0.0.1:{p}" for p in free_ports(spec.world_size)]
+        self._procs: list[mp.process.BaseProcess] = []
+        for rank in range(spec.world_size):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(rank, spec, hosts, child), daemon=True, name=f"spu-party{rank}")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._collect(list(range(spec.world_size)), spec.connect_timeout_s + 60.0)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def _gone(self, rank: int) -> Optional[str]:
+        proc = self._procs[rank]
+        return None if proc.is_alive() else f"(pid {proc.pid}) died with exit code {proc.exitcode}"
+
     def _kill(self) -> None:
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
         for proc in self._procs:
             proc.join(timeout=10)
-        for conn in self._conns:
-            conn.close()
-
-    def close(self) -> None:
-        if not self._failed and all(p.is_alive() for p in self._procs):
-            try:
-                self._send_all([("stop", None)] * len(self._conns))
-            except PartyFailure:
-                pass
-        self._kill()
+        super()._kill()

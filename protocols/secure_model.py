@@ -30,6 +30,7 @@ from protocols import transformer as tf
 from protocols.batch import Layout
 from protocols.meter import CostReport
 from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.provision import Example, client_inputs, server_inputs
 from protocols.session import PlainSession, RevealRecord, Session
 
 
@@ -57,9 +58,6 @@ class SecureResult:
     scores: list[np.ndarray] = field(default_factory=list)
     batch_size: int = 1
     kept_positions: list[list[int]] = field(default_factory=list)
-
-
-Example = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # (input_ids, attention_mask, token_type_ids)
 
 
 def _counts(session: Session, name: str, purpose: str, layer: int) -> list[int]:
@@ -127,6 +125,8 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     tokens stacked per layer (``protocols.batch``), one program per step for the whole batch.
 
     Each example is ``(input_ids [n], attention_mask [n] or None, token_type_ids [n] or None)``.
+    The caller holds both parties' plaintext and shares it (``protocols.provision``); a
+    coordinator that must not hold it has each party share its own and calls ``forward``.
     Decisions and logits are those of running the examples one at a time; each example's
     kept counts are revealed as its entry of a ``[B]`` vector. Every result carries the
     *batch's* cost report (``batch_size`` inputs): divide by it for the cost per input.
@@ -135,29 +135,31 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     compaction and opens it after each layer (``SecureResult.kept_positions``).
     """
     pruning.check_layers(spec.layers)
-    if spec.causal and pruning.method != "none":
-        raise ValueError(f"pruning method {pruning.method!r} is not defined for causal (GPT-2) models")
-    if not examples:
-        raise ValueError("run_batch: no examples given")
+    check_method(spec, pruning.method)
+    client, sizes = client_inputs(spec, weights, examples, trace_positions)
+    for name, value in client.items():
+        session.share(name, value, owner="client")
+    for name, value in server_inputs(spec, weights, pruning).items():
+        session.share(name, value, owner="server")
+    return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
+                   trace_positions=trace_positions)
+
+
+def check_method(spec: TransformerSpec, method: str) -> None:
+    """Raise ValueError for a pruning method the model family does not define."""
+    if spec.causal and method != "none":
+        raise ValueError(f"pruning method {method!r} is not defined for causal (GPT-2) models")
+
+
+def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
+            record_scores: bool = False, trace_positions: bool = False) -> list[SecureResult]:
+    """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
+    when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
+    (``protocols.provision``). Reveals only the declared counts and the logits (to the client)."""
+    check_method(spec, method)
     s = session
-    ids = [np.asarray(ex[0]).reshape(-1) for ex in examples]
-    masks = [np.ones(len(i), np.float32) if ex[1] is None else np.asarray(ex[1], np.float32).reshape(-1)
-             for i, ex in zip(ids, examples)]
-    for b, (i, m) in enumerate(zip(ids, masks)):
-        if m.shape != i.shape:
-            raise ValueError(f"example {b}: attention_mask has shape {m.shape}, input_ids {i.shape}")
-    layout = Layout(tuple(len(i) for i in ids))
+    layout = Layout(sizes)
     batch = layout.batch
-    s.share("h", np.concatenate([tf.client_embed(spec, weights, i, ex[2]) for i, ex in zip(ids, examples)]),
-            owner="client")
-    s.share("valid", np.concatenate(masks), owner="client")
-    if trace_positions:
-        s.share("pos", np.concatenate([np.arange(n, dtype=np.float32) for n in layout.sizes])[:, None], owner="client")
-    for name, value in tf.server_weights(spec, weights).items():
-        s.share(name, value, owner="server")
-    for l in range(len(pruning.theta)):
-        s.share(f"theta{l}", np.array([pruning.theta[l]], np.float32), owner="server")
-        s.share(f"beta{l}", np.array([pruning.beta[l]], np.float32), owner="server")
     eps, heads = spec.layer_norm_eps, spec.heads
     if not spec.causal:
         s.run(tf.layernorm, ["h", "emb_ln.g", "emb_ln.b"], ["h"], op="LayerNorm", static={"eps": eps})
@@ -185,8 +187,8 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
             s.run(tf.add_layernorm, ["a", "h", p + "ln1.g", p + "ln1.b"], ["h"], op="LayerNorm", layer=l,
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
-        if pruning.method in ("prune", "prune_reduce") or (pruning.method == "bolt_we" and l == 0):
-            layout = _prune_layer(s, l, pruning.method, layout, heads, record_scores, scores, trace_positions)
+        if method in ("prune", "prune_reduce") or (method == "bolt_we" and l == 0):
+            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions)
         else:
             if record_scores:
                 s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static=st)

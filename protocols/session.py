@@ -88,6 +88,15 @@ class Session:
         """Open ``name`` to ``to`` (recorded in ``reveals``)."""
         raise NotImplementedError
 
+    def provide(self, owner: str, request: Any) -> dict[str, Any]:
+        """Bring ``owner``'s inputs named by ``request`` (``protocols.provision``) into the session;
+        returns the request's public part. Here the request is loaded by this process and shared;
+        a session whose parties load their own data (``transport=remote``) overrides it."""
+        provided = request.load()
+        for name, value in provided.values.items():
+            self.share(name, value, owner)
+        return dict(provided.public)
+
     def delete(self, *names: str) -> None:
         """Drop variables."""
         raise NotImplementedError
@@ -171,8 +180,12 @@ class SecureSession(Session):
 
         self.spec = spec
         self._io = api.Io(spec.world_size, spec.runtime_config(False))
-        parties_cls = ThreadParties if spec.transport == "threads" else ProcessParties
-        self._parties = parties_cls(spec)
+        if spec.transport == "remote":
+            from protocols.remote import RemoteParties
+
+            self._parties: Any = RemoteParties(spec)
+        else:
+            self._parties = ThreadParties(spec) if spec.transport == "threads" else ProcessParties(spec)
 
     def share(self, name: str, value: np.ndarray, owner: str) -> None:
         import spu.libspu as libspu
@@ -189,6 +202,20 @@ class SecureSession(Session):
         self._parties.set_var(name, shares)
         self._meta[name] = (arr.shape, arr.dtype)
         self.ownership[name] = self.spec.ownership_of(owner)
+
+    def provide(self, owner: str, request: Any) -> dict[str, Any]:
+        """With parties that load their own data, the owner party loads ``request`` and builds its
+        shares, the peer its placeholders; this process sees names, shapes and the public part."""
+        if owner not in OWNERS:
+            raise ValueError(f"owner={owner!r}: expected one of {list(OWNERS)}")
+        if not hasattr(self._parties, "provide"):
+            return super().provide(owner, request)
+        metas, public = self._parties.provide(OWNER_RANK[owner], request, self.spec.keeps_private(owner))
+        for name, shape, dtype in metas:
+            self._meta[name] = (tuple(shape), np.dtype(dtype))
+            self.ownership[name] = self.spec.ownership_of(owner) + ("" if self.spec.keeps_private(owner) else
+                                                                     "; the peer's shares relayed by the coordinator")
+        return dict(public)
 
     def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: Static) -> _Program:
         import spu.libspu as libspu

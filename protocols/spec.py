@@ -6,13 +6,13 @@ and the session both import it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from models.approx import FIXED_POINT, RING_BITS
 
 PROTOCOLS = ("REF2K", "SEMI2K", "CHEETAH", "ABY3")
 FIELDS = tuple(RING_BITS)
-TRANSPORTS = ("threads", "processes")
+TRANSPORTS = ("threads", "processes", "remote")
 OWNERS = ("client", "server")
 # SPU rank of each data owner: the client is party 0, the server party 1.
 OWNER_RANK = {"client": 0, "server": 1}
@@ -22,6 +22,38 @@ OWNER_RANK = {"client": 0, "server": 1}
 # ``mmul_aa`` / ``mmul_ss`` for a matmul with a "private" weight), so there the session
 # secret-shares and records that in ``Session.ownership``.
 PRIVATE_PROTOCOLS = ("CHEETAH",)
+
+
+def _is_address(text: str) -> bool:
+    host, _, port = str(text).rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` → ``(host, port)``; ValueError naming the text otherwise."""
+    if not _is_address(text):
+        raise ValueError(f"party address {text!r}: expected host:port")
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def read_authkey(path: Optional[str]) -> bytes:
+    """The control channel's key: the bytes of ``path`` (stripped), else ``$CIPHERPRUNE_AUTHKEY``.
+    There is no default; a missing, unreadable or short key is refused naming its source."""
+    import os
+
+    if path:
+        try:
+            key = open(path, "rb").read().strip()
+        except OSError as err:
+            raise ValueError(f"authkey file {path!r}: {err.strerror}") from err
+        source = f"authkey file {path!r}"
+    else:
+        key = os.environ.get("CIPHERPRUNE_AUTHKEY", "").encode()
+        source = "$CIPHERPRUNE_AUTHKEY"
+    if len(key) < 16:
+        raise ValueError(f"{source}: a control-channel key of at least 16 bytes is required (got {len(key)})")
+    return key
 
 
 class PartyFailure(RuntimeError):
@@ -55,9 +87,18 @@ class SessionSpec:
     private_owners: tuple[str, ...] = ("server", "client")
     # further SPU RuntimeConfig fields for experiments, e.g. (("experimental_disable_mmul_split", True),)
     runtime_options: tuple[tuple[str, Any], ...] = ()
+    # transport "remote": the control address ``host:port`` of each party daemon, in rank order
+    # (``python -m protocols.party``), and the file holding the shared control-channel key
+    parties: tuple[str, ...] = ()
+    authkey_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "private_owners", tuple(self.private_owners))
+        object.__setattr__(self, "parties", tuple(self.parties))
+        if self.transport == "remote":
+            if len(self.parties) != self.world_size or not all(_is_address(a) for a in self.parties):
+                raise ValueError(f"session transport=remote needs {self.world_size} party addresses host:port in rank "
+                                 f"order (client first), got parties={list(self.parties)}")
         bad = [o for o in self.private_owners if o not in OWNERS]
         if bad:
             raise ValueError(f"session private_owners={list(self.private_owners)}: {bad} not in {list(OWNERS)}")

@@ -1,0 +1,136 @@
+"""What each party brings to a secure forward pass, computed from its own data only.
+
+The server's inputs are its weights (canonical names, ``[in, out]`` layout) and its per-layer
+thresholds ``theta{l}``/``beta{l}``; the client's are its embedded token sequences ``h``
+``[Σ n_b, d]``, the padding mask ``valid`` ``[Σ n_b]`` and, for tests, the original positions
+``pos``. The client embeds with the model's embedding tables, which the server releases to it
+(as in BOLT and BumbleBee, whose client computes its own input embedding): ``EMBEDDING_TABLES``.
+
+``ServerRequest`` / ``ClientRequest`` name the data by file paths on the owner's host, so a
+coordinator can have a party load and share its own inputs without ever holding them
+(``protocols.remote``); ``server_inputs`` / ``client_inputs`` are the same computation for a
+caller that holds the plaintext (tests, the plaintext reference, the local transports).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from protocols import transformer as tf
+from protocols.model_spec import PruningSpec, TransformerSpec
+
+Example = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # (input_ids, attention_mask, token_type_ids)
+# The tables the client embeds with (HF names), released to it by the server.
+EMBEDDING_TABLES = ("bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+                    "bert.embeddings.token_type_embeddings.weight", "transformer.wte.weight", "transformer.wpe.weight")
+
+
+def server_inputs(spec: TransformerSpec, weights: dict[str, np.ndarray], pruning: PruningSpec) -> dict[str, np.ndarray]:
+    """The server's values: weights in canonical names, and ``theta{l}``/``beta{l}`` ``[1]`` per layer."""
+    pruning.check_layers(spec.layers)
+    values = dict(tf.server_weights(spec, weights))
+    for l in range(len(pruning.theta)):
+        values[f"theta{l}"] = np.array([pruning.theta[l]], np.float32)
+        values[f"beta{l}"] = np.array([pruning.beta[l]], np.float32)
+    return values
+
+
+def client_inputs(spec: TransformerSpec, tables: dict[str, np.ndarray], examples: Sequence[Example],
+                  trace_positions: bool = False) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """The client's values for a batch: ``h`` (embedded, rows stacked), ``valid``, and ``pos``
+    when tracing; with the token count of each input (public: the padded lengths)."""
+    if not examples:
+        raise ValueError("no examples given")
+    ids = [np.asarray(ex[0]).reshape(-1) for ex in examples]
+    masks = [np.ones(len(i), np.float32) if ex[1] is None else np.asarray(ex[1], np.float32).reshape(-1)
+             for i, ex in zip(ids, examples)]
+    for b, (i, m) in enumerate(zip(ids, masks)):
+        if m.shape != i.shape:
+            raise ValueError(f"example {b}: attention_mask has shape {m.shape}, input_ids {i.shape}")
+    values = {"h": np.concatenate([tf.client_embed(spec, tables, i, ex[2]) for i, ex in zip(ids, examples)]),
+              "valid": np.concatenate(masks)}
+    if trace_positions:
+        values["pos"] = np.concatenate([np.arange(len(i), dtype=np.float32) for i in ids])[:, None]
+    return values, tuple(len(i) for i in ids)
+
+
+@dataclass(frozen=True)
+class Provided:
+    """A party's loaded inputs: ``values`` (shared, never sent to the coordinator) and ``public``
+    (what the owner declares: the client's per-input token counts and its own labels)."""
+
+    values: dict[str, np.ndarray]
+    public: dict[str, Any]
+
+
+def model_spec_of(checkpoint: str | Path) -> TransformerSpec:
+    """The transformer shape of a Hugging Face checkpoint directory (its ``config.json``)."""
+    return TransformerSpec.from_hf_config(json.loads((Path(checkpoint) / "config.json").read_text()))
+
+
+@dataclass(frozen=True)
+class ServerRequest:
+    """The server's inputs for ``method``, from its checkpoint directory on its own host
+    (``model.safetensors``, ``config.json``, ``thresholds.json`` for the pruned methods)."""
+
+    checkpoint: str
+    method: str
+
+    def load(self) -> Provided:
+        from safetensors.numpy import load_file
+
+        from models.thresholds import read_thresholds
+
+        spec = model_spec_of(self.checkpoint)
+        weights = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.checkpoint) / "model.safetensors")).items()}
+        pruning = PruningSpec(self.method)
+        if self.method in ("prune", "prune_reduce"):
+            th = read_thresholds(Path(self.checkpoint) / "thresholds.json", spec.layers)
+            pruning = PruningSpec(self.method, tuple(th.theta), tuple(th.beta))
+        return Provided(server_inputs(spec, weights, pruning), {})
+
+
+def release_embeddings(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the checkpoint's embedding tables and ``config.json`` to ``out`` (a directory the
+    client can read): the server's declared release to the client."""
+    from safetensors.numpy import load_file, save_file
+
+    tables = {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items() if k in EMBEDDING_TABLES}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tables, str(out / "embeddings.safetensors"))
+    (out / "config.json").write_text((Path(checkpoint) / "config.json").read_text())
+    return out
+
+
+def _column(row: dict[str, Any], name: str) -> Optional[np.ndarray]:
+    return np.asarray(row[name]) if row.get(name) is not None else None
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """The client's inputs for the rows ``indices`` of its tokenised dataset (a ``datasets``
+    directory with ``input_ids``, ``attention_mask``, ``token_type_ids``, ``label``) on its own
+    host, embedded with the released tables in ``embeddings`` (``release_embeddings``)."""
+
+    dataset: str
+    indices: tuple[int, ...]
+    embeddings: str
+    trace_positions: bool = False
+
+    def load(self) -> Provided:
+        """The values; public: each input's token count (``sizes``) and the rows' ``labels`` (the client's own)."""
+        from datasets import load_from_disk
+        from safetensors.numpy import load_file
+
+        spec = model_spec_of(self.embeddings)
+        tables = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.embeddings) / "embeddings.safetensors")).items()}
+        rows = load_from_disk(self.dataset).select(list(self.indices))
+        examples: list[Example] = [(np.asarray(r["input_ids"]), _column(r, "attention_mask"), _column(r, "token_type_ids"))
+                                   for r in rows]
+        values, sizes = client_inputs(spec, tables, examples, self.trace_positions)
+        return Provided(values, {"sizes": sizes, "labels": [r.get("label") for r in rows]})
