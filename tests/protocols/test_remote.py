@@ -21,7 +21,7 @@ from protocols.provision import ClientRequest, ServerRequest, release_embeddings
 from protocols.remote import local_parties, new_authkey
 from protocols.secure_model import forward, plaintext_batch
 from protocols.session import SessionSpec, TwoPartySession
-from protocols.spec import PartyFailure
+from protocols.spec import PartyFailure, parse_address, read_authkey
 
 SPEC = TransformerSpec(vocab_size=64, hidden=16, layers=2, heads=2, intermediate=32, max_positions=16)
 IDS = [np.array([1, 5, 9, 3, 7, 2, 0, 0]), np.array([4, 8, 6, 2, 9, 1, 3, 5])]
@@ -180,14 +180,9 @@ def test_remote_spec_and_key_are_checked(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs 2 party addresses"):
         SessionSpec("CHEETAH", transport="remote", parties=("127.0.0.1:1",))
     with pytest.raises(ValueError, match="expected host:port"):
-        parties_mod.__dict__  # keep the module import used
-        from protocols.spec import parse_address
-
         parse_address("localhost")
     short = tmp_path / "short"
     short.write_text("abc")
-    from protocols.spec import read_authkey
-
     with pytest.raises(ValueError, match="at least 16 bytes"):
         read_authkey(str(short))
     with pytest.raises(ValueError, match="No such file"):
