@@ -24,9 +24,10 @@ from pipeline.reporting import ReportDataMissing
 from pipeline.runner import run_pipeline
 from pipeline.tracking import UpstreamMissing
 from pipeline.validate import ConfigError
+from protocols.spec import PartyFailure
 
 # Errors whose message names the bad input: shown alone, without a traceback from inside.
-USER_ERRORS = (ConfigError, UpstreamMissing, ReportDataMissing, FileNotFoundError, ValueError, ImportError)
+USER_ERRORS = (ConfigError, UpstreamMissing, ReportDataMissing, PartyFailure, FileNotFoundError, ValueError, ImportError)
 
 register_configs()
 

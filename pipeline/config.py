@@ -68,8 +68,9 @@ class Protocol(str, Enum):
 
 
 class Transport(str, Enum):
-    threads = "threads"
-    processes = "processes"
+    threads = "threads"        # both parties in this process; it loads both parties' data
+    processes = "processes"    # one local process per party; each loads its own data
+    remote = "remote"          # party daemons at protocol.parties (python -m protocols.party)
 
 
 class Method(str, Enum):
@@ -174,6 +175,10 @@ class ProtocolConfig:
     recv_timeout_s: float = 60.0
     # owners whose values stay private to them (CHEETAH; secret-shared elsewhere, recorded)
     private_owners: list[str] = dataclasses.field(default_factory=lambda: ["server", "client"])
+    # transport=remote: control addresses host:port of the party daemons (client first) and the
+    # file with their shared key (else $CIPHERPRUNE_AUTHKEY); no default key
+    parties: list[str] = dataclasses.field(default_factory=list)
+    authkey_file: Optional[str] = None
 
 
 @dataclass

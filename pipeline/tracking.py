@@ -321,6 +321,17 @@ class Tracker:
         dst = Path(tempfile.mkdtemp(prefix="artifact-", dir=self._downloads.name))
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
+    def artifact_location(self, run_id: str, artifact_path: str) -> Path:
+        """Where an artifact lies when the artifact store is a local directory (no copy: a party
+        daemon reads it there itself); otherwise a downloaded copy (``download``)."""
+        from urllib.parse import unquote, urlparse
+
+        uri = self.client.get_run(run_id).info.artifact_uri
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return Path(unquote(parsed.path)) / artifact_path
+        return self.download(run_id, artifact_path)
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 

@@ -35,10 +35,35 @@ def _validate_benchmark(cfg: PipelineConfig) -> None:
                           "add stage=benchmark")
 
 
+def _validate_parties(cfg: PipelineConfig) -> None:
+    """``protocol.transport=remote``: two party addresses and a key source, checked before any stage."""
+    import os
+
+    p = cfg.protocol
+    if p.transport.value != "remote":
+        return
+    from protocols.spec import parse_address
+
+    if len(p.parties) != 2:
+        raise ConfigError(f"protocol.transport=remote needs protocol.parties=[client_host:port,server_host:port] "
+                          f"(the `python -m protocols.party` daemons, client first), got {list(p.parties)}")
+    for address in p.parties:
+        try:
+            parse_address(address)
+        except ValueError as err:
+            raise ConfigError(f"protocol.parties: {err}") from err
+    if not p.authkey_file and not os.environ.get("CIPHERPRUNE_AUTHKEY"):
+        raise ConfigError("protocol.transport=remote needs the control-channel key: protocol.authkey_file=<file> "
+                          "or $CIPHERPRUNE_AUTHKEY (the same key the party daemons read)")
+    if p.authkey_file and not Path(p.authkey_file).is_file():
+        raise ConfigError(f"protocol.authkey_file={p.authkey_file!r} does not exist")
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
     _validate_benchmark(cfg)
+    _validate_parties(cfg)
     _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))

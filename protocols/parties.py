@@ -169,6 +169,8 @@ class PartyRuntime:
                 if not private:
                     peer[name] = shares[1 - self.rank]
             return metas, peer, provided.public
+        elif cmd == "job":
+            arg.run()
         elif cmd == "placeholder":
             metas, owner_rank = arg
             for name, shape, dtype in metas:
@@ -284,6 +286,10 @@ class ConnectedParties:
         other = 1 - owner_rank
         self._send({other: ("placeholder", (metas, owner_rank)) if private else ("set_many", peer)})
         return metas, public
+
+    def job(self, rank: int, job: Any) -> None:
+        """Party ``rank`` runs ``job.run()`` on its own host (e.g. the server's embeddings release)."""
+        self._send({rank: ("job", job)})
 
     def _kill(self) -> None:
         for conn in self._conns:

@@ -112,6 +112,18 @@ def _column(row: dict[str, Any], name: str) -> Optional[np.ndarray]:
 
 
 @dataclass(frozen=True)
+class ReleaseEmbeddings:
+    """A job for the server's party: write the release of ``checkpoint`` to ``out`` (see
+    ``release_embeddings``); in a two-host deployment ``out`` is copied to the client's host."""
+
+    checkpoint: str
+    out: str
+
+    def run(self) -> None:
+        release_embeddings(self.checkpoint, self.out)
+
+
+@dataclass(frozen=True)
 class ClientRequest:
     """The client's inputs for the rows ``indices`` of its tokenised dataset (a ``datasets``
     directory with ``input_ids``, ``attention_mask``, ``token_type_ids``, ``label``) on its own
@@ -129,8 +141,9 @@ class ClientRequest:
 
         spec = model_spec_of(self.embeddings)
         tables = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.embeddings) / "embeddings.safetensors")).items()}
-        rows = load_from_disk(self.dataset).select(list(self.indices))
+        rows = load_from_disk(self.dataset).with_format(None).select(list(self.indices))   # plain Python rows
         examples: list[Example] = [(np.asarray(r["input_ids"]), _column(r, "attention_mask"), _column(r, "token_type_ids"))
                                    for r in rows]
         values, sizes = client_inputs(spec, tables, examples, self.trace_positions)
-        return Provided(values, {"sizes": sizes, "labels": [r.get("label") for r in rows]})
+        labels = [None if r.get("label") is None else float(r["label"]) for r in rows]
+        return Provided(values, {"sizes": sizes, "labels": labels})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -241,6 +241,23 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
         with session.meter.measure() as m:
             results = run_batch(session, spec, weights, [examples[i] for i in chunk], pruning, last_only=last_only)
         yield chunk, results, m.report
+
+
+def evaluate_owned(session: Session, spec: TransformerSpec, server: Any, client: Callable[[range], Any], count: int,
+                   method: str, *, batch_size: int = 1) -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
+    """The owner-held counterpart of ``evaluate_batches``: the server's party provides its inputs once
+    (``server``: a ``protocols.provision.ServerRequest``), the client's party each batch's
+    (``client(chunk)``: a ``ClientRequest``); yields each batch's indices, per-example results, the
+    batch's cost and the client request's public part (token counts, the client's labels)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    session.provide("server", server)
+    for start in range(0, count, batch_size):
+        chunk = range(start, min(start + batch_size, count))
+        public = session.provide("client", client(chunk))
+        with session.meter.measure() as m:
+            results = forward(session, spec, tuple(public["sizes"]), method)
+        yield chunk, results, m.report, public
 
 
 def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,

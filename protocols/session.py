@@ -97,6 +97,10 @@ class Session:
             self.share(name, value, owner)
         return dict(provided.public)
 
+    def run_on(self, owner: str, job: Any) -> None:
+        """Have ``owner`` run ``job.run()`` on its own data (here: in this process)."""
+        job.run()
+
     def delete(self, *names: str) -> None:
         """Drop variables."""
         raise NotImplementedError
@@ -216,6 +220,13 @@ class SecureSession(Session):
             self.ownership[name] = self.spec.ownership_of(owner) + ("" if self.spec.keeps_private(owner) else
                                                                      "; the peer's shares relayed by the coordinator")
         return dict(public)
+
+    def run_on(self, owner: str, job: Any) -> None:
+        """``job.run()`` in ``owner``'s party process where the parties hold their own data."""
+        if hasattr(self._parties, "job"):
+            self._parties.job(OWNER_RANK[owner], job)
+        else:
+            job.run()
 
     def _compile(self, fn: Callable[..., Any], inputs: Sequence[str], static: Static) -> _Program:
         import spu.libspu as libspu

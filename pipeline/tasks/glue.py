@@ -46,6 +46,9 @@ from pipeline.tasks.common import (
 from pipeline.tracking import sections_hash
 
 BASELINE_METHODS = (Method.none, Method.bolt_we)
+_DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads the checkpoint and the dev rows",
+                 "processes": "each party process loads its own data (server: checkpoint, client: dev rows)",
+                 "remote": "each party daemon loads its own data on its own host (server: checkpoint, client: dev rows)"}
 log = logging.getLogger(__name__)
 
 
@@ -229,46 +232,65 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
     return model, spec, to_numpy_weights(model)
 
 
+def _secure_step(ctx: StageContext, method: Method, checkpoint: Path, manifest: DatasetManifest,
+                 n: int) -> tuple[dict[str, float], list[Any], list[Any], dict[str, Any]]:
+    """The two-party run: the server's party loads the checkpoint, the client's party the tokenised
+    dev rows (with the transports ``processes`` and ``remote`` this process opens neither; with
+    ``threads`` it loads both, as the one process holding both parties). Returns the cost per
+    input, the results, the client's labels and the leakage record."""
+    from protocols.provision import ClientRequest, ReleaseEmbeddings, ServerRequest, model_spec_of
+    from protocols.secure_model import evaluate_owned
+    from protocols.session import TwoPartySession
+
+    batch = ctx.cfg.secure_eval.batch_size
+    release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method.value / "client"
+    sums: dict[str, float] = defaultdict(float)
+    results: list[Any] = []
+    labels: list[Any] = []
+    reveals: list[dict[str, Any]] = []
+    with TwoPartySession(session_spec(ctx.cfg)) as session:
+        session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
+        spec = model_spec_of(release)            # the public architecture, from the release
+        server = ServerRequest(str(checkpoint), method.value)
+        batches = evaluate_owned(session, spec, server, lambda chunk: ClientRequest(
+            manifest.splits["dev"], tuple(chunk), str(release)), n, method.value, batch_size=batch)
+        for chunk, chunk_results, cost, public in tqdm(batches, total=-(-n // batch),
+                                                       desc=f"secure {method.value} (batches of {batch})"):
+            for name, value in {**cost.to_metrics(), **_kernel_metrics(cost)}.items():
+                sums[name] += value / n          # the batch's cost, spread over its inputs
+            results += chunk_results
+            labels += public["labels"]
+            reveals.extend({"examples": list(chunk), **r.to_dict()} for r in session.reveals[len(reveals):])
+        ownership = dict(session.ownership)
+    return dict(sums), results, labels, {"reveals": reveals, "ownership": ownership}
+
+
 def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds: Any, manifest: DatasetManifest,
                      dev: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    """Dev metric of the torch emulation, and the secure runs' cost, agreement, schedule; the
-    leakage record (``reveals``, ``ownership``)."""
+    """The secure run's cost, accuracy and schedule (``_secure_step``), then the plaintext reference
+    step, outside the two-party run and in this process (it needs both parties' data): the torch
+    emulation's dev metric, the JAX plaintext twin's agreement one input at a time, and the
+    emulation's schedule on the same inputs. Returns the metrics and the leakage record."""
     from models.config import OpsConfig
     from models.training import evaluate
     from protocols.model_spec import PruningSpec
-    from protocols.secure_model import evaluate_batches, plaintext_forward
-    from protocols.session import TwoPartySession
+    from protocols.secure_model import plaintext_forward
 
-    model, spec, weights = _load(ctx, run_id)
-    emulated = evaluate(model, dev, manifest.task, method.value, ops_cfg=OpsConfig("emulated"))
-    pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta))
     n = min(ctx.cfg.secure_eval.num_examples, len(dev))
-    batch = ctx.cfg.secure_eval.batch_size
-    sums: dict[str, float] = defaultdict(float)
-    kept: list[list[int]] = []
-    correct = agree = 0
-    reveals: list[dict[str, Any]] = []
-    ownership: dict[str, str] = {}
-    examples = [tuple(np.asarray(dev[i][k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-                for i in range(n)]
-    with TwoPartySession(session_spec(ctx.cfg)) as session:
-        batches = evaluate_batches(session, spec, weights, examples, pruning, batch_size=batch)
-        for chunk, results, cost in tqdm(batches, total=-(-n // batch),
-                                         desc=f"secure {method.value} (batches of {batch})"):
-            for name, value in {**cost.to_metrics(), **_kernel_metrics(cost)}.items():
-                sums[name] += value / n          # the batch's cost, spread over its inputs
-            for i, result in zip(chunk, results):
-                reference = plaintext_forward(spec, weights, *examples[i], pruning)    # one input at a time
-                pred = int(np.argmax(result.logits))
-                agree += pred == int(np.argmax(reference.logits))
-                correct += pred == int(dev[i]["label"])
-                kept.append(list(result.entering_per_layer))
-            reveals.extend({"examples": list(chunk), **r.to_dict()} for r in session.reveals[len(reveals):])
-            ownership.update(session.ownership)
-    metrics = dict(sums)
+    metrics, results, labels, leakage = _secure_step(ctx, method, ctx.tracker.artifact_location(run_id, "checkpoint"),
+                                                     manifest, n)
+    model, spec, weights = _load(ctx, run_id)          # reference step from here on
+    pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta))
+    emulated = evaluate(model, dev, manifest.task, method.value, ops_cfg=OpsConfig("emulated"))
+    agree = correct = 0
+    for i, (result, label) in enumerate(zip(results, labels)):
+        example = tuple(np.asarray(dev[i][k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        pred = int(np.argmax(result.logits))
+        agree += pred == int(np.argmax(plaintext_forward(spec, weights, *example, pruning).logits))
+        correct += pred == int(label)
     metrics.update({"acc/dev": emulated.metrics["metric"], "acc/secure": 100.0 * correct / n,
-                    "agree/secure": 100.0 * agree / n, "examples/secure": n, "batch_size": float(batch)})
-    mean_kept = np.mean(np.asarray(kept, dtype=float), axis=0)
+                    "agree/secure": 100.0 * agree / n, "examples/secure": n, "batch_size": float(ctx.cfg.secure_eval.batch_size)})
+    mean_kept = np.mean(np.asarray([r.entering_per_layer for r in results], dtype=float), axis=0)
     metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
     entering_emulated = [float(emulated.n0), *emulated.kept_tokens[:-1]]  # tokens entering each layer
     metrics.update({f"kept_tokens_emulated/layer_{i}": k for i, k in enumerate(entering_emulated)})
@@ -280,7 +302,7 @@ def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds:
     if gap > 0:
         log.warning(f"secure_eval {method.value}: secure schedule {mean_kept.tolist()} differs from the torch "
                     f"emulation's {same_entering} on the same {n} inputs (max |Δ| {gap:g} tokens)")
-    return metrics, {"reveals": reveals, "ownership": ownership}
+    return metrics, leakage
 
 
 def _kernel_metrics(cost: Any) -> dict[str, float]:
@@ -300,6 +322,9 @@ def secure_eval(ctx: StageContext) -> None:
         tags = {"kind": "method", "method": method.value, "checkpoint_run": run_id}
         with ctx.run.child(method.value, tags) as child:
             child.log_params({**curated_params(ctx.cfg), "method": method.value})
+            child.set_tags({"data_held_by": _DATA_HELD_BY[ctx.cfg.protocol.transport.value],
+                            "reference_step": "plaintext twin and torch emulation, in the coordinator after the "
+                                              "two-party run (they need both parties' data)"})
             metrics, leakage = _evaluate_method(ctx, method, run_id, thresholds, manifest, dev)
             child.log_metrics(metrics)
             child.log_dict({"declared": "per layer: kept token count per input (and high-group size for "

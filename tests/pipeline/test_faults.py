@@ -47,3 +47,36 @@ def test_party_death_fails_the_stage_cleanly(compose_cfg, monkeypatch, kill_at):
     assert "comm_mb/total" not in children[0].data.metrics  # no partial cost figures
     with pytest.raises(RuntimeError, match="needs FINISHED secure_eval runs"):
         runner.run_stages(cfg, tracker, (Stage.report,), [])
+
+
+def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch, tmp_path):
+    """secure_eval against two party daemons (each loading its own data; SEMI2K, so the peer's
+    shares are relayed): FINISHED with the same schedule as in-process parties; with the server's
+    daemon killed the stage fails within 60 s with the party named and a FAILED run."""
+    from protocols.parties import free_ports
+    from protocols.remote import local_parties, new_authkey
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    key = new_authkey(tmp_path / "authkey")
+    c0, c1, l0, l1 = (f"127.0.0.1:{p}" for p in free_ports(4))
+    base = [s for s in SMALL if not s.startswith("protocol.transport")]
+    local = compose_cfg(*base, "protocol.transport=threads")
+    tracker = Tracker(local)
+    runner.run_stages(local, tracker, (Stage.prepare, Stage.finetune, Stage.search, Stage.secure_eval), [])
+    remote = compose_cfg(*base, "protocol.transport=remote", f"protocol.parties=[{c0},{c1}]",
+                         f"protocol.authkey_file={key}", "protocol.connect_timeout_s=5", "tracking.resume=false")
+    with local_parties(key, [c0, c1], [l0, l1], log_dir=tmp_path) as procs:
+        runner.run_stages(remote, Tracker(remote), (Stage.secure_eval,), [])
+        procs[1].kill()
+        procs[1].wait()
+        start = time.monotonic()
+        with pytest.raises(PartyFailure, match=f"party at {c1} unreachable"):
+            runner.run_stages(remote, Tracker(remote), (Stage.secure_eval,), [])
+        assert time.monotonic() - start < 60
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'method'", order_by=["attributes.start_time"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "FAILED"]
+    threads, daemons = runs[0].data, runs[1].data
+    assert "daemon loads its own data" in daemons.tags["data_held_by"]
+    assert daemons.metrics["agree/secure"] == 100.0
+    for name in ("kept_tokens/layer_1", "acc/secure", "comm_mb/total"):
+        assert daemons.metrics[name] == pytest.approx(threads.metrics[name], rel=1e-6), name

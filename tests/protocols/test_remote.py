@@ -127,7 +127,7 @@ def test_process_parties_load_their_own_data(owned, monkeypatch) -> None:
         _assert_coordinator_saw_only_declared(audit, session)
         assert "private to the server" in session.ownership["l0.wq"]
         assert "private to the client" in session.ownership["h"]
-    assert public == {"sizes": (8, 8), "labels": [1, 0]}
+    assert public == {"sizes": (8, 8), "labels": [1.0, 0.0]}
     _check_against_reference(results, owned, "prune_reduce")
 
 
