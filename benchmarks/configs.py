@@ -92,4 +92,18 @@ class E2EBench:
     reuse: bool = False                 # read sizes already in ``measurements``
 
 
-BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "e2e": E2EBench}
+@dataclass
+class LinkBench:
+    """The LAN/WAN time model against a real delayed link between two party daemons."""
+
+    name: str = "link"
+    protocol: str = "CHEETAH"
+    shape: Shape = Shape.tiny
+    layers: int = 2
+    tokens: int = 32
+    method: str = "prune_reduce"
+    rtts_ms: list[float] = field(default_factory=lambda: [0.8, 40.0])
+
+
+BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "e2e": E2EBench,
+                               "link": LinkBench}

@@ -6,7 +6,8 @@ control channel, holding only its own data.
 ``--listen``: where the coordinator connects (``multiprocessing.connection`` with the shared key
 of ``--authkey-file`` or ``$CIPHERPRUNE_AUTHKEY``: HMAC challenge-response both ways; a wrong key is
 refused and logged, the daemon goes on listening). ``--link``: this party's address for SPU's
-own brpc link, as the other party reaches it. ``--rank``: 0 the client, 1 the server.
+own brpc link, as the other party reaches it (``--link-bind``: where it listens, when that differs:
+NAT, a relay). ``--rank``: 0 the client, 1 the server.
 
 Per session the coordinator sends ``hello`` (answered with this party's rank and link address),
 ``init`` (the ``SessionSpec`` and both link addresses: the SPU runtime is built), then the commands
@@ -28,12 +29,12 @@ from protocols.spec import parse_address, read_authkey
 log = logging.getLogger("protocols.party")
 
 
-def _session(rank: int, link: str, conn: Connection) -> None:
+def _session(rank: int, link: str, bind: str, conn: Connection) -> None:
     """One coordinator's session on ``conn``: hello, init, commands until stop or disconnect."""
     cmd, _ = conn.recv()
     if cmd != "hello":
         raise ValueError(f"expected hello, got {cmd!r}")
-    conn.send(("ok", {"rank": rank, "link": link}))
+    conn.send(("ok", {"rank": rank, "link": link, "bind": bind}))
     cmd, arg = conn.recv()
     if cmd != "init":
         raise ValueError(f"expected init, got {cmd!r}")
@@ -47,10 +48,13 @@ def _session(rank: int, link: str, conn: Connection) -> None:
     serve_commands(party, conn)
 
 
-def serve(rank: int, listen: str, link: str, authkey: bytes, once: bool = False) -> None:
-    """Accept coordinators on ``listen`` (one session at a time) until killed, or one with ``once``."""
+def serve(rank: int, listen: str, link: str, authkey: bytes, once: bool = False, bind: str | None = None) -> None:
+    """Accept coordinators on ``listen`` (one session at a time) until killed, or one with ``once``.
+    ``link``: the SPU link address the peer connects to; ``bind``: where this party listens for it
+    (default ``link``; differs behind NAT, or with a relay between the parties)."""
+    bind = bind or link
     with Listener(parse_address(listen), authkey=authkey) as listener:
-        log.info(f"party {rank}: control on {listen}, SPU link on {link}")
+        log.info(f"party {rank}: control on {listen}, SPU link on {bind} (reached as {link})")
         while True:
             try:
                 conn = listener.accept()
@@ -59,7 +63,7 @@ def serve(rank: int, listen: str, link: str, authkey: bytes, once: bool = False)
                 continue
             with conn:
                 try:
-                    _session(rank, link, conn)
+                    _session(rank, link, bind, conn)
                 except (EOFError, OSError) as err:
                     log.warning(f"party {rank}: coordinator gone ({err!r}); waiting for the next one")
                 except Exception as err:  # noqa: BLE001 - a bad session must not end the daemon
@@ -73,16 +77,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rank", type=int, choices=(0, 1), required=True, help="0: the client, 1: the server")
     ap.add_argument("--listen", required=True, help="host:port of the control channel")
     ap.add_argument("--link", required=True, help="host:port of this party's SPU link, as the peer reaches it")
+    ap.add_argument("--link-bind", default=None, help="host:port this party's SPU link listens on (default: --link)")
     ap.add_argument("--authkey-file", default=None, help="file with the shared key (else $CIPHERPRUNE_AUTHKEY)")
     ap.add_argument("--once", action="store_true", help="exit after one session")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        parse_address(args.listen), parse_address(args.link)
+        for address in (args.listen, args.link, args.link_bind or args.link):
+            parse_address(address)
         key = read_authkey(args.authkey_file)
     except ValueError as err:
         ap.error(str(err))
-    serve(args.rank, args.listen, args.link, key, args.once)
+    serve(args.rank, args.listen, args.link, key, args.once, args.link_bind)
 
 
 if __name__ == "__main__":

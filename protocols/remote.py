@@ -58,8 +58,9 @@ class RemoteParties(ConnectedParties):
             if ranks != list(range(spec.world_size)):
                 raise PartyFailure(f"parties {list(spec.parties)} answered as ranks {ranks}: list them in rank "
                                    "order (client, rank 0, first)")
-            hosts = [h["link"] for h in hellos]
-            self._send_all([("init", (spec, hosts))] * len(self._conns))
+            # each party binds its own link address and reaches the other at the address it advertises
+            hosts = [[h["bind"] if r == rank else h["link"] for r, h in enumerate(hellos)] for rank in ranks]
+            self._send_all([("init", (spec, hosts[rank])) for rank in ranks])
         except PartyFailure:
             self._kill()
             raise
@@ -75,14 +76,17 @@ def new_authkey(path: Path) -> Path:
 
 @contextmanager
 def local_parties(authkey_file: Path, control: Sequence[str], link: Sequence[str],
-                  netns: Optional[Sequence[str]] = None, log_dir: Optional[Path] = None) -> Iterator[list[subprocess.Popen]]:
+                  netns: Optional[Sequence[str]] = None, log_dir: Optional[Path] = None,
+                  bind: Optional[Sequence[str]] = None) -> Iterator[list[subprocess.Popen]]:
     """Two party daemons on this machine (each ``ip netns exec <ns>`` when ``netns`` is given),
-    listening on ``control[r]`` with SPU link ``link[r]``; killed on exit."""
+    listening on ``control[r]`` with SPU link ``link[r]`` (bound at ``bind[r]`` when given); killed on exit."""
     procs = []
     try:
         for rank in range(len(control)):
             cmd = [sys.executable, "-m", "protocols.party", "--rank", str(rank), "--listen", control[rank],
                    "--link", link[rank], "--authkey-file", str(authkey_file)]
+            if bind:
+                cmd += ["--link-bind", bind[rank]]
             if netns:
                 cmd = ["ip", "netns", "exec", netns[rank], *cmd]
             out = open(log_dir / f"party{rank}.log", "w") if log_dir else subprocess.DEVNULL

@@ -1,0 +1,16 @@
+"""The delaying relay really delays: a round trip through it to an echo server takes the
+configured RTT (both directions), not more than timer slack."""
+from __future__ import annotations
+
+from benchmarks.delay_link import delayed_links, probe_rtt
+from protocols.parties import free_ports
+
+
+def test_relay_adds_the_configured_round_trip() -> None:
+    relay, echo = (f"127.0.0.1:{p}" for p in free_ports(2))
+    with delayed_links([(relay, echo)], delay_s=0.0, echo=echo):
+        direct = probe_rtt(relay)
+    with delayed_links([(relay, echo)], delay_s=0.02, echo=echo):
+        delayed = probe_rtt(relay)
+    assert 0.040 <= delayed - direct < 0.050      # 2 × 20 ms, plus at most a few ms of event-loop slack
+    assert direct < 0.01
