@@ -61,6 +61,7 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
                             run_batch(s, shape, weights, [example], pruning)
                 by_op = m.report.by_op()
                 measured[rtt_ms] = {"rtt_s": rtt_s, "s": {op: by_op[op].wall_s for op in OP_CLASSES},
+                                    "programs": [(p.wall_s, p.pphlo_counts) for p in m.report.programs],
                                     "rounds": {op: by_op[op].rounds for op in OP_CLASSES}, "total_s": m.report.wall_s,
                                     "total_rounds": m.report.rounds}
                 log_metrics({f"rtt_{rtt_ms:g}/probed_rtt_ms": rtt_s * 1e3, f"rtt_{rtt_ms:g}/total_s": m.report.wall_s,
@@ -68,6 +69,42 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
                 log.info(f"RTT {rtt_ms:g} ms (probed {rtt_s * 1e3:.2f} ms): {m.report.wall_s:.1f} s, "
                          f"{m.report.rounds} rounds estimated")
     return _report(cfg, measured)
+
+
+def fit_rounds(base: list[tuple[float, dict[str, int]]], delayed: list[tuple[float, dict[str, int]]],
+               rtt_s: float) -> dict[str, float]:
+    """Rounds per execution of each pphlo op: least squares over programs of
+    ``(t_delayed − t_base) / rtt = Σ_op executions · rounds_op``, negative solutions dropped
+    (the op refitted without them). The same programs run in the same order at both RTTs."""
+    if [c for _, c in base] != [c for _, c in delayed]:
+        raise ValueError("the two runs executed different programs; cannot fit rounds per op")
+    ops = sorted({op for _, counts in base for op in counts})
+    a = np.array([[counts.get(op, 0) for op in ops] for _, counts in base], dtype=float)
+    y = np.array([(d - b) / rtt_s for (b, _), (d, _) in zip(base, delayed)])
+    keep = list(range(len(ops)))
+    while keep:
+        sol, *_ = np.linalg.lstsq(a[:, keep], y, rcond=None)
+        if (sol >= 0).all():
+            return {ops[k]: float(v) for k, v in zip(keep, sol)}
+        keep = [k for k, v in zip(keep, sol) if v >= 0]
+    return {}
+
+
+def _rounds_table(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """Fitted rounds per pphlo op at the largest RTT, beside ``ROUNDS_PER_OP``."""
+    from protocols.meter import DEFAULT_ROUNDS, ROUNDS_PER_OP
+
+    rtt_ms = max(cfg.rtts_ms)
+    base, got = measured[0.0], measured[rtt_ms]
+    fitted = fit_rounds(base["programs"], got["programs"], got["rtt_s"] - base["rtt_s"])
+    executions: dict[str, int] = {}
+    for _, counts in base["programs"]:
+        for op, k in counts.items():
+            executions[op] = executions.get(op, 0) + k
+    rows = [[op, executions[op], ROUNDS_PER_OP.get(op, DEFAULT_ROUNDS), f"{fitted.get(op, 0.0):.1f}"] for op in sorted(executions)]
+    return (f"Rounds per execution fitted at {rtt_ms:g} ms over the {len(base['programs'])} programs:\n\n"
+            + markdown(rows, ["pphlo op", "executions", "ROUNDS_PER_OP", "fitted"]) + "\n",
+            {f"fitted_rounds/{op}": v for op, v in fitted.items()})
 
 
 def _report(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> BenchResult:
@@ -92,9 +129,12 @@ def _report(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> BenchResul
     headers = ["op class", "s at RTT 0", "rounds (estimate)"]
     for rtt_ms in cfg.rtts_ms:
         headers += [f"measured s @{rtt_ms:g} ms", f"modelled s @{rtt_ms:g} ms", f"implied rounds @{rtt_ms:g} ms"]
+    rounds_text, fitted = _rounds_table(cfg, measured)
+    metrics.update(fitted)
     probes = ", ".join(f"{r:g} ms → {m['rtt_s'] * 1e3:.2f} ms" for r, m in measured.items())
     text = (f"{cfg.protocol}, {cfg.shape.value} shape × {cfg.layers} layers, {cfg.tokens} tokens, method {cfg.method}; "
             f"parties as daemons, their link through a delaying relay per direction (configured RTT → probed: {probes}); "
             "measured end to end at each RTT, modelled = measured at RTT 0 + estimated rounds × added RTT\n\n"
-            + markdown(rows, headers) + "\n")
-    return BenchResult(text, metrics, [{"rtt_ms": r, **m} for r, m in measured.items()])
+            + markdown(rows, headers) + "\n\n" + rounds_text)
+    records = [{"rtt_ms": r, **{k: v for k, v in m.items() if k != "programs"}} for r, m in measured.items()]
+    return BenchResult(text, metrics, records)

@@ -73,6 +73,7 @@ class ProgramCost:
     messages: tuple[int, int]
     rounds: int
     pphlo_sent: dict[str, int] = field(default_factory=dict)
+    pphlo_counts: dict[str, int] = field(default_factory=dict)   # executions of each communicating pphlo op
     program: str = ""          # the kernel's qualified name (e.g. ``gelu``), for profiles
     kernels: dict[str, int] = field(default_factory=dict)   # SPU MPC kernel -> executions
 
