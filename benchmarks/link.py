@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks.common import BenchResult, LogMetrics, markdown, shape_spec, warm_up
 from benchmarks.configs import LinkBench
 from benchmarks.delay_link import delayed_links, probe_rtt
-from protocols.meter import OP_CLASSES
+from protocols.meter import OP_CLASSES, ROUNDS_PER_SEND_ACTION
 from protocols.model_spec import PruningSpec
 from protocols.parties import free_ports
 from protocols.plaintext import random_weights
@@ -61,7 +61,8 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
                             run_batch(s, shape, weights, [example], pruning)
                 by_op = m.report.by_op()
                 measured[rtt_ms] = {"rtt_s": rtt_s, "s": {op: by_op[op].wall_s for op in OP_CLASSES},
-                                    "programs": [(p.wall_s, p.pphlo_counts) for p in m.report.programs],
+                                    "programs": [p.wall_s for p in m.report.programs],
+                                    "messages": [(p.op, p.program, p.messages, p.rounds) for p in m.report.programs],
                                     "rounds": {op: by_op[op].rounds for op in OP_CLASSES}, "total_s": m.report.wall_s,
                                     "total_rounds": m.report.rounds}
                 log_metrics({f"rtt_{rtt_ms:g}/probed_rtt_ms": rtt_s * 1e3, f"rtt_{rtt_ms:g}/total_s": m.report.wall_s,
@@ -71,40 +72,27 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
     return _report(cfg, measured)
 
 
-def fit_rounds(base: list[tuple[float, dict[str, int]]], delayed: list[tuple[float, dict[str, int]]],
-               rtt_s: float) -> dict[str, float]:
-    """Rounds per execution of each pphlo op: least squares over programs of
-    ``(t_delayed − t_base) / rtt = Σ_op executions · rounds_op``, negative solutions dropped
-    (the op refitted without them). The same programs run in the same order at both RTTs."""
-    if [c for _, c in base] != [c for _, c in delayed]:
-        raise ValueError("the two runs executed different programs; cannot fit rounds per op")
-    ops = sorted({op for _, counts in base for op in counts})
-    a = np.array([[counts.get(op, 0) for op in ops] for _, counts in base], dtype=float)
-    y = np.array([(d - b) / rtt_s for (b, _), (d, _) in zip(base, delayed)])
-    keep = list(range(len(ops)))
-    while keep:
-        sol, *_ = np.linalg.lstsq(a[:, keep], y, rcond=None)
-        if (sol >= 0).all():
-            return {ops[k]: float(v) for k, v in zip(keep, sol)}
-        keep = [k for k, v in zip(keep, sol) if v >= 0]
-    return {}
-
-
-def _rounds_table(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> tuple[str, dict[str, float]]:
-    """Fitted rounds per pphlo op at the largest RTT, beside ``ROUNDS_PER_OP``."""
-    from protocols.meter import DEFAULT_ROUNDS, ROUNDS_PER_OP
-
+def _calibration(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """Rounds implied per program at the largest RTT against party 0's send actions: the factor
+    ``protocols.meter.ROUNDS_PER_SEND_ACTION`` estimates (least squares through 0, R²), per op class too."""
     rtt_ms = max(cfg.rtts_ms)
     base, got = measured[0.0], measured[rtt_ms]
-    fitted = fit_rounds(base["programs"], got["programs"], got["rtt_s"] - base["rtt_s"])
-    executions: dict[str, int] = {}
-    for _, counts in base["programs"]:
-        for op, k in counts.items():
-            executions[op] = executions.get(op, 0) + k
-    rows = [[op, executions[op], ROUNDS_PER_OP.get(op, DEFAULT_ROUNDS), f"{fitted.get(op, 0.0):.1f}"] for op in sorted(executions)]
-    return (f"Rounds per execution fitted at {rtt_ms:g} ms over the {len(base['programs'])} programs:\n\n"
-            + markdown(rows, ["pphlo op", "executions", "ROUNDS_PER_OP", "fitted"]) + "\n",
-            {f"fitted_rounds/{op}": v for op, v in fitted.items()})
+    rtt = got["rtt_s"] - base["rtt_s"]
+    if [m[1] for m in base["messages"]] != [m[1] for m in got["messages"]]:
+        raise ValueError("the runs at RTT 0 and at the largest RTT executed different programs")
+    implied = (np.array(got["programs"]) - np.array(base["programs"])) / rtt
+    sends = np.array([float(m[2][0]) for m in base["messages"]])
+    classes = [m[0] for m in base["messages"]]
+    scale = float(sends @ implied / (sends @ sends))
+    resid = implied - scale * sends
+    r2 = 1.0 - float(resid @ resid) / float(((implied - implied.mean()) ** 2).sum())
+    rows = [[op, f"{sends[[c == op for c in classes]].sum():.0f}", f"{implied[[c == op for c in classes]].sum():.0f}",
+             f"{implied[[c == op for c in classes]].sum() / max(sends[[c == op for c in classes]].sum(), 1):.2f}"]
+            for op in OP_CLASSES if op in classes]
+    text = (f"Rounds per send action at {rtt_ms:g} ms over the {len(classes)} programs: **{scale:.3f}** (R² {r2:.3f}; "
+            f"the meter uses {ROUNDS_PER_SEND_ACTION}):\n\n"
+            + markdown(rows, ["op class", "party-0 send actions", "implied rounds", "rounds per send action"]) + "\n")
+    return text, {"calibration/rounds_per_send_action": scale, "calibration/r2": r2}
 
 
 def _report(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> BenchResult:
@@ -129,12 +117,12 @@ def _report(cfg: LinkBench, measured: dict[float, dict[str, Any]]) -> BenchResul
     headers = ["op class", "s at RTT 0", "rounds (estimate)"]
     for rtt_ms in cfg.rtts_ms:
         headers += [f"measured s @{rtt_ms:g} ms", f"modelled s @{rtt_ms:g} ms", f"implied rounds @{rtt_ms:g} ms"]
-    rounds_text, fitted = _rounds_table(cfg, measured)
+    rounds_text, fitted = _calibration(cfg, measured)
     metrics.update(fitted)
     probes = ", ".join(f"{r:g} ms → {m['rtt_s'] * 1e3:.2f} ms" for r, m in measured.items())
     text = (f"{cfg.protocol}, {cfg.shape.value} shape × {cfg.layers} layers, {cfg.tokens} tokens, method {cfg.method}; "
             f"parties as daemons, their link through a delaying relay per direction (configured RTT → probed: {probes}); "
             "measured end to end at each RTT, modelled = measured at RTT 0 + estimated rounds × added RTT\n\n"
             + markdown(rows, headers) + "\n\n" + rounds_text)
-    records = [{"rtt_ms": r, **{k: v for k, v in m.items() if k != "programs"}} for r, m in measured.items()]
+    records = [{"rtt_ms": r, **m} for r, m in measured.items()]
     return BenchResult(text, metrics, records)

@@ -256,9 +256,8 @@ class SecureSession(Session):
         wall = time.perf_counter() - start
         ops, (sent, recv, send_actions, recv_actions) = parse_profile(profile)
         self.meter.record(ProgramCost(op=op, layer=layer, wall_s=wall, sent=(sent, recv),
-                                      messages=(send_actions, recv_actions), rounds=estimate_rounds(ops),
+                                      messages=(send_actions, recv_actions), rounds=estimate_rounds(send_actions),
                                       pphlo_sent={k: v[1] + v[2] for k, v in ops.items()}, program=fn.__qualname__,
-                                      pphlo_counts={k: v[0] for k, v in ops.items() if v[1] or v[2]},
                                       kernels=parse_kernels(profile)))
         for name, meta in zip(outputs, program.outputs):
             self._meta[name] = meta

@@ -39,7 +39,7 @@ def test_parse_profile_and_rounds() -> None:
                               "send actions 9, recv actions 9\n" + LOG)
     assert link == (140, 160, 4, 4)
     assert ops["pphlo.less"] == (2, 100, 100, 3, 3) and ops["pphlo.dot"] == (1, 40, 60, 1, 1)
-    assert estimate_rounds(ops) == 2 * 7 + 1 * 2  # add does not communicate
+    assert estimate_rounds(link[2]) == 2 and estimate_rounds(7) == 4   # 0.5 rounds per send action, rounded
     with pytest.raises(RuntimeError, match="enable_pphlo_profile"):
         parse_profile("no profile here")
 
