@@ -51,8 +51,13 @@ def test_party_death_fails_the_stage_cleanly(compose_cfg, monkeypatch, kill_at):
 
 def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch, tmp_path):
     """secure_eval against two party daemons (each loading its own data; SEMI2K, so the peer's
-    shares are relayed): FINISHED with the same schedule as in-process parties; with the server's
-    daemon killed the stage fails within 60 s with the party named and a FAILED run."""
+    shares are relayed): FINISHED with the same schedule as in-process parties, the coordinator
+    opening neither the checkpoint nor the dev rows during the two-party run; a wrong key and a
+    killed server daemon each fail the stage within 60 s, the party named, the run FAILED."""
+    import sys
+    from pathlib import Path
+
+    from pipeline.tasks import glue
     from protocols.parties import free_ports
     from protocols.remote import local_parties, new_authkey
 
@@ -63,19 +68,45 @@ def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch
     local = compose_cfg(*base, "protocol.transport=threads")
     tracker = Tracker(local)
     runner.run_stages(local, tracker, (Stage.prepare, Stage.finetune, Stage.search, Stage.secure_eval), [])
-    remote = compose_cfg(*base, "protocol.transport=remote", f"protocol.parties=[{c0},{c1}]",
-                         f"protocol.authkey_file={key}", "protocol.connect_timeout_s=5", "tracking.resume=false")
+    remote = [*base, "protocol.transport=remote", f"protocol.parties=[{c0},{c1}]", "protocol.connect_timeout_s=5",
+              "tracking.resume=false"]
+    opened: list[str] = []
+    watching: list[str] = []
+    original = glue._secure_step
+
+    def audited(ctx, method, checkpoint, manifest, n):
+        watching[:] = [str(Path(checkpoint).resolve()), str(Path(manifest.splits["dev"]).resolve())]
+        try:
+            return original(ctx, method, checkpoint, manifest, n)
+        finally:
+            watching.clear()
+
+    def hook(event, args):
+        if watching and event == "open" and isinstance(args[0], (str, Path)):
+            path = str(Path(args[0]).resolve())
+            opened.extend(path for w in watching if path.startswith(w))
+
+    sys.addaudithook(hook)
+    monkeypatch.setattr(glue, "_secure_step", audited)
     with local_parties(key, [c0, c1], [l0, l1], log_dir=tmp_path) as procs:
-        runner.run_stages(remote, Tracker(remote), (Stage.secure_eval,), [])
+        cfg = compose_cfg(*remote, f"protocol.authkey_file={key}")
+        runner.run_stages(cfg, Tracker(cfg), (Stage.secure_eval,), [])
+        assert opened == []
+        wrong = compose_cfg(*remote, f"protocol.authkey_file={new_authkey(tmp_path / 'wrong')}")
+        start = time.monotonic()
+        with pytest.raises(PartyFailure, match="refused the control-channel key"):
+            runner.run_stages(wrong, Tracker(wrong), (Stage.secure_eval,), [])
+        assert time.monotonic() - start < 60
         procs[1].kill()
         procs[1].wait()
         start = time.monotonic()
         with pytest.raises(PartyFailure, match=f"party at {c1} unreachable"):
-            runner.run_stages(remote, Tracker(remote), (Stage.secure_eval,), [])
+            runner.run_stages(cfg, Tracker(cfg), (Stage.secure_eval,), [])
         assert time.monotonic() - start < 60
-    runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'method'", order_by=["attributes.start_time"])
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "FAILED"]
-    threads, daemons = runs[0].data, runs[1].data
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'secure_eval'", order_by=["attributes.start_time"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
+    methods = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'method'", order_by=["attributes.start_time"])
+    threads, daemons = methods[0].data, methods[1].data
     assert "daemon loads its own data" in daemons.tags["data_held_by"]
     assert daemons.metrics["agree/secure"] == 100.0
     for name in ("kept_tokens/layer_1", "acc/secure", "comm_mb/total"):
