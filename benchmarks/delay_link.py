@@ -4,80 +4,97 @@ is packaged in the registries reachable here (toxiproxy is in neither Debian's, 
 
     with delayed_links([("127.0.0.1:9400", "127.0.0.1:9200")], delay_s=0.02): ...
 
-Each direction of each connection is read as it arrives, stamped, and written ``delay`` later in
-order (TCP_NODELAY both sides): a propagation delay, no bandwidth limit (use ``tc tbf`` for that).
-Event-loop timers round short delays up to about a millisecond: measure the RTT the relay really
-adds (``probe_rtt``) and use that figure, not the configured one.
+Each direction of each connection has a reader thread that stamps what arrives and a writer
+thread that sends it ``delay`` later, in order (TCP_NODELAY both sides; ``time.sleep`` has
+sub-millisecond resolution): a propagation delay, no bandwidth limit (use ``tc tbf`` for that).
+Scheduling on a loaded machine adds jitter: measure the RTT the relay really adds
+(``probe_rtt``) and use that figure, not the configured one.
 """
 from __future__ import annotations
 
-import asyncio
 import multiprocessing as mp
+import queue
 import socket
+import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from protocols.spec import parse_address
 
 
-def _nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _connect(address: str) -> socket.socket:
+    sock = socket.create_connection(parse_address(address))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+def _pump(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
+    """Copy ``src`` → ``dst``, each chunk written ``delay_s`` after it was read; shut down at EOF."""
+    pending: queue.Queue[tuple[float, bytes]] = queue.Queue()
 
-    async def read() -> None:
-        while data := await reader.read(1 << 16):
-            queue.put_nowait((loop.time() + delay_s, data))
-        queue.put_nowait((0.0, b""))
-
-    async def write() -> None:
+    def write() -> None:
         while True:
-            due, data = await queue.get()
+            due, data = pending.get()
             if not data:
-                writer.close()
-                return
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            writer.write(data)
-            await writer.drain()
+                break
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (dst, src):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
-    await asyncio.gather(read(), write())
-
-
-async def relay(listen: str, target: str, delay_s: float) -> None:
-    """Serve forever: each connection to ``listen`` is relayed to ``target`` with the delay."""
-    host, port = parse_address(target)
-
-    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    while True:
         try:
-            target_r, target_w = await asyncio.open_connection(host, port)
+            data = src.recv(1 << 16)
+        except OSError:
+            data = b""
+        pending.put((time.perf_counter() + delay_s, data))
+        if not data:
+            break
+    writer.join()
+
+
+def _serve(listen: str, target: Optional[str], delay_s: float) -> None:
+    """Accept on ``listen``: relay each connection to ``target`` (or echo it, ``target`` None)."""
+    server = socket.create_server(parse_address(listen))
+    while True:
+        client, _ = server.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if target is None:
+            threading.Thread(target=_pump, args=(client, client, 0.0), daemon=True).start()
+            continue
+        try:
+            upstream = _connect(target)
         except OSError:          # target not up (yet): drop the client, as a refused connection would
-            client_w.close()
-            return
-        for w in (client_w, target_w):
-            _nodelay(w)
-        try:
-            await asyncio.gather(_pump(client_r, target_w, delay_s), _pump(target_r, client_w, delay_s))
-        except (ConnectionError, OSError):
-            for w in (client_w, target_w):
-                w.close()
+            client.close()
+            continue
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pump, args=(a, b, delay_s), daemon=True).start()
 
-    server = await asyncio.start_server(handle, *parse_address(listen))
-    async with server:
-        await server.serve_forever()
+
+def _run(pairs: Sequence[tuple[str, str]], delay_s: float, echo: Optional[str]) -> None:
+    servers = [threading.Thread(target=_serve, args=(listen, target, delay_s), daemon=True) for listen, target in pairs]
+    if echo:
+        servers.append(threading.Thread(target=_serve, args=(echo, None, 0.0), daemon=True))
+    for t in servers:
+        t.start()
+    for t in servers:
+        t.join()
 
 
 def probe_rtt(address: str, count: int = 20) -> float:
     """Median round trip (seconds) of one byte through a relay to an echo server at its target."""
     samples = []
-    with socket.create_connection(parse_address(address)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with _connect(address) as sock:
         for _ in range(count):
             t0 = time.perf_counter()
             sock.sendall(b"x")
@@ -86,34 +103,14 @@ def probe_rtt(address: str, count: int = 20) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    _nodelay(writer)
-    while data := await reader.read(1 << 16):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
-
-
-async def _serve_all(pairs: Sequence[tuple[str, str]], delay_s: float, echo: str | None) -> None:
-    tasks = [relay(listen, target, delay_s) for listen, target in pairs]
-    if echo:
-        server = await asyncio.start_server(_echo, *parse_address(echo))
-        tasks.append(server.serve_forever())
-    await asyncio.gather(*tasks)
-
-
-def _run(pairs: Sequence[tuple[str, str]], delay_s: float, echo: str | None) -> None:
-    asyncio.run(_serve_all(pairs, delay_s, echo))
-
-
 @contextmanager
-def delayed_links(pairs: Sequence[tuple[str, str]], delay_s: float, echo: str | None = None) -> Iterator[None]:
+def delayed_links(pairs: Sequence[tuple[str, str]], delay_s: float, echo: Optional[str] = None) -> Iterator[None]:
     """Relays ``listen → target`` for each pair, each direction delayed by ``delay_s``, in one
     helper process (and an echo server at ``echo`` to probe them); stopped on exit."""
     proc = mp.get_context("spawn").Process(target=_run, args=(list(pairs), delay_s, echo), daemon=True)
     proc.start()
     try:
-        for listen, _ in pairs:
+        for listen in [listen for listen, _ in pairs] + ([echo] if echo else []):
             deadline = time.monotonic() + 30
             while True:
                 try:
