@@ -62,7 +62,7 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
                 by_op = m.report.by_op()
                 measured[rtt_ms] = {"rtt_s": rtt_s, "s": {op: by_op[op].wall_s for op in OP_CLASSES},
                                     "programs": [p.wall_s for p in m.report.programs],
-                                    "messages": [(p.op, p.program, p.messages, p.rounds) for p in m.report.programs],
+                                    "messages": [(p.op, p.program, p.messages) for p in m.report.programs],
                                     "rounds": {op: by_op[op].rounds for op in OP_CLASSES}, "total_s": m.report.wall_s,
                                     "total_rounds": m.report.rounds}
                 log_metrics({f"rtt_{rtt_ms:g}/probed_rtt_ms": rtt_s * 1e3, f"rtt_{rtt_ms:g}/total_s": m.report.wall_s,

@@ -4,9 +4,12 @@ Both expose ``set_var(name, shares)``, ``get_var(name) -> shares``, ``delete(nam
 ``run(executable) -> party 0's SPU profile text`` and ``close()``. Party 0 runs with
 ``enable_pphlo_profile`` so the meter can read SPU's own per-op byte counts.
 
-Processes: one spawned process per party, linked by brpc on free 127.0.0.1 ports, driven
-over pipes. A party that dies, raises or exceeds ``recv_timeout_s`` makes every call
-raise ``PartyFailure`` at once; both processes are then killed and reaped.
+Threads hold both parties in this process. ``ConnectedParties`` drive each party's
+``PartyRuntime`` over one ``Connection``: ``ProcessParties`` spawn them locally (brpc on free
+127.0.0.1 ports, pipes), ``protocols.remote.RemoteParties`` reach daemons on any hosts; both
+also let each party load and share its own data (``provide``). A party that dies, raises or
+exceeds ``recv_timeout_s`` makes every call raise ``PartyFailure`` at once; local processes
+are then killed and reaped.
 """
 from __future__ import annotations
 
@@ -55,6 +58,19 @@ def process_log() -> Path:
             libspu.logging.setup_logging(opts)
             _PROCESS_LOG = path
         return _PROCESS_LOG
+
+
+def make_shares(io: Any, value: Any, owner_rank: Optional[int]) -> tuple[Any, list[Any]]:
+    """``value`` as an array fit for SPU (float64 → float32) and its shares from ``io``: private to
+    party ``owner_rank`` (``Priv2k``, where the runtime config enables it) or, with None, secret-shared."""
+    import numpy as np
+    import spu.libspu as libspu
+
+    arr = np.asarray(value)
+    arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+    if owner_rank is None:
+        return arr, io.make_shares(arr, libspu.Visibility.VIS_SECRET)
+    return arr, io.make_shares(arr, libspu.Visibility.VIS_SECRET, owner_rank=owner_rank)
 
 
 def _link_desc(spec: SessionSpec, hosts: list[str]) -> Any:
@@ -127,17 +143,11 @@ class PartyRuntime:
         import spu.libspu as libspu
         from spu import api
 
-        self.rank, self._libspu = rank, libspu
+        self.rank = rank
         self._tail = LogTail(process_log())
         self.link = libspu.link.create_brpc(_link_desc(spec, hosts), rank)
         self.rt = api.Runtime(self.link, spec.runtime_config(rank == 0))
         self._io = api.Io(spec.world_size, spec.runtime_config(False))
-
-    def _shares(self, value: Any, owner_rank: Optional[int]) -> list[Any]:
-        secret = self._libspu.Visibility.VIS_SECRET
-        if owner_rank is None:
-            return self._io.make_shares(value, secret)
-        return self._io.make_shares(value, secret, owner_rank=owner_rank)
 
     def handle(self, cmd: str, arg: Any) -> Any:
         """Execute one command; raises on an unknown one."""
@@ -161,9 +171,8 @@ class PartyRuntime:
             request, private = arg
             provided = request.load()
             metas, peer = [], {}
-            for name, value in provided.values.items():
-                value = np.asarray(value, np.float32) if np.asarray(value).dtype == np.float64 else np.asarray(value)
-                shares = self._shares(value, self.rank if private else None)
+            for name, raw in provided.values.items():
+                value, shares = make_shares(self._io, raw, self.rank if private else None)
                 self.rt.set_var(name, shares[self.rank])
                 metas.append((name, tuple(value.shape), str(value.dtype)))
                 if not private:
@@ -174,7 +183,7 @@ class PartyRuntime:
         elif cmd == "placeholder":
             metas, owner_rank = arg
             for name, shape, dtype in metas:
-                self.rt.set_var(name, self._shares(np.zeros(shape, dtype), owner_rank)[self.rank])
+                self.rt.set_var(name, make_shares(self._io, np.zeros(shape, dtype), owner_rank)[1][self.rank])
         else:
             raise ValueError(f"unknown command {cmd!r}")
         return None

@@ -80,7 +80,7 @@ def local_parties(authkey_file: Path, control: Sequence[str], link: Sequence[str
                   bind: Optional[Sequence[str]] = None) -> Iterator[list[subprocess.Popen]]:
     """Two party daemons on this machine (each ``ip netns exec <ns>`` when ``netns`` is given),
     listening on ``control[r]`` with SPU link ``link[r]`` (bound at ``bind[r]`` when given); killed on exit."""
-    procs = []
+    procs, logs = [], []
     try:
         for rank in range(len(control)):
             cmd = [sys.executable, "-m", "protocols.party", "--rank", str(rank), "--listen", control[rank],
@@ -89,10 +89,15 @@ def local_parties(authkey_file: Path, control: Sequence[str], link: Sequence[str
                 cmd += ["--link-bind", bind[rank]]
             if netns:
                 cmd = ["ip", "netns", "exec", netns[rank], *cmd]
-            out = open(log_dir / f"party{rank}.log", "w") if log_dir else subprocess.DEVNULL
+            out: Any = subprocess.DEVNULL
+            if log_dir:
+                out = open(log_dir / f"party{rank}.log", "w")  # closed in finally
+                logs.append(out)
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]))
         yield procs
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=10)
+        for fh in logs:
+            fh.close()

@@ -134,13 +134,12 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     kept, beyond the declared leakage) carries each token's original index through every
     compaction and opens it after each layer (``SecureResult.kept_positions``).
     """
-    pruning.check_layers(spec.layers)
     check_method(spec, pruning.method)
     client, sizes = client_inputs(spec, weights, examples, trace_positions)
-    for name, value in client.items():
-        session.share(name, value, owner="client")
-    for name, value in server_inputs(spec, weights, pruning).items():
-        session.share(name, value, owner="server")
+    server = server_inputs(spec, weights, pruning)          # checks the thresholds per layer
+    for owner, values in (("client", client), ("server", server)):
+        for name, value in values.items():
+            session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
                    trace_positions=trace_positions)
 
@@ -229,15 +228,19 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                          batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
 
 
+def _chunks(count: int, batch_size: int) -> list[range]:
+    """Indices ``0..count-1`` in consecutive batches of ``batch_size`` (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
 def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray],
                      examples: Sequence[Example], pruning: PruningSpec = PruningSpec(), *, batch_size: int = 1,
                      last_only: bool = False) -> Iterator[tuple[range, list[SecureResult], CostReport]]:
     """``run_batch`` over ``examples`` in batches of ``batch_size``: yields each batch's example
     indices, per-example results and the batch's own cost (``CostMeter.measure``)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    for start in range(0, len(examples), batch_size):
-        chunk = range(start, min(start + batch_size, len(examples)))
+    for chunk in _chunks(len(examples), batch_size):
         with session.meter.measure() as m:
             results = run_batch(session, spec, weights, [examples[i] for i in chunk], pruning, last_only=last_only)
         yield chunk, results, m.report
@@ -249,11 +252,9 @@ def evaluate_owned(session: Session, spec: TransformerSpec, server: Any, client:
     (``server``: a ``protocols.provision.ServerRequest``), the client's party each batch's
     (``client(chunk)``: a ``ClientRequest``); yields each batch's indices, per-example results, the
     batch's cost and the client request's public part (token counts, the client's labels)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    chunks = _chunks(count, batch_size)
     session.provide("server", server)
-    for start in range(0, count, batch_size):
-        chunk = range(start, min(start + batch_size, count))
+    for chunk in chunks:
         public = session.provide("client", client(chunk))
         with session.meter.measure() as m:
             results = forward(session, spec, tuple(public["sizes"]), method)

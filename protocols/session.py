@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_kernels, parse_profile
-from protocols.parties import ProcessParties, ThreadParties, process_log
+from protocols.parties import ProcessParties, ThreadParties, make_shares, process_log
 from protocols.spec import OWNER_RANK, OWNERS, PartyFailure, SessionSpec
 
 Static = Optional[dict[str, Any] | tuple[Any, ...]]
@@ -91,7 +91,7 @@ class Session:
     def provide(self, owner: str, request: Any) -> dict[str, Any]:
         """Bring ``owner``'s inputs named by ``request`` (``protocols.provision``) into the session;
         returns the request's public part. Here the request is loaded by this process and shared;
-        a session whose parties load their own data (``transport=remote``) overrides it."""
+        a session whose parties load their own data (transports ``processes``, ``remote``) overrides it."""
         provided = request.load()
         for name, value in provided.values.items():
             self.share(name, value, owner)
@@ -192,17 +192,9 @@ class SecureSession(Session):
             self._parties = ThreadParties(spec) if spec.transport == "threads" else ProcessParties(spec)
 
     def share(self, name: str, value: np.ndarray, owner: str) -> None:
-        import spu.libspu as libspu
-
         if owner not in OWNERS:
             raise ValueError(f"owner={owner!r}: expected one of {list(OWNERS)}")
-        arr = np.asarray(value)
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        if self.spec.keeps_private(owner):
-            shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET, owner_rank=OWNER_RANK[owner])
-        else:
-            shares = self._io.make_shares(arr, libspu.Visibility.VIS_SECRET)
+        arr, shares = make_shares(self._io, value, OWNER_RANK[owner] if self.spec.keeps_private(owner) else None)
         self._parties.set_var(name, shares)
         self._meta[name] = (arr.shape, arr.dtype)
         self.ownership[name] = self.spec.ownership_of(owner)

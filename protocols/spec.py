@@ -6,6 +6,7 @@ and the session both import it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from models.approx import FIXED_POINT, RING_BITS
@@ -44,7 +45,7 @@ def read_authkey(path: Optional[str]) -> bytes:
 
     if path:
         try:
-            key = open(path, "rb").read().strip()
+            key = Path(path).read_bytes().strip()
         except OSError as err:
             raise ValueError(f"authkey file {path!r}: {err.strerror}") from err
         source = f"authkey file {path!r}"

@@ -131,13 +131,9 @@ def test_process_parties_load_their_own_data(owned, monkeypatch) -> None:
     _check_against_reference(results, owned, "prune_reduce")
 
 
-def _ports(n: int) -> list[int]:
-    return parties_mod.free_ports(n)
-
-
 def test_remote_daemons_authenticated_and_own_data(owned, tmp_path, monkeypatch) -> None:
     key = new_authkey(tmp_path / "key")
-    c0, c1, l0, l1 = (f"127.0.0.1:{p}" for p in _ports(4))
+    c0, c1, l0, l1 = (f"127.0.0.1:{p}" for p in parties_mod.free_ports(4))
     spec = SessionSpec("CHEETAH", transport="remote", parties=(c0, c1), authkey_file=str(key), recv_timeout_s=120.0)
     with local_parties(key, [c0, c1], [l0, l1], log_dir=tmp_path) as procs:
         audit = _Audit(monkeypatch, [owned["ckpt"], owned["data"]])
@@ -168,7 +164,7 @@ def test_remote_daemons_authenticated_and_own_data(owned, tmp_path, monkeypatch)
 
 def test_unreachable_party_fails_within_the_connect_timeout(tmp_path) -> None:
     key = new_authkey(tmp_path / "key")
-    c0, c1 = (f"127.0.0.1:{p}" for p in _ports(2))
+    c0, c1 = (f"127.0.0.1:{p}" for p in parties_mod.free_ports(2))
     t0 = time.monotonic()
     with pytest.raises(PartyFailure, match=f"party at {c0} unreachable"):
         TwoPartySession(SessionSpec("CHEETAH", transport="remote", parties=(c0, c1), authkey_file=str(key),
