@@ -226,7 +226,7 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
     from models.weights import load_checkpoint, to_numpy_weights
     from protocols.model_spec import TransformerSpec
 
-    ckpt = ctx.tracker.download(run_id, "checkpoint")
+    ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")   # read in place from a local store
     model, _ = load_checkpoint(ckpt)
     spec = TransformerSpec.from_hf_config(json.loads((ckpt / "config.json").read_text()))
     return model, spec, to_numpy_weights(model)

@@ -1,5 +1,6 @@
-"""The delaying relay really delays: a round trip through it to an echo server takes the
-configured RTT (both directions), not more than timer slack."""
+"""The delaying relay really delays: a round trip through it to an echo server takes at least the
+configured RTT (both directions; no relay can be faster than its delay) and less than twice it
+(each byte delayed once per direction, not twice)."""
 from __future__ import annotations
 
 from benchmarks.delay_link import delayed_links, probe_rtt
@@ -12,5 +13,5 @@ def test_relay_adds_the_configured_round_trip() -> None:
         direct = probe_rtt(relay)
     with delayed_links([(relay, echo)], delay_s=0.02, echo=echo):
         delayed = probe_rtt(relay)
-    assert 0.040 <= delayed - direct < 0.050      # 2 × 20 ms, plus at most a few ms of event-loop slack
+    assert 0.040 <= delayed - direct < 0.080      # 2 × 20 ms; a double delay per direction would be 80 ms
     assert direct < 0.01
