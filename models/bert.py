@@ -8,8 +8,12 @@ State-dict names and shapes equal Hugging Face ``BertForSequenceClassification``
 Pruning follows docs/ARCHITECTURE.md with a "present" mask ``p`` (no physical removal):
 layer l's attention keys are masked by ``attention_mask ∧ p``, the importance score
 ``S_i = (1/(H·n_l)) Σ_h Σ_j A_h[j, i]`` averages over present query rows ``j`` only and
-``p ← p ∧ M`` after the attention block. ``mask_mode="soft"`` replaces ``M`` by the LTP soft
-mask ``σ((S − θ_l)/T)`` (accumulated product; hidden states are multiplied by it).
+``p ← p ∧ M`` after the attention block. The thresholds compare with ``S_i`` (criterion
+``absolute``) or with ``c_l·S_i`` (``relative``), ``c_l = Σ_i p_i·a_i`` the real tokens entering
+layer l (``models.thresholds``). ``mask_mode="soft"`` replaces ``M`` by the LTP soft mask
+``σ((S − θ_l)/T)`` (accumulated product; hidden states are multiplied by it) and, for
+``prune_reduce``, the high/low choice by ``σ((S − β_l)/T)``: each kept token's GELU (and next
+layer's exp) is that mix of the high- and low-degree forms, so β_l learns by gradient too.
 """
 from __future__ import annotations
 
@@ -31,13 +35,16 @@ class PruneOutput:
     present after layer l's prune (they run layer l's FFN and enter layer l+1; layer 0
     receives the padded length ``n_0``); for soft masks it is the soft count.
     ``keep_ratio``: ``[L]`` mean over the batch of ``Σ_i p_i·a_i / Σ_i a_i`` (``a`` = attention
-    mask; differentiable in soft mode). ``scores``: per-layer ``[B, n]`` importance scores.
+    mask; differentiable in soft mode). ``scores``: per-layer ``[B, n]`` importance scores ``S``.
+    ``high_ratio``: ``[L]`` mean over the batch of the high group's share of the kept real tokens
+    (``prune_reduce``; soft weights in soft mode, differentiable in β; zeros otherwise).
     """
 
     logits: torch.Tensor
     kept_tokens: torch.Tensor
     keep_ratio: torch.Tensor
     scores: list[torch.Tensor]
+    high_ratio: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- masks
@@ -82,7 +89,8 @@ def soft_prune_mask(
     scores: torch.Tensor, theta: torch.Tensor, temperature: float, attention_mask: torch.Tensor,
     cls_index: int = 0,
 ) -> torch.Tensor:
-    """LTP soft mask ``σ((S − θ)/T) · attention_mask`` ``[B, n]``, [CLS] = 1."""
+    """LTP soft mask ``σ((S − θ)/T) · attention_mask`` ``[B, n]``, [CLS] = 1 (also Π_reduce's soft
+    high-group weight, with β for θ and the kept mask for ``attention_mask``)."""
     m = torch.sigmoid((scores - theta) / temperature) * attention_mask.to(scores.dtype)
     cls = torch.zeros_like(m)
     cls[:, cls_index] = 1.0
@@ -196,12 +204,22 @@ class _Bert(nn.Module):
 
 
 class Thresholds(nn.Module):
-    """Per-layer pruning thresholds ``theta`` (learnable) and reduce thresholds ``beta``, ``[L]``."""
+    """Per-layer pruning thresholds ``theta`` (learnable) and reduce thresholds ``beta`` (learnable
+    when training switches it on: ``prune_reduce``'s soft phase), ``[L]``, and the ``criterion``
+    they compare with."""
 
-    def __init__(self, layers: int) -> None:
+    def __init__(self, layers: int, criterion: str = "absolute") -> None:
         super().__init__()
         self.theta = nn.Parameter(torch.zeros(layers))
         self.beta = nn.Parameter(torch.zeros(layers), requires_grad=False)
+        self.criterion = criterion
+
+    def decision_scores(self, scores: torch.Tensor, entering: torch.Tensor) -> torch.Tensor:
+        """What θ/β compare with: ``S`` (absolute) or ``c·S`` (relative), ``entering`` ``[B, n]`` the
+        present real tokens (``c = Σ entering``, no gradient: a count)."""
+        if self.criterion == "absolute":
+            return scores
+        return scores * entering.detach().sum(dim=1, keepdim=True)
 
 
 class BertClassifier(nn.Module):
@@ -259,34 +277,46 @@ class BertClassifier(nn.Module):
         h = self.bert.embeddings(input_ids, tt, o)
         present = torch.ones(B, n, device=h.device)
         exp_low: torch.Tensor | None = None
-        kept, ratios, all_scores = [], [], []
+        kept, ratios, highs, all_scores = [], [], [], []
         theta, beta = self.pruning.theta, self.pruning.beta
         for l, layer in enumerate(self.bert.encoder.layer):
             h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low)
             s = importance_scores(probs, present)
             all_scores.append(s)
+            d = self.pruning.decision_scores(s, am * present)
             gelu_low: torch.Tensor | None = None
+            high_share = torch.zeros((), device=h.device)
             if method in ("prune", "prune_reduce"):
                 if mask_mode == "soft":
-                    present = present * soft_prune_mask(s, theta[l], temperature, am)
+                    present = present * soft_prune_mask(d, theta[l], temperature, am)
                     h = h * present.unsqueeze(-1)
+                    if method == "prune_reduce":
+                        weight = soft_prune_mask(d, beta[l], temperature, present)
+                        gelu_low = exp_low = 1.0 - weight
+                        high_share = _share(weight * present * am, present * am)
                 else:
-                    hard = hard_prune_mask(s.detach(), theta[l].detach(), am * present).float() * present.detach()
+                    hard = hard_prune_mask(d.detach(), theta[l].detach(), am * present).float() * present.detach()
                     if straight_through:
-                        soft = present * soft_prune_mask(s, theta[l], temperature, am)
+                        soft = present * soft_prune_mask(d, theta[l], temperature, am)
                         present = hard + (soft - soft.detach())
                         h = h * present.unsqueeze(-1)
                     else:
                         present = hard
                     if method == "prune_reduce":
-                        high = reduce_high_mask(s.detach(), beta[l].detach(), hard)
-                        gelu_low = hard.bool() & ~high
-                        exp_low = gelu_low
+                        high = reduce_high_mask(d.detach(), beta[l].detach(), hard)
+                        gelu_low = exp_low = hard.bool() & ~high
+                        high_share = _share(high.float() * am, hard * am)
             elif method == "bolt_we" and l == 0:
                 present = present * bolt_we_mask(s).float()
             kept.append(present.sum(dim=1))
-            ratios.append(((present * am).sum(dim=1) / am.sum(dim=1).clamp_min(1)).mean())
+            ratios.append(_share(present * am, am))
+            highs.append(high_share)
             h = layer.ffn(h, o, gelu_low)
         pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
         logits = self.classifier(self.dropout(pooled))
-        return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores)
+        return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores, torch.stack(highs))
+
+
+def _share(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``Σ_i part / Σ_i whole`` (``[B, n]`` each) → scalar."""
+    return (part.sum(dim=1) / whole.sum(dim=1).clamp_min(1e-9)).mean()

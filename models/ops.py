@@ -57,15 +57,23 @@ def gelu(
     """GELU of ``x`` ``[..., n, d]``.
 
     Emulated: ``0.5x + P(|x|)`` on ``|x| < clip`` else ``relu`` with ``GELU_HIGH``; rows where
-    ``low_rows`` ``[..., n]`` (bool) is true use ``GELU_LOW`` (Π_reduce). Exact: torch GELU
-    (``exact_kind="erf"`` for BERT, ``"tanh"`` for GPT-2's ``gelu_new``).
+    ``low_rows`` ``[..., n]`` (bool) is true use ``GELU_LOW`` (Π_reduce); a float ``low_rows`` in
+    [0, 1] mixes the two forms by that weight (Π_reduce's soft mask in training). Exact: torch
+    GELU (``exact_kind="erf"`` for BERT, ``"tanh"`` for GPT-2's ``gelu_new``).
     """
     if ops.mode == "exact":
         return F.gelu(x, approximate="tanh" if exact_kind == "tanh" else "none")
     y = _gelu_poly(x, GELU_HIGH)
     if low_rows is not None:
-        y = torch.where(low_rows.unsqueeze(-1), _gelu_poly(x, GELU_LOW), y)
+        y = _low_mix(y, _gelu_poly(x, GELU_LOW), low_rows.unsqueeze(-1))
     return _fxp(y, ops)
+
+
+def _low_mix(high: torch.Tensor, low: torch.Tensor, low_rows: torch.Tensor) -> torch.Tensor:
+    """``low`` where the (broadcast) ``low_rows`` is true, or ``high + w·(low − high)`` for a float weight ``w``."""
+    if low_rows.dtype == torch.bool:
+        return torch.where(low_rows, low, high)
+    return high + low_rows * (low - high)
 
 
 def exp_approx(x: torch.Tensor, approx: ExpApprox) -> torch.Tensor:
@@ -92,7 +100,8 @@ def softmax(
 
     ``bias`` (broadcastable, e.g. ``[B, 1, 1, n]``) is added first (``ATTENTION_MASK_BIAS`` for
     masked keys). Emulated: subtract the row max, BOLT exp (``EXP_HIGH``; query rows with
-    ``low_rows`` ``[B, n]`` true use ``EXP_LOW``), divide by the row sum.
+    ``low_rows`` ``[B, n]`` true use ``EXP_LOW``, float weights mix them as in :func:`gelu`),
+    divide by the row sum.
     """
     if bias is not None:
         scores = scores + bias
@@ -101,7 +110,7 @@ def softmax(
     x = scores - scores.amax(dim=-1, keepdim=True).detach()
     e = exp_approx(x, EXP_HIGH)
     if low_rows is not None:
-        e = torch.where(low_rows[:, None, :, None], exp_approx(x, EXP_LOW), e)
+        e = _low_mix(e, exp_approx(x, EXP_LOW), low_rows[:, None, :, None])
     e = _fxp(e, ops)
     return _fxp(e / e.sum(dim=-1, keepdim=True), ops)
 

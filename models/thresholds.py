@@ -2,7 +2,17 @@
 ``pareto_front`` and ``select_thresholds``.
 
 Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
-"temperature": float, "lambda": float}`` with ``0 ≤ θ_l ≤ 1`` and ``β_l ≥ θ_l``.
+"temperature": float, "lambda": float, "criterion": "absolute" | "relative"}`` with ``β_l ≥ θ_l``.
+
+``criterion`` says what θ and β are compared with (``CRITERIA``):
+
+* ``absolute`` (the paper's): the importance score ``S_i`` itself, ``0 ≤ θ_l ≤ 1``. Attention rows
+  sum to 1, so real tokens' scores average ``1/c`` with ``c`` the real tokens entering the layer:
+  the same θ prunes far more of a long input than of a short one.
+* ``relative``: ``c·S_i``, the score relative to uniform attention (mean 1 whatever the length),
+  ``θ_l ≥ 0``. A θ learned at one length means the same at another.
+
+Files written before the field existed have no ``criterion``: they are ``absolute``.
 """
 from __future__ import annotations
 
@@ -11,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+CRITERIA = ("absolute", "relative")
 
 
 @dataclass
@@ -21,11 +33,13 @@ class ThresholdsArtifact:
     beta: list[float]
     temperature: float = 1e-3
     lambda_: float = 0.0
+    criterion: str = "absolute"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON dict with the contract's keys (``lambda``, not ``lambda_``)."""
         return {"theta": [float(x) for x in self.theta], "beta": [float(x) for x in self.beta],
-                "temperature": float(self.temperature), "lambda": float(self.lambda_)}
+                "temperature": float(self.temperature), "lambda": float(self.lambda_),
+                "criterion": self.criterion}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], layers: int | None = None) -> "ThresholdsArtifact":
@@ -34,21 +48,25 @@ class ThresholdsArtifact:
         if missing:
             raise ValueError(f"thresholds: missing key(s) {missing}; got keys {sorted(d)}")
         a = cls([float(x) for x in d["theta"]], [float(x) for x in d["beta"]],
-                float(d["temperature"]), float(d["lambda"]))
+                float(d["temperature"]), float(d["lambda"]), str(d.get("criterion", "absolute")))
         validate_thresholds(a, layers)
         return a
 
 
 def validate_thresholds(a: ThresholdsArtifact, layers: int | None = None) -> None:
-    """Raise ``ValueError`` naming the offending layer unless ``0 ≤ θ ≤ 1``, ``β ≥ θ``, finite,
-    ``len(θ) == len(β) == layers`` (when given) and ``temperature > 0``."""
+    """Raise ``ValueError`` naming the offending value unless ``criterion`` is one of ``CRITERIA``,
+    ``0 ≤ θ ≤ 1`` (absolute) or ``θ ≥ 0`` (relative), ``β ≥ θ``, finite, ``len(θ) == len(β) ==
+    layers`` (when given) and ``temperature > 0``."""
+    if a.criterion not in CRITERIA:
+        raise ValueError(f"thresholds: criterion={a.criterion!r}; expected one of {list(CRITERIA)}")
+    top = 1.0 if a.criterion == "absolute" else math.inf
     if len(a.theta) != len(a.beta):
         raise ValueError(f"thresholds: len(theta)={len(a.theta)} != len(beta)={len(a.beta)}")
     if layers is not None and len(a.theta) != layers:
         raise ValueError(f"thresholds: {len(a.theta)} values but the model has {layers} layers")
     for l, (t, b) in enumerate(zip(a.theta, a.beta)):
-        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-            raise ValueError(f"thresholds: theta[{l}]={t} outside [0, 1]")
+        if not (math.isfinite(t) and 0.0 <= t <= top):
+            raise ValueError(f"thresholds: theta[{l}]={t} outside [0, {top:g}] ({a.criterion} criterion)")
         if not (math.isfinite(b) and b >= t):
             raise ValueError(f"thresholds: beta[{l}]={b} < theta[{l}]={t} (need beta >= theta)")
     if not (a.temperature > 0):

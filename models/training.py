@@ -1,14 +1,19 @@
 """Crypto-aware fine-tuning (LTP-style, two phases) and hard-mask evaluation.
 
-Phase (a), soft masks: ``loss = task + λ · mean_l keep_ratio_l`` with thresholds θ trained
-at their own (larger) learning rate and temperature ``T``. Phase (b), hard masks: θ frozen,
-straight-through gradients for the model. ``method="none"`` is the unpruned baseline.
+Phase (a), soft masks: ``loss = task + λ · mean_l keep_ratio_l (+ λ_β · mean_l high_ratio_l)``
+with thresholds θ (and, for ``prune_reduce``, β) trained at their own (larger) learning rate and
+temperature ``T``. Phase (b), hard masks: thresholds frozen, straight-through gradients for the
+model. ``method="none"`` is the unpruned baseline; :func:`continue_unpruned` trains it on for as
+many steps as a candidate's two phases, so that a candidate and the baseline it is compared
+with have had the same training budget. Model selection (early stopping, best checkpoint) uses
+the split passed as ``val_ds``, carved from train: the dev split is for the final report only.
+Training runs with the ops of ``ops_mode`` (``emulated``: the secure run's GELU/exp/rsqrt forms
+of ``models.approx``; ``fixed_point`` rounds to its fixed-point format too).
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,9 +40,11 @@ class FinetuneConfig:
 
     ``method``: none (baseline) | prune | prune_reduce. ``epochs``/``hard_epochs`` may be
     fractional; ``max_steps``/``hard_max_steps`` cap each phase. ``patience``: evaluations
-    without dev improvement before stopping (None: never). ``theta_quantile``: θ_l is
-    initialised to the ``theta_quantile·(l+1)/L`` quantile of real-token scores.
-    ``beta_factor``: after training β_l = max(θ_l, beta_factor·θ_l).
+    without validation improvement before stopping (None: never). ``theta_quantile``: θ_l is
+    initialised to the ``theta_quantile·(l+1)/L`` quantile of real-token decision scores
+    (``criterion``: ``absolute`` S or ``relative`` c·S, see ``models.thresholds``).
+    ``beta_factor``: β_l starts at ``beta_factor·θ_l``; ``prune_reduce`` learns it in the soft
+    phase with penalty ``beta_lambda`` on the high group's share, ``prune`` keeps that start.
     """
 
     epochs: float = 1.0
@@ -47,7 +54,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     lambda_: float = 0.1
-    temperature: float = 1e-3
+    temperature: float = 0.05  # in units of the criterion's scores (relative: mean 1)
     hard_epochs: float = 0.25
     hard_lr: float | None = None
     method: str = "prune"
@@ -61,6 +68,8 @@ class FinetuneConfig:
     eval_batch_size: int = 128
     theta_quantile: float = 0.3
     beta_factor: float = 2.0
+    beta_lambda: float = 0.05
+    criterion: str = "relative"
     trim_padding: bool = True
     grad_clip: float = 1.0
     progress: bool = True
@@ -141,46 +150,67 @@ def evaluate(
 
 @torch.no_grad()
 def init_thresholds(model: BertClassifier, ds: Any, quantile: float, n_examples: int = 256) -> None:
-    """θ_l ← the ``quantile·(l+1)/L`` quantile of real-token scores (unpruned model) on up to
-    ``n_examples`` examples; β_l ← θ_l."""
+    """θ_l ← the ``quantile·(l+1)/L`` quantile of real-token decision scores (unpruned model, the
+    model's criterion) on up to ``n_examples`` examples; β_l ← θ_l."""
     model.eval()
     b = ds[: min(n_examples, len(ds))]
     out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method="none")
-    am = b["attention_mask"].bool().clone()
+    real = b["attention_mask"].float()
+    am = real.bool().clone()
     am[:, 0] = False
     L = len(out.scores)
     for l, s in enumerate(out.scores):
         q = quantile * (l + 1) / L
-        model.pruning.theta.data[l] = float(torch.quantile(s[am].float(), q)) if q > 0 else 0.0
+        d = model.pruning.decision_scores(s, real)
+        model.pruning.theta.data[l] = float(torch.quantile(d[am].float(), q)) if q > 0 else 0.0
     model.pruning.beta.data.copy_(model.pruning.theta.data)
 
 
-def _run_phase(
-    model: BertClassifier, train_ds: Any, dev_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
-    log: LogFn | None, step0: int, history: list[dict[str, float]],
-) -> int:
-    """One phase: ``base`` (no pruning), ``soft`` or ``hard``; returns the global step."""
+PHASES = ("base", "continue", "soft", "hard")
+
+
+def phase_steps(cfg: FinetuneConfig, batches_per_epoch: int, phase: str) -> int:
+    """Optimizer steps of ``phase`` (``PHASES``) for ``batches_per_epoch`` batches of training data:
+    ``ceil(epochs · batches)`` capped by the phase's max steps; ``continue`` takes as many as a
+    candidate's ``soft`` and ``hard`` phases together (the unpruned baseline's extra budget)."""
+    if phase == "continue":
+        return phase_steps(cfg, batches_per_epoch, "soft") + phase_steps(cfg, batches_per_epoch, "hard")
     epochs = cfg.hard_epochs if phase == "hard" else cfg.epochs
     cap = cfg.hard_max_steps if phase == "hard" else cfg.max_steps
-    g = torch.Generator().manual_seed(cfg.seed + {"base": 0, "soft": 1, "hard": 2}[phase])
+    if epochs <= 0:
+        return 0
+    total = max(1, math.ceil(epochs * batches_per_epoch))
+    return total if cap is None else min(total, cap)
+
+
+def _run_phase(
+    model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
+    log: LogFn | None, step0: int, history: list[dict[str, float]],
+) -> int:
+    """One phase of ``PHASES``: ``base``/``continue`` (no pruning; the best validation checkpoint
+    is restored), ``soft`` or ``hard``; returns the global step."""
+    g = torch.Generator().manual_seed(cfg.seed + PHASES.index(phase))
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
-    total = max(1, math.ceil(epochs * len(loader)))
-    if cap is not None:
-        total = min(total, cap)
-    if total <= 0 or epochs <= 0:
+    total = phase_steps(cfg, len(loader), phase)
+    if total <= 0:
         return step0
+    unpruned = phase in ("base", "continue")
+    learn_beta = phase == "soft" and cfg.method == "prune_reduce"
     decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim <= 1]
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0}]
     model.pruning.theta.requires_grad_(phase == "soft")
+    model.pruning.beta.requires_grad_(learn_beta)
     if phase == "soft":
-        groups.append({"params": [model.pruning.theta], "weight_decay": 0.0, "lr": cfg.threshold_lr})
+        thresholds = [model.pruning.theta] + ([model.pruning.beta] if learn_beta else [])
+        groups.append({"params": thresholds, "weight_decay": 0.0, "lr": cfg.threshold_lr})
     lr = (cfg.hard_lr or cfg.lr) if phase == "hard" else cfg.lr
     opt = torch.optim.AdamW(groups, lr=lr)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) if phase != "hard" else 0, total)
-    method = "none" if phase == "base" else cfg.method
+    method = "none" if unpruned else cfg.method
+    top = 1.0 if model.pruning.criterion == "absolute" else None
     every = cfg.eval_every or len(loader)
     best, best_state, bad, step = -math.inf, None, 0, 0
     bar = tqdm(total=total, desc=f"{phase}", disable=not cfg.progress)
@@ -192,8 +222,10 @@ def _run_phase(
                         mask_mode="soft" if phase == "soft" else "hard", temperature=cfg.temperature,
                         straight_through=phase == "hard")
             task_loss = _task_loss(out.logits, b["label"])
-            ratio = out.keep_ratio.mean()
-            loss = task_loss + (cfg.lambda_ * ratio if phase == "soft" else 0.0)
+            ratio, high = out.keep_ratio.mean(), out.high_ratio.mean()
+            loss = task_loss
+            if phase == "soft":
+                loss = loss + cfg.lambda_ * ratio + (cfg.beta_lambda * high if learn_beta else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(
@@ -201,22 +233,22 @@ def _run_phase(
             opt.step()
             sched.step()
             with torch.no_grad():
-                model.pruning.theta.clamp_(0.0, 1.0)
+                model.pruning.theta.clamp_(0.0, top)
+                model.pruning.beta.copy_(torch.maximum(model.pruning.beta, model.pruning.theta))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{task_loss.item():.3f}", keep=f"{ratio.item():.2f}")
             if log is not None and step % 10 == 0:
-                log({f"train/{phase}_loss": task_loss.item(), f"train/{phase}_keep_ratio": ratio.item()},
-                    step0 + step)
+                log({f"train/{phase}_loss": task_loss.item(), f"train/{phase}_keep_ratio": ratio.item(),
+                     f"train/{phase}_high_ratio": high.item()}, step0 + step)
             if step % every == 0 or step == total:
-                ev = evaluate(model, dev_ds, task, method, cfg.eval_batch_size)
-                rec = {"step": float(step0 + step), **ev.flat()}
-                history.append(rec)
+                ev = evaluate(model, val_ds, task, method, cfg.eval_batch_size)
+                history.append({"step": float(step0 + step), **ev.flat("val/")})
                 if log is not None:
-                    log(ev.flat(), step0 + step)
+                    log(ev.flat("val/"), step0 + step)
                 if ev.metrics["metric"] > best:
                     best, bad = ev.metrics["metric"], 0
-                    if phase == "base":
+                    if unpruned:
                         best_state = copy.deepcopy(model.state_dict())
                 else:
                     bad += 1
@@ -228,92 +260,52 @@ def _run_phase(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.pruning.theta.requires_grad_(False)
+    model.pruning.beta.requires_grad_(False)
     return step0 + step
 
 
 def finetune(
-    model: BertClassifier, train_ds: Any, dev_ds: Any, task: str, cfg: FinetuneConfig,
+    model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig,
     log_metrics: LogFn | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` in place on tokenised splits; returns the final hard-mask eval.
+    """Fine-tune ``model`` in place on tokenised splits; returns the final hard-mask evaluation
+    on ``val_ds`` (the validation split, not the reported dev split).
 
-    ``cfg.method == "none"``: plain fine-tuning (best dev checkpoint restored). Otherwise:
-    θ initialised from scores (:func:`init_thresholds`), soft phase (``cfg.epochs``), then
-    hard straight-through phase (``cfg.hard_epochs``), then β = max(θ, beta_factor·θ).
+    ``cfg.method == "none"``: plain fine-tuning (best validation checkpoint restored). Otherwise:
+    the model's criterion set to ``cfg.criterion``, θ initialised from scores
+    (:func:`init_thresholds`), β at ``beta_factor·θ``, soft phase (``cfg.epochs``; β learned too
+    for ``prune_reduce``), then the hard straight-through phase (``cfg.hard_epochs``).
     """
     set_seed(cfg.seed)
     model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     if cfg.method == "none":
-        _run_phase(model, train_ds, dev_ds, task, cfg, "base", log_metrics, 0, history)
+        _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
     elif cfg.method in ("prune", "prune_reduce"):
+        model.pruning.criterion = cfg.criterion
         init_thresholds(model, train_ds, cfg.theta_quantile)
-        s = _run_phase(model, train_ds, dev_ds, task, cfg, "soft", log_metrics, 0, history)
         with torch.no_grad():
             model.pruning.beta.copy_(model.pruning.theta * max(cfg.beta_factor, 1.0))
-        _run_phase(model, train_ds, dev_ds, task, cfg, "hard", log_metrics, s, history)
+        s = _run_phase(model, train_ds, val_ds, task, cfg, "soft", log_metrics, 0, history)
+        _run_phase(model, train_ds, val_ds, task, cfg, "hard", log_metrics, s, history)
     else:
         raise ValueError(f"finetune: method must be none, prune or prune_reduce, got {cfg.method!r}")
-    ev = evaluate(model, dev_ds, task, cfg.method, cfg.eval_batch_size)
+    ev = evaluate(model, val_ds, task, cfg.method, cfg.eval_batch_size)
     th = get_thresholds(model, cfg.temperature, cfg.lambda_)
     return FinetuneResult(ev, th, history)
 
 
-def run_glue_experiment(
-    task: str, ckpt_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-    glue_dir: str | os.PathLike[str] | None = None, max_length: int = 64,
-    max_train: int | None = None, base_cfg: FinetuneConfig | None = None,
-    prune_cfg: FinetuneConfig | None = None, lambdas: tuple[float, ...] = (0.05, 0.2, 0.5),
-    cache_dir: str | None = None, log_metrics: LogFn | None = None,
-) -> dict[str, Any]:
-    """Baseline fine-tune (reused from ``out_dir/baseline`` if present), BOLT-WE eval of it,
-    then one pruning fine-tune per λ starting from the baseline. Writes checkpoints under
-    ``out_dir/<run>/`` and ``out_dir/results.json`` (updated after every run); returns it."""
-    import json
-    from dataclasses import asdict, replace
-
-    from models.data import get_task, load_glue
-    from models.weights import load_checkpoint, load_hf_bert, save_checkpoint
-
-    os.makedirs(out_dir, exist_ok=True)
-    data = load_glue(task, ckpt_dir, glue_dir, max_length, cache_dir=cache_dir, max_train=max_train)
-    base_cfg = base_cfg or FinetuneConfig(method="none")
-    prune_cfg = prune_cfg or FinetuneConfig(method="prune")
-    res_path = os.path.join(out_dir, "results.json")
-    results: dict[str, Any] = json.load(open(res_path)) if os.path.exists(res_path) else {}
-    results["setup"] = {"task": task, "ckpt": str(ckpt_dir), "glue_dir": str(glue_dir), "max_length": max_length,
-                        "n_train": len(data["train"]), "n_dev": len(data["dev"]),
-                        "base_cfg": asdict(base_cfg), "prune_cfg": asdict(prune_cfg)}
-
-    def dump() -> None:
-        with open(res_path, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-
-    bdir = os.path.join(out_dir, "baseline")
-    if os.path.exists(os.path.join(bdir, "model.safetensors")):
-        base, _ = load_checkpoint(bdir)
-    else:
-        base, rep = load_hf_bert(ckpt_dir, num_labels=get_task(task).num_labels)
-        results["port_report"] = str(rep)
-        r = finetune(base, data["train"], data["dev"], task, base_cfg, log_metrics)
-        save_checkpoint(base, bdir, tokenizer_dir=ckpt_dir)
-        results["baseline_history"] = r.history
-    results["baseline"] = evaluate(base, data["dev"], task, "none").flat()
-    results["bolt_we"] = evaluate(base, data["dev"], task, "bolt_we").flat()
-    results["baseline/emulated"] = evaluate(base, data["dev"], task, "none", ops_cfg=OpsConfig("emulated")).flat()
-    dump()
-    for lam in lambdas:
-        m = copy.deepcopy(base)
-        cfg = replace(prune_cfg, lambda_=lam)
-        r = finetune(m, data["train"], data["dev"], task, cfg, log_metrics)
-        name = f"{cfg.method}_lambda{lam:g}"
-        save_checkpoint(m, os.path.join(out_dir, name), r.thresholds, tokenizer_dir=ckpt_dir)
-        results[name] = {**r.eval.flat(), "thresholds": r.thresholds.to_dict(),
-                         "history": r.history}
-        results[name + "/emulated"] = evaluate(m, data["dev"], task, cfg.method,
-                                               ops_cfg=OpsConfig("emulated")).flat()
-        if cfg.method == "prune":
-            results[name + "/as_prune_reduce"] = evaluate(m, data["dev"], task, "prune_reduce",
-                                                          ops_cfg=OpsConfig("emulated")).flat()
-        dump()
-    return results
+def continue_unpruned(
+    model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig,
+    log_metrics: LogFn | None = None, step0: int = 0,
+) -> FinetuneResult:
+    """Train the unpruned ``model`` on for a candidate's budget (``cfg`` is the candidates'
+    config: ``phase_steps(cfg, ·, "continue")`` steps at ``cfg.lr``, no pruning, best validation
+    checkpoint restored); returns its evaluation on ``val_ds``. The baseline every pruned
+    candidate is compared with has then trained as many steps as the candidate."""
+    set_seed(cfg.seed)
+    model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
+    history: list[dict[str, float]] = []
+    _run_phase(model, train_ds, val_ds, task, cfg, "continue", log_metrics, step0, history)
+    ev = evaluate(model, val_ds, task, "none", cfg.eval_batch_size)
+    return FinetuneResult(ev, get_thresholds(model, cfg.temperature, 0.0), history)

@@ -104,17 +104,19 @@ def load_hf_bert(
 
 
 def set_thresholds(model: BertClassifier, a: ThresholdsArtifact) -> None:
-    """Copy ``a.theta`` / ``a.beta`` into ``model.pruning``."""
+    """Copy ``a.theta`` / ``a.beta`` and ``a.criterion`` into ``model.pruning``."""
     with torch.no_grad():
         model.pruning.theta.copy_(torch.tensor(a.theta))
         model.pruning.beta.copy_(torch.tensor(a.beta))
+    model.pruning.criterion = a.criterion
 
 
 def get_thresholds(model: BertClassifier, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:
-    """Artifact from ``model.pruning`` (θ clipped to [0, 1], β raised to ≥ θ)."""
-    th = model.pruning.theta.detach().clamp(0, 1)
+    """Artifact from ``model.pruning`` (θ clipped to ≥ 0, and ≤ 1 for the absolute criterion; β raised to ≥ θ)."""
+    criterion = model.pruning.criterion
+    th = model.pruning.theta.detach().clamp(0, 1 if criterion == "absolute" else None)
     be = torch.maximum(model.pruning.beta.detach(), th)
-    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_)
+    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_, criterion)
 
 
 def to_numpy_weights(model: nn.Module) -> dict[str, np.ndarray]:

@@ -146,20 +146,38 @@ def _as_flat(probs: jnp.ndarray, layout: Optional[Layout], heads: Optional[int])
 
 
 def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, layout: Optional[Layout] = None,
-               heads: Optional[int] = None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+               heads: Optional[int] = None, relative: bool = False,
+               all_valid: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Π_prune's scores and mask: ``R`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
     ``probs`` flat (a batch) or ``[H, n, n]`` (one input).
-    Cost: ``total`` comparisons. Reveals: nothing (the runner reveals ``k``)."""
+
+    ``relative`` (the length-aware criterion, ``c·S > θ``): ``R`` is scaled by each input's count
+    ``c`` of valid rows entering the layer, so the same comparison ``R > θ·H·n`` decides
+    ``c·S > θ``. With ``all_valid`` (every row is a real token: any layer after a Π_prune, which
+    drops padding) ``c = n`` is public and the scaling exact; otherwise ``c = Σ valid`` is the
+    client's secret count and ``R·c`` one secret product per row (a fixed-point truncation:
+    scores within an ulp of θ may fall either way).
+    Cost: ``total`` comparisons (+ ``total`` products when ``relative`` and not ``all_valid``).
+    Reveals: nothing (the runner reveals ``k``)."""
     probs, layout, heads = _as_flat(probs, layout, heads)
     r = received_rows(probs, layout, heads)
+    if relative:
+        r = r * (layout.row_scale(1) if all_valid else _row_counts(valid, layout))
     m, k = _above(r, theta[0], valid, layout, heads)
     return r, m, k
 
 
+def _row_counts(valid: jnp.ndarray, layout: Layout) -> jnp.ndarray:
+    """``[total]``: on each row of input b, ``Σ valid`` over input b's rows (local sums and copies)."""
+    sums = segment_sums(valid, layout)
+    return jnp.concatenate([jnp.broadcast_to(sums[b], (n,)) for b, n in enumerate(layout.sizes)])
+
+
 def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *, layout: Layout,
                 heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Π_reduce's grouping ``high = [S > β] ∧ M`` ``[total]`` and ``k_high`` ``[B]``
-    (``layout`` as entering the layer). Cost: ``total`` comparisons."""
+    """Π_reduce's grouping ``high = [S > β] ∧ M`` ``[total]`` and ``k_high`` ``[B]`` (``received`` as
+    ``prune_step`` returns it, so β compares with what θ did: S or c·S; ``layout`` as entering the
+    layer). Cost: ``total`` comparisons."""
     return _above(received, beta[0], keep, layout, heads)
 
 

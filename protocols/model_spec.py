@@ -5,11 +5,13 @@ torch; ``PruningSpec`` carries the per-layer thresholds of ``thresholds.json``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from models.approx import LAYERNORM_EPS
 from models.config import PRUNE_METHODS, hf_shape
+from models.thresholds import CRITERIA
 
 
 @dataclass(frozen=True)
@@ -52,30 +54,36 @@ class TransformerSpec:
 
 @dataclass(frozen=True)
 class PruningSpec:
-    """``method`` ∈ none | bolt_we | prune | prune_reduce; ``theta``/``beta`` one per layer.
+    """``method`` ∈ none | bolt_we | prune | prune_reduce; ``theta``/``beta`` one per layer;
+    ``criterion`` (``absolute``: θ compares with the score S; ``relative``: with c·S, c the real
+    tokens entering the layer; ``models.thresholds``).
 
     ``none`` and ``bolt_we`` ignore the thresholds (they may be empty). For ``prune`` and
-    ``prune_reduce`` both tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` and
-    ``β_l ≥ θ_l`` (β is unused by ``prune``).
+    ``prune_reduce`` both tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` (absolute) or
+    ``θ_l ≥ 0`` (relative) and ``β_l ≥ θ_l`` (β is unused by ``prune``).
     """
 
     method: str = "none"
     theta: tuple[float, ...] = ()
     beta: tuple[float, ...] = ()
+    criterion: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.method not in PRUNE_METHODS:
             raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(PRUNE_METHODS)}")
         object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"PruningSpec.criterion={self.criterion!r}: expected one of {list(CRITERIA)}")
+        top = 1.0 if self.criterion == "absolute" else math.inf
         if self.method in ("prune", "prune_reduce"):
             if not self.beta:
                 object.__setattr__(self, "beta", self.theta)
             if len(self.theta) != len(self.beta):
                 raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} != len(beta)={len(self.beta)}")
             for l, (t, b) in enumerate(zip(self.theta, self.beta)):
-                if not 0.0 <= t <= 1.0:
-                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected 0 <= theta <= 1")
+                if not 0.0 <= t <= top:
+                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected 0 <= theta <= {top:g} ({self.criterion} criterion)")
                 if b < t:
                     raise ValueError(f"PruningSpec.beta[{l}]={b} < theta[{l}]={t}: expected beta >= theta")
 
@@ -86,5 +94,6 @@ class PruningSpec:
 
     @classmethod
     def from_thresholds(cls, method: str, thresholds: Mapping[str, Any]) -> "PruningSpec":
-        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists)."""
-        return cls(method, tuple(thresholds.get("theta", ())), tuple(thresholds.get("beta", ())))
+        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists, ``criterion``: absolute if absent)."""
+        return cls(method, tuple(thresholds.get("theta", ())), tuple(thresholds.get("beta", ())),
+                   str(thresholds.get("criterion", "absolute")))

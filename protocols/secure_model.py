@@ -42,7 +42,8 @@ class SecureResult:
     ``kept_per_layer[l]``: tokens after layer l's pruning (= tokens of layer l's FFN).
     ``entering_per_layer[l]``: tokens entering layer l (layer 0 = padded length).
     ``high_per_layer[l]``: Π_reduce's k_high at layer l, else None.
-    ``scores``: importance scores per layer (plaintext runs only; empty for secure runs).
+    ``scores``: per layer the scores the thresholds compare with, S (absolute criterion) or c·S
+    (relative; BOLT WE and unpruned layers: S) (plaintext runs only; empty for secure runs).
     ``kept_positions[l]``: original indices of the tokens after layer l, in their new order
     (plaintext runs, and secure runs with ``trace_positions``; else empty).
     ``cost``: the meter's report of the session so far (for a batch: the whole batch's,
@@ -76,10 +77,11 @@ def _select(s: Session, fn: Any, inputs: list[str], *, op: str, layer: int, stat
 
 
 def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
-                 scores_out: list[list[np.ndarray]], trace: bool = False) -> Layout:
+                 scores_out: list[list[np.ndarray]], trace: bool = False, criterion: str = "absolute") -> Layout:
     """Prune ``h``/``valid`` after layer l's attention block; returns the layout after it
     (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
-    one the attention ran with (its groups order the flat ``A``)."""
+    one the attention ran with (its groups order the flat ``A``). ``criterion``: what θ/β compare
+    with (``PruningSpec``); after layer 0's Π_prune every row is a real token (padding dropped)."""
     st = {"layout": layout, "heads": heads}
     if method == "bolt_we":
         s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static=st)
@@ -90,7 +92,8 @@ def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, re
                 static={"layout": layout, "keep": keep}, trace=trace)
         s.delete("S")
         return Layout(keep)
-    s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l, static=st)
+    s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l,
+          static={**st, "relative": criterion == "relative", "all_valid": l > 0})
     if record:
         _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads))
     k = tuple(_counts(s, "k", "kept count", l))
@@ -141,7 +144,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
         for name, value in values.items():
             session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
-                   trace_positions=trace_positions)
+                   trace_positions=trace_positions, criterion=pruning.criterion)
 
 
 def check_method(spec: TransformerSpec, method: str) -> None:
@@ -151,10 +154,11 @@ def check_method(spec: TransformerSpec, method: str) -> None:
 
 
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
-            record_scores: bool = False, trace_positions: bool = False) -> list[SecureResult]:
+            record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute") -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
-    (``protocols.provision``). Reveals only the declared counts and the logits (to the client)."""
+    (``protocols.provision``), compared by ``criterion`` (public: it fixes the programs, not a
+    value). Reveals only the declared counts and the logits (to the client)."""
     check_method(spec, method)
     s = session
     layout = Layout(sizes)
@@ -187,7 +191,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
         if method in ("prune", "prune_reduce") or (method == "bolt_we" and l == 0):
-            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions)
+            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions, criterion)
         else:
             if record_scores:
                 s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static=st)
@@ -247,17 +251,19 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 
 
 def evaluate_owned(session: Session, spec: TransformerSpec, server: Any, client: Callable[[range], Any], count: int,
-                   method: str, *, batch_size: int = 1) -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
+                   method: str, *, batch_size: int = 1,
+                   criterion: str = "absolute") -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
     """The owner-held counterpart of ``evaluate_batches``: the server's party provides its inputs once
     (``server``: a ``protocols.provision.ServerRequest``), the client's party each batch's
     (``client(chunk)``: a ``ClientRequest``); yields each batch's indices, per-example results, the
-    batch's cost and the client request's public part (token counts, the client's labels)."""
+    batch's cost and the client request's public part (token counts, the client's labels).
+    ``criterion``: the thresholds' (``PruningSpec``), public."""
     chunks = _chunks(count, batch_size)
     session.provide("server", server)
     for chunk in chunks:
         public = session.provide("client", client(chunk))
         with session.meter.measure() as m:
-            results = forward(session, spec, tuple(public["sizes"]), method)
+            results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion)
         yield chunk, results, m.report, public
 
 

@@ -175,3 +175,50 @@ def test_prune_reduce_and_soft_modes() -> None:
     assert torch.all(st.kept_tokens == st.kept_tokens.round())
     st.logits.sum().backward()
     assert m.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_soft_reduce_learns_beta_and_matches_hard_limit() -> None:
+    """Π_reduce's soft high/low mix carries a gradient to β (in proportion to the high share's
+    penalty and the task loss); at a tiny temperature it equals the hard Π_reduce forward."""
+    _, m = _hf_pair()
+    m.ops_cfg = OpsConfig("emulated")
+    ids, am, tt = _inputs()
+    with torch.no_grad():
+        m.pruning.theta.fill_(0.02)
+        m.pruning.beta.fill_(0.09)
+    m.pruning.beta.requires_grad_(True)
+    soft = m(ids, am, tt, method="prune_reduce", mask_mode="soft", temperature=2e-2)
+    assert 0 < float(soft.high_ratio.detach().min()) and float(soft.high_ratio.detach().max()) < 1
+    soft.high_ratio.mean().backward()
+    assert m.pruning.beta.grad is not None and float(m.pruning.beta.grad.sum()) < 0  # raising β shrinks the high group
+    with torch.no_grad():
+        hard = m(ids, am, tt, method="prune_reduce")
+        sharp = m(ids, am, tt, method="prune_reduce", mask_mode="soft", temperature=1e-7)
+    assert torch.allclose(sharp.logits, hard.logits, atol=1e-4)
+    assert torch.allclose(sharp.high_ratio, hard.high_ratio, atol=1e-4)
+    assert 0 < float(hard.high_ratio.min()) and float(hard.high_ratio.max()) < 1
+
+
+def test_relative_criterion_is_length_invariant() -> None:
+    """With uniform attention every real token gets S = 1/c: the absolute criterion's decisions
+    depend on the length c, the relative one's (c·S = 1) do not."""
+    _, m = _hf_pair()
+    with torch.no_grad():
+        for layer in m.bert.encoder.layer:            # zero Q/K: every row attends uniformly to the real keys
+            layer.attention.self.query.weight.zero_()
+            layer.attention.self.query.bias.zero_()
+    ids = torch.randint(5, 100, (2, 40), generator=torch.Generator().manual_seed(3))
+    am = torch.zeros(2, 40, dtype=torch.long)
+    am[0, :8], am[1, :32] = 1, 1                      # 8 and 32 real tokens
+    tt = torch.zeros_like(ids)
+    with torch.no_grad():
+        scores = m(ids, am, tt, method="none").scores[0]
+        real = am.float()
+        m.pruning.criterion = "relative"
+        relative = m.pruning.decision_scores(scores, real)
+        assert torch.allclose(relative[am.bool()], torch.ones(40)[: 8 + 32], atol=1e-5)
+        m.pruning.theta.fill_(0.9)
+        assert m(ids, am, tt, method="prune").kept_tokens[:, 0].tolist() == [8.0, 32.0]
+        m.pruning.criterion = "absolute"
+        m.pruning.theta.fill_(0.05)                   # between 1/32 and 1/8: the long input loses all but [CLS]
+        assert m(ids, am, tt, method="prune").kept_tokens[:, 0].tolist() == [8.0, 1.0]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer, BertTokenizerFast
 
@@ -58,18 +59,29 @@ def test_make_synthetic_spec(tmp_path: Path) -> None:
     assert BertTokenizerFast.from_pretrained(str(tok_dir)).vocab_size == tiny_bert_config().vocab_size
 
 
-def test_run_glue_experiment_smoke(tmp_path: Path) -> None:
-    import json
+def test_baseline_continues_for_the_candidates_budget(tmp_path: Path) -> None:
+    """``continue_unpruned`` trains exactly a candidate's soft + hard steps; a prune_reduce
+    candidate learns β (it moves off its start β = beta_factor·θ, and stays ≥ θ)."""
+    from models.training import continue_unpruned, phase_steps
 
-    from models.training import run_glue_experiment
-
+    torch.set_num_threads(1)
+    cand = FinetuneConfig(method="prune_reduce", epochs=0.5, hard_epochs=0.25, max_steps=4, hard_max_steps=2,
+                          batch_size=32, lr=2e-4, threshold_lr=5e-2, beta_lambda=0.5, temperature=0.05,
+                          ops_mode="emulated", eval_every=1, progress=False)
+    assert [phase_steps(cand, 10, p) for p in ("soft", "hard", "continue")] == [4, 2, 6]
+    assert phase_steps(FinetuneConfig(epochs=0.5, hard_epochs=0.25), 10, "continue") == 5 + 3
     d = write_tiny_checkpoint(tmp_path / "ck", seed=0)
-    quick = dict(batch_size=32, max_steps=3, hard_max_steps=2, progress=False)
-    r = run_glue_experiment("synthetic", d, tmp_path / "out", glue_dir=d, max_length=32, max_train=200,
-                            base_cfg=FinetuneConfig(method="none", **quick),
-                            prune_cfg=FinetuneConfig(method="prune", **quick), lambdas=(0.1,),
-                            cache_dir=str(tmp_path / "cache"))
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    for key in ("baseline", "bolt_we", "baseline/emulated", "prune_lambda0.1", "prune_lambda0.1/emulated"):
-        assert key in r and key in saved
-    assert (tmp_path / "out" / "prune_lambda0.1" / "thresholds.json").is_file()
+    data = load_glue("synthetic", d, d, max_length=32, cache_dir=str(tmp_path / "cache"), max_train=400)
+    base, _ = load_hf_bert(d)
+    finetune(base, data["train"], data["dev"], "synthetic", FinetuneConfig(method="none", max_steps=8, progress=False))
+    cont = continue_unpruned(base, data["train"], data["dev"], "synthetic", cand)
+    assert [int(h["step"]) for h in cont.history] == [1, 2, 3, 4, 5, 6]
+    start = FinetuneConfig(**{**cand.__dict__, "max_steps": 0})
+    r0 = finetune(load_hf_bert(d)[0], data["train"], data["dev"], "synthetic", start)   # no soft step: β = 2θ
+    r = finetune(load_hf_bert(d)[0], data["train"], data["dev"], "synthetic", cand)
+    assert r0.thresholds.beta == pytest.approx([2 * t for t in r0.thresholds.theta])
+    assert r.thresholds.criterion == "relative"
+    assert all(b >= t for t, b in zip(r.thresholds.theta, r.thresholds.beta))
+    # β moved by its own gradient: off its start 2·θ_init on a layer where the β ≥ θ clamp is not active
+    moved = [abs(b - 2 * t0) for t0, t, b in zip(r0.thresholds.theta, r.thresholds.theta, r.thresholds.beta) if b > t]
+    assert moved and max(moved) > 1e-3

@@ -18,8 +18,20 @@ from models.thresholds import (
 def test_roundtrip_and_keys(tmp_path) -> None:
     a = ThresholdsArtifact([0.0, 0.1], [0.2, 0.1], 1e-3, 0.1)
     p = write_thresholds(tmp_path / "thresholds.json", a)
-    assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda"}
+    assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda", "criterion"}
     assert read_thresholds(p, layers=2) == a
+
+
+def test_criterion_bounds_and_legacy_files(tmp_path) -> None:
+    relative = ThresholdsArtifact([1.5, 0.0], [2.0, 0.5], criterion="relative")  # c·S averages 1: θ > 1 is fine
+    assert read_thresholds(write_thresholds(tmp_path / "r.json", relative)) == relative
+    legacy = {"theta": [0.1], "beta": [0.2], "temperature": 1e-3, "lambda": 0.1}  # written before "criterion"
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    assert read_thresholds(tmp_path / "old.json").criterion == "absolute"
+    with pytest.raises(ValueError, match="criterion='uniform'"):
+        ThresholdsArtifact.from_dict({**legacy, "criterion": "uniform"})
+    with pytest.raises(ValueError, match=r"theta\[0\]=-0.1 outside \[0, inf\]"):
+        ThresholdsArtifact.from_dict({**legacy, "theta": [-0.1], "criterion": "relative"})
 
 
 @pytest.mark.parametrize("d,msg", [

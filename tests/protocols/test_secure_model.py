@@ -67,6 +67,32 @@ def test_secure_matches_plaintext(model: tuple, protocol: str, method: str) -> N
         assert secure.cost.by_op()["Prune"].bytes_total > 0
 
 
+@pytest.mark.parametrize("protocol", ["SEMI2K", "CHEETAH"])
+def test_relative_criterion_scales_by_the_real_tokens_entering(model: tuple, protocol: str) -> None:
+    """``relative`` compares c·S with θ, c = real tokens entering the layer: 10 at layer 0 (12 rows,
+    2 of them padding: the client's secret count), 6 at layer 1 (what layer 0 kept). So θ = (10·t0,
+    6·t1) relative must decide exactly as θ = (t0, t1) absolute on this input; the secure run (the
+    secret product R·c at layer 0, a public scaling after it) must match its plaintext twin."""
+    spec, w, specs = model
+    absolute = specs["prune_reduce"]
+    scale = (10.0, 6.0)
+    relative = PruningSpec("prune_reduce", tuple(c * t for c, t in zip(scale, absolute.theta)),
+                           tuple(c * b for c, b in zip(scale, absolute.beta)), criterion="relative")
+    plain_abs = plaintext_forward(spec, w, IDS, MASK, pruning=absolute)
+    plain = plaintext_forward(spec, w, IDS, MASK, pruning=relative)
+    assert plain.kept_per_layer == plain_abs.kept_per_layer == [6, 4]
+    assert plain.high_per_layer == plain_abs.high_per_layer == [3, 3]
+    assert np.array_equal(plain.logits, plain_abs.logits)
+    for layer, c in enumerate(scale):                        # the recorded decision scores are c·S
+        np.testing.assert_allclose(plain.scores[layer], c * plain_abs.scores[layer], rtol=1e-5)
+    with TwoPartySession(SessionSpec(protocol=protocol)) as s:
+        secure = run_forward(s, spec, w, IDS, MASK, pruning=relative, trace_positions=True)
+    _check(secure, plain)
+    with pytest.raises(ValueError, match=r"theta\[0\]=1.5: expected 0 <= theta <= 1 \(absolute"):
+        PruningSpec("prune", (1.5, 0.0))
+    assert PruningSpec("prune", (1.5, 0.0), criterion="relative").theta == (1.5, 0.0)
+
+
 def test_edge_all_pruned_and_none_pruned(model: tuple) -> None:
     spec, w, _ = model
     for pruning, kept in ((PruningSpec("prune", (1.0, 1.0)), [1, 1]), (PruningSpec("prune", (0.0, 0.0)), [10, 10])):
