@@ -2,7 +2,9 @@
 
 ``stage=all`` (default) runs prepare → finetune → search → secure_eval → report under one
 parent MLflow run; ``stage=<name>`` runs one stage, its upstream runs taken from
-``upstream.<stage>=<run id>`` or the newest FINISHED run with matching config.
+``upstream.<stage>=<run id>`` or the newest FINISHED run with matching config. With
+``sweep.objectives`` set, a job returns those metrics of its ``sweep.stage`` run to the
+sweeper (``pipeline.sweep``; e.g. ``-m hydra/sweeper=pareto``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12
     )
 
 import os
+from typing import Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import PipelineConfig, register_configs
 from pipeline.reporting import ReportDataMissing
 from pipeline.runner import run_pipeline
+from pipeline.sweep import Objective, objective_values
 from pipeline.tracking import UpstreamMissing
 from pipeline.validate import ConfigError
 from protocols.spec import PartyFailure
@@ -33,11 +37,11 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(dcfg: DictConfig) -> None:
+def main(dcfg: DictConfig) -> Optional[Objective]:
     cfg = OmegaConf.to_object(dcfg)
     assert isinstance(cfg, PipelineConfig)
     try:
-        run_pipeline(cfg)
+        return objective_values(cfg, run_pipeline(cfg))
     except USER_ERRORS as err:
         if os.environ.get("CIPHERPRUNE_DEBUG"):
             raise
