@@ -1,5 +1,6 @@
-"""GLUE data: local tsv tree (GLUE's ``glue_data`` layout) or the Hugging Face hub, tokenised
-with the checkpoint's tokenizer, cached by ``datasets``; task metrics.
+"""GLUE data (and IMDB reviews): a local tsv tree (GLUE's ``glue_data`` layout; IMDB as
+``imdb/{train,test}.tsv``) or the Hugging Face hub, tokenised with the checkpoint's tokenizer,
+cached by ``datasets``; task metrics.
 
 Raw splits have columns ``text_a`` (``text_b`` for pair tasks) and ``label``
 (int; float for STS-B). Tokenised splits add ``input_ids``, ``attention_mask``,
@@ -33,6 +34,7 @@ class TaskSpec:
     label_map: dict[str, int] | None = None
     hub_cols: tuple[str, ...] = ("sentence",)
     hub_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "validation"))
+    hub_dataset: tuple[str, ...] = ("nyu-mll/glue",)  # ``load_dataset`` path (+ config: the task name)
 
 
 _NLI = {"entailment": 0, "not_entailment": 1}
@@ -52,6 +54,11 @@ TASKS: dict[str, TaskSpec] = {
                      hub_splits=(("train", "train"), ("dev", "validation_matched"))),
     "cola": TaskSpec("cola", "CoLA", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2,
                      "accuracy", header=False, column_names=("source", "label", "original_mark", "sentence")),
+    # IMDB movie reviews (Maas et al. 2011; 25k train / 25k test, rows grouped by label: subsets are
+    # shuffled first); "dev" is the test split. Long inputs: 12-13 % exceed 400 words.
+    "imdb": TaskSpec("imdb", "imdb", {"train": "train.tsv", "dev": "test.tsv"}, ("sentence",), "label", 2,
+                     "accuracy", hub_cols=("text",), hub_splits=(("train", "train"), ("dev", "test")),
+                     hub_dataset=("stanfordnlp/imdb",)),
     # offline default task written by models.synthetic.write_synthetic_task (GLUE layout)
     "synthetic": TaskSpec("synthetic", "SYNTHETIC", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",),
                           "label", 2, "accuracy"),
@@ -59,7 +66,7 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(task: str) -> TaskSpec:
-    """Spec of ``task`` (sst2, mrpc, rte, qnli, stsb, mnli, cola); clear error otherwise."""
+    """Spec of ``task`` (sst2, mrpc, rte, qnli, stsb, mnli, cola, imdb, synthetic); clear error otherwise."""
     if task not in TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(TASKS)}")
     return TASKS[task]
@@ -91,7 +98,8 @@ def load_glue_raw(
     """Raw splits ``{"train": Dataset, "dev": Dataset}`` of ``task``.
 
     From ``glue_dir/<Folder>/<file>.tsv`` when ``glue_dir`` is given (``FileNotFoundError``
-    naming the missing file otherwise), else from the hub (``load_dataset("nyu-mll/glue", task)``; needs network).
+    naming the missing file otherwise; read with ``QUOTE_NONE``), else from the hub
+    (``load_dataset("nyu-mll/glue", task)``, IMDB ``load_dataset("stanfordnlp/imdb")``; needs network).
     """
     import datasets
 
@@ -100,8 +108,9 @@ def load_glue_raw(
     if glue_dir is None:
         hub = dict(spec.hub_splits)
         for s in splits:
-            ds = datasets.load_dataset("nyu-mll/glue", task, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
-            out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub nyu-mll/glue/{task}:{hub[s]}")
+            path = spec.hub_dataset + ((task,) if spec.hub_dataset == ("nyu-mll/glue",) else ())
+            ds = datasets.load_dataset(*path, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
+            out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub {'/'.join(path)}:{hub[s]}")
         return out
     for s in splits:
         if s not in spec.files:

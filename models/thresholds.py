@@ -120,16 +120,14 @@ def pareto_front(points: Sequence[Candidate]) -> list[Candidate]:
 
 def select_thresholds(
     candidates: Sequence[Candidate], baseline_metric: float, max_drop: float = 0.5
-) -> Candidate:
+) -> tuple[Candidate, bool]:
     """Cheapest candidate whose metric ≥ ``baseline_metric − max_drop`` (same units, e.g.
-    accuracy points); ties on cost go to the higher metric. Raises ``ValueError`` listing
-    the best metric seen when none qualifies."""
+    accuracy points); ties on cost go to the higher metric. When none qualifies, the best-metric
+    candidate (ties: cheapest). Returns ``(candidate, within_max_drop)``; ``ValueError`` only
+    when there are no candidates."""
     if not candidates:
         raise ValueError("select_thresholds: no candidates")
     ok = [c for c in candidates if c.metric >= baseline_metric - max_drop]
     if not ok:
-        best = max(candidates, key=lambda c: c.metric)
-        raise ValueError(
-            f"select_thresholds: no candidate within {max_drop} of baseline {baseline_metric}; "
-            f"best is {best.name or '?'} with metric {best.metric}")
-    return min(ok, key=lambda c: (c.cost, -c.metric))
+        return max(candidates, key=lambda c: (c.metric, -c.cost)), False
+    return min(ok, key=lambda c: (c.cost, -c.metric)), True

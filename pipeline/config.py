@@ -47,6 +47,7 @@ class Task(str, Enum):
     stsb = "stsb"
     mnli = "mnli"
     cola = "cola"
+    imdb = "imdb"
     wikitext2 = "wikitext2"
 
 
@@ -56,8 +57,13 @@ class Truncation(str, Enum):
 
 
 class Ops(str, Enum):
-    exact = "exact"
-    emulated = "emulated"
+    exact = "exact"        # ablation: exact GELU/softmax/LayerNorm in training
+    emulated = "emulated"  # crypto-aware: the secure run's approximations (models/approx.py)
+
+
+class Criterion(str, Enum):
+    absolute = "absolute"  # the paper's: S_i > θ_l
+    relative = "relative"  # length-aware: c_l·S_i > θ_l, c_l the real tokens entering layer l
 
 
 class Protocol(str, Enum):
@@ -116,7 +122,12 @@ class DataConfig:
     max_length: int = 32
     truncation: Truncation = Truncation.truncate
     train_limit: Optional[int] = None
-    dev_limit: Optional[int] = None
+    dev_limit: Optional[int] = None  # a fixed subset (shuffled with seed 0), e.g. of IMDB test
+    # validation split carved from train (before train_limit) for model selection: a
+    # ``val_fraction`` of it, at most ``val_limit`` rows, shuffled with ``split_seed``
+    val_fraction: float = 0.1
+    val_limit: Optional[int] = 1000
+    split_seed: int = 0
     # wikitext2 (causal LM): max_length is the block size; the limits count blocks
     test_limit: Optional[int] = None
     wikitext_dir: Optional[str] = None  # local WikiText-2 raw files; None: Hugging Face hub
@@ -126,13 +137,16 @@ class DataConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per (λ, T).
+    """Crypto-aware fine-tuning: unpruned baseline, then one pruned candidate per (λ, T, θ-init).
 
     Builds ``models.training.FinetuneConfig`` (GLUE) or ``models.lm.LMTrainConfig`` (LM) by field
     name (``pipeline.tasks.common.training_config``). ``epochs``/``lr`` train the baseline;
     each candidate starts from it and trains ``prune_epochs`` soft-mask epochs at
-    ``prune_lr`` (thresholds at ``threshold_lr``), then ``hard_epochs`` with hard masks.
-    Epochs may be fractional. Defaults suit the embedded tiny model.
+    ``prune_lr`` (thresholds at ``threshold_lr``), then ``hard_epochs`` with hard masks; the
+    baseline trains on unpruned for as many steps (same budget), once per (model, data, seed,
+    training settings) and reused by every candidate and sweep job. Model selection uses the
+    validation split (``data.val_fraction``). Epochs may be fractional. Defaults suit the
+    embedded tiny model.
     """
 
     epochs: float = 5.0
@@ -142,14 +156,17 @@ class FinetuneConfig:
     prune_lr: float = 2e-4
     threshold_lr: float = 2e-3
     lambdas: list[float] = field(default_factory=lambda: [0.05, 0.2])
-    temperatures: list[float] = field(default_factory=lambda: [1e-3])
+    temperatures: list[float] = field(default_factory=lambda: [0.05])
+    theta_quantiles: list[float] = field(default_factory=lambda: [0.3])
+    candidate_method: Method = Method.prune_reduce  # prune_reduce learns β too; its model serves `prune` as well
+    criterion: Criterion = Criterion.relative
+    beta_lambda: float = 0.05  # penalty on the high group's share (Π_reduce), beside λ on the kept share
     hard_epochs: float = 0.5
     ops: Ops = Ops.emulated
     fixed_point: bool = False
     patience: Optional[int] = 2
     max_steps: Optional[int] = None
-    theta_quantile: float = 0.3
-    beta_factor: float = 2.0
+    beta_factor: float = 2.0  # β starts at beta_factor·θ
     seed: int = 0
     torch_threads: int = 1  # intra-op threads; >1 pays off only for large models on an idle machine
     # wikitext2 (causal LM): steps = max_steps or epochs · train blocks / batch_size
@@ -219,6 +236,17 @@ class UpstreamConfig:
 
 
 @dataclass
+class SweepConfig:
+    """What one sweep trial returns to the sweeper (e.g. ``hydra/sweeper=pareto``, Optuna):
+    the metrics ``objectives`` (names as logged) of the run of ``stage`` this job produced or
+    reused, a float for one objective, a list for several (in the sweeper's ``direction`` order).
+    Empty: the job returns nothing (grids with Hydra's basic sweeper)."""
+
+    stage: Stage = Stage.finetune
+    objectives: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PathsConfig:
     root: str = str(PROJECT_ROOT)
     outputs: str = str(PROJECT_ROOT / "outputs")
@@ -236,6 +264,7 @@ class PipelineConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     benchmark: Any = None  # ``benchmark=<name>``: one of ``benchmarks.configs.BENCHMARKS``
 

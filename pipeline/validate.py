@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 from models.approx import RING_BITS
-from pipeline.config import Family, Method, PipelineConfig, Stage, Task
+from pipeline.config import CHAIN, Family, Method, PipelineConfig, Stage, Task
 
 GLUE_FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "stsb": "STS-B",
-                "mnli": "MNLI", "cola": "CoLA"}
+                "mnli": "MNLI", "cola": "CoLA", "imdb": "imdb"}
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,25 @@ def _validate_benchmark(cfg: PipelineConfig) -> None:
     if cfg.benchmark is not None and cfg.stage is not Stage.benchmark:
         raise ConfigError(f"benchmark={cfg.benchmark.name} is run by stage=benchmark, not stage={cfg.stage.value}; "
                           "add stage=benchmark")
+
+
+def _validate_sweep(cfg: PipelineConfig) -> None:
+    """``sweep.objectives`` are read from the run of ``sweep.stage``: a chain stage whose metrics
+    describe the trial itself (not report, which summarises other runs), run by this job."""
+    if not cfg.sweep.objectives:
+        return
+    stage, objectives = cfg.sweep.stage, list(cfg.sweep.objectives)
+    trial_stages = [s for s in CHAIN if s is not Stage.report]
+    if stage not in trial_stages:
+        raise ConfigError(f"sweep.stage={stage.value}: sweep.objectives={objectives} must be metrics of a run of "
+                          f"one of {'|'.join(s.value for s in trial_stages)} (report summarises other runs; "
+                          "all and benchmark are not such a stage)")
+    runs = CHAIN if cfg.stage is Stage.all else (cfg.stage,)
+    if stage not in runs:
+        others = [s.value for s in runs if s in trial_stages]
+        raise ConfigError(f"sweep.stage={stage.value}: stage={cfg.stage.value} produces no {stage.value} run to read "
+                          f"sweep.objectives={objectives} from; use stage={stage.value} or stage=all"
+                          + (f", or sweep.stage={others[0]}" if others else ""))
 
 
 def _validate_parties(cfg: PipelineConfig) -> None:
@@ -63,6 +82,7 @@ def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
     _validate_benchmark(cfg)
+    _validate_sweep(cfg)
     _validate_parties(cfg)
     _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
@@ -99,8 +119,15 @@ def validate(cfg: PipelineConfig) -> None:
         _positive("finetune.temperatures entry", t)
     _positive("finetune.epochs", f.epochs)
     _positive("finetune.lr", f.lr)
-    if not 0 <= f.theta_quantile <= 1:
-        raise ConfigError(f"finetune.theta_quantile={f.theta_quantile}: must be in [0, 1]")
+    for q in f.theta_quantiles:
+        if not 0 <= q <= 1:
+            raise ConfigError(f"finetune.theta_quantiles contains {q}: each must be in [0, 1]")
+    if f.candidate_method not in (Method.prune, Method.prune_reduce):
+        raise ConfigError(f"finetune.candidate_method={f.candidate_method.value}: candidates are trained as prune or prune_reduce")
+    if not 0 < d.val_fraction <= 0.5:
+        raise ConfigError(f"data.val_fraction={d.val_fraction}: the validation split takes a fraction in (0, 0.5] of train")
+    if d.val_limit is not None:
+        _positive("data.val_limit", d.val_limit)
     if f.beta_factor < 1:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
     if cfg.search.max_drop < 0:

@@ -107,6 +107,23 @@ def candidate_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     return _tidy(children, parents, numeric_tags=("lambda", "temperature"))
 
 
+def search_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
+    """Every FINISHED search stage run: ``model, task, max_length, seed, run_id, start_time`` and its
+    metrics (``dev/{method}/...``: the selected models on dev, evaluated once; ``val/...``)."""
+    runs = _search(tracker, ids, "tags.stage = 'search' and attributes.status = 'FINISHED'")
+    if runs.empty or any(f"params.{k}" not in runs for k in KEYS):
+        return pd.DataFrame()
+    runs = runs.dropna(subset=[f"params.{k}" for k in KEYS])
+    out = pd.DataFrame({k: runs[f"params.{k}"] for k in KEYS})
+    out["max_length"] = out["max_length"].astype(int)
+    out["seed"] = pd.to_numeric(runs.get("tags.seed", pd.Series(0, index=runs.index)), errors="coerce").fillna(0).astype(int)
+    out["criterion"] = runs.get("tags.criterion", pd.Series("absolute", index=runs.index)).fillna("absolute")
+    out["run_id"], out["experiment"], out["start_time"] = runs["run_id"], runs["experiment"], runs["start_time"]
+    metrics = runs[[c for c in runs if c.startswith("metrics.")]]
+    metrics.columns = [c[len("metrics."):] for c in metrics.columns]
+    return pd.concat([out, metrics], axis=1).reset_index(drop=True)
+
+
 def pareto_tables(tracker: "Tracker", ids: Mapping[str, str]) -> dict[tuple[str, str, int], pd.DataFrame]:
     """``pareto.csv`` of the newest FINISHED search run per (model, task, max_length)."""
     runs = _search(tracker, ids, "tags.stage = 'search' and attributes.status = 'FINISHED'")
@@ -128,4 +145,4 @@ def pareto_tables(tracker: "Tracker", ids: Mapping[str, str]) -> dict[tuple[str,
 
 
 __all__ = ["ReportDataMissing", "launch_hint", "experiment_ids", "method_runs", "candidate_runs",
-           "pareto_tables"]
+           "search_runs", "pareto_tables"]

@@ -140,7 +140,7 @@ def pareto_front(points: pd.DataFrame) -> pd.Series:
 def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.DataFrame:
     """Pruned candidates with on_front / selected, from the search's pareto.csv if present."""
     pruned = grp[grp["method"] != "none"]
-    pts = pd.DataFrame({"run_id": pruned["run_id"], "acc": pruned.get("acc/dev"),
+    pts = pd.DataFrame({"run_id": pruned["run_id"], "acc": pruned.get("acc/val"),
                         "kept_tokens_mean": pruned.get("kept_tokens/mean")}).dropna(subset=["acc", "kept_tokens_mean"])
     if pareto_csv is not None and set(pts["run_id"]) & set(pareto_csv["run_id"]):
         flags = pareto_csv.set_index("run_id")[["on_front", "selected"]].astype(bool)
@@ -156,10 +156,10 @@ def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.
 
 def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.DataFrame],
            out_dir: Path) -> list[Path]:
-    """Accuracy vs mean kept tokens of the fine-tuning candidates, Pareto front highlighted,
+    """Validation metric vs mean kept tokens of the fine-tuning candidates, Pareto front highlighted,
     the search's pick starred, the unpruned baseline as a horizontal line."""
-    if candidates.empty or not {"acc/dev", "kept_tokens/mean"} <= set(candidates.columns):
-        raise FigureSkipped("no FINISHED fine-tuning candidates with acc/dev and kept_tokens/mean")
+    if candidates.empty or not {"acc/val", "kept_tokens/mean"} <= set(candidates.columns):
+        raise FigureSkipped("no FINISHED fine-tuning candidates with acc/val and kept_tokens/mean")
     groups = [(k, g) for k, g in candidates.groupby(CANDIDATE_GROUP) if (g["method"] != "none").any()]
     if not groups:
         raise FigureSkipped("no pruned fine-tuning candidates")
@@ -177,10 +177,10 @@ def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.Da
             if pd.notna(lam):
                 ax.annotate(f"λ={lam:g}", (p["kept_tokens_mean"], p["acc"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-        base = grp[grp["method"] == "none"].get("acc/dev")
+        base = grp[grp["method"] == "none"].get("acc/val")
         if base is not None and base.notna().any():
             ax.axhline(float(base.max()), ls="--", c="k", lw=1, label="unpruned baseline")
-        ax.set(xlabel="mean kept tokens per layer", ylabel="dev metric",
+        ax.set(xlabel="mean kept tokens per layer", ylabel="validation metric",
                title=f"{model}, {task}, {length} tokens\n({pts.attrs['source']})")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=7)

@@ -1,9 +1,10 @@
 """Paper tables from tidy run frames: Table 1 (cost per model and method) and Table 2
 (ablation accuracy per task), each written as CSV (raw numbers), Markdown and LaTeX.
 
-Input frames come from :mod:`pipeline.reporting` loaders: one row per FINISHED
-``secure_eval`` method run, columns ``model, task, max_length, method, run_id,
-start_time`` plus the run's metrics under their MLflow names (``time_s/lan`` ...).
+Input frames come from :mod:`pipeline.reporting` loaders: Table 1 one row per FINISHED
+``secure_eval`` method run, Table 2 one per FINISHED ``search`` run (one per seed), columns
+``model, task, max_length, (method,) run_id, start_time`` plus the run's metrics under their
+MLflow names (``time_s/lan``, ``dev/prune/metric`` ...).
 """
 from __future__ import annotations
 
@@ -76,27 +77,34 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(GROUP + ["method"], key=in_method_order).reset_index(drop=True)
 
 
-def table2(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 (ablation): one row per (model, max_length, method); our dev metric per task
-    beside the paper's BERT-base value, our mean LAN time over tasks beside the paper's."""
-    rows = newest(runs, GROUP + ["method"])
-    ours_tasks = sorted(set(rows["task"]) - set(paper.TASK_LABELS))
-    tasks = list(paper.TASK_LABELS) + ours_tasks
+def table2(searches: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, method) from
+    the search runs (newest per seed): the dev metric's mean and standard deviation over seeds
+    (``n_seeds``), its drop from unpruned (mean of the per-seed differences, and their std), the
+    mean tokens entering each layer (``schedule``, mean over seeds), the paper's BERT-base value
+    beside it, and the search runs it averages. Search runs without dev metrics (older layouts) are skipped."""
+    rows = newest(searches.dropna(subset=["dev/none/metric"]), ["model", "task", "max_length", "criterion", "seed"])
     records: list[dict[str, object]] = []
-    for (model, length, protocol, method), grp in rows.groupby(["model", "max_length", "protocol", "method"],
-                                                               sort=False):
-        acc = grp.set_index("task")["acc/dev"].astype(float) if "acc/dev" in grp else pd.Series(dtype=float)
-        rec: dict[str, object] = {"model": model, "max_length": int(length), "protocol": protocol, "method": method,
-                                  "label": paper.METHOD_LABELS.get(method, method)}
-        for task in tasks:
-            rec[f"acc_{task}"] = float(acc[task]) if task in acc.index else math.nan
-            rec[f"paper_acc_{task}"] = paper.ABLATION_ACC.get(method, {}).get(task, math.nan)
-        rec["time_lan_s"] = float(_metric(grp, "time_s/lan").mean())
-        rec["paper_time_lan_s"] = paper.ABLATION_TIME_S.get(method, math.nan)
-        rec["tasks"] = ",".join(sorted(grp["task"]))
-        records.append(rec)
+    for (model, task, length, criterion), grp in rows.groupby(["model", "task", "max_length", "criterion"], sort=True):
+        base = _metric(grp, "dev/none/metric")
+        for method in paper.METHOD_ORDER:
+            values = _metric(grp, f"dev/{method}/metric")
+            drop = values - base
+            layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+            records.append({
+                "model": model, "task": task, "max_length": int(length), "criterion": criterion, "method": method,
+                "label": paper.METHOD_LABELS.get(method, method), "metric_mean": float(values.mean()),
+                "metric_std": float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan,
+                "drop_mean": float(drop.mean()) if method != "none" else math.nan,
+                "drop_std": float(drop.std(ddof=1)) if method != "none" and drop.notna().sum() > 1 else math.nan,
+                "n_seeds": int(values.notna().sum()),
+                "schedule": "-".join(f"{grp[c].astype(float).mean():.1f}" for c in layers),
+                "paper_metric": paper.ABLATION_ACC.get(method, {}).get(task, math.nan) if int(length) == paper.PAPER_MAX_LENGTH
+                else math.nan,
+                "seeds": ",".join(str(s) for s in sorted(grp["seed"])), "run_id": ",".join(grp["run_id"]),
+            })
     out = pd.DataFrame.from_records(records)
-    return out.sort_values(["model", "max_length", "protocol", "method"], key=in_method_order).reset_index(drop=True)
+    return out.sort_values(["model", "task", "max_length", "criterion", "method"], key=in_method_order).reset_index(drop=True)
 
 
 def _fmt(value: object, digits: int) -> str:
@@ -112,6 +120,8 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "kept_tokens_sum": "Σ kept", "speedup_vs_none": "× vs w/o WE", "speedup_vs_bolt_we": "× vs BOLT",
         "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
+        "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
+        "n_seeds": "seeds", "schedule": "tokens entering each layer", "paper_metric": "paper (BERT-base)",
     }
     out = []
     for c in columns:
@@ -124,7 +134,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
     return out
 
 
-DISPLAY_DROP = ("method", "run_id", "tasks")
+DISPLAY_DROP = ("method", "run_id", "tasks", "seeds")
 
 
 def display(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:

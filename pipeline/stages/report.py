@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 TABLES: dict[str, str] = {
     "table1": "Table 1: secure inference cost per model and method (per inference), ours vs the paper "
               "(BERT, 128 tokens, LAN)",
-    "table2": "Table 2: ablation, dev metric per task and LAN time per method, ours vs the paper (BERT-base)",
+    "table2": "Table 2: ablation, dev metric per task and method (mean ± std over seeds; models selected on a "
+              "validation split carved from train, dev evaluated once), ours vs the paper (BERT-base)",
 }
 FIGURES: tuple[str, ...] = ("kept_tokens", "breakdown", "pareto", "scaling")
 
@@ -55,19 +56,20 @@ def _missing(what: str, names: list[str], uri: str, detail: str) -> Exception:
                              f"at {uri}; found none. Launch {hints} first.")
 
 
-def _table(name: str, methods: pd.DataFrame, names: list[str], uri: str) -> pd.DataFrame:
-    from pipeline.reporting import tables
+def _table(name: str, methods: pd.DataFrame, searches: pd.DataFrame, names: list[str], uri: str) -> pd.DataFrame:
+    from pipeline.reporting import ReportDataMissing, launch_hint, tables
 
-    label = "Table 1" if name == "table1" else "Table 2"
-    if methods.empty:
-        raise _missing(label, names, uri, "")
     if name == "table1":
+        if methods.empty:
+            raise _missing("Table 1", names, uri, "")
         if "time_s/lan" not in methods or methods["time_s/lan"].isna().all():
-            raise _missing(label, names, uri, " with metric time_s/lan")
+            raise _missing("Table 1", names, uri, " with metric time_s/lan")
         return tables.table1(methods)
-    if "acc/dev" not in methods or methods["acc/dev"].isna().all():
-        raise _missing(label, names, uri, " with metric acc/dev")
-    return tables.table2(methods)
+    if searches.empty or "dev/none/metric" not in searches:
+        hints = " or ".join(f"`{launch_hint(n)}`" for n in names)
+        raise ReportDataMissing(f"Table 2 needs FINISHED search runs with dev metrics (dev/none/metric ...) in MLflow "
+                                f"experiment {', '.join(repr(n) for n in names)} at {uri}; found none. Launch {hints} first.")
+    return tables.table2(searches)
 
 
 def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
@@ -76,7 +78,7 @@ def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
     for _, r in table.iterrows():
         key = "/".join([*(str(r[k]) for k in ("model", "task", "protocol") if k in r), f"L{r['max_length']}",
                         str(r["method"])])
-        for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s"):
+        for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s", "metric_mean", "drop_mean"):
             if col in r and pd.notna(r[col]):
                 out[f"{name}/{col}/{key}"] = float(r[col])
     return out
@@ -86,7 +88,7 @@ def _index(out_dir: Path, sources: dict[str, Any], built: list[str], notes: list
     lines = [f"# Report `{sources['report']}`", "",
              f"Experiments read: {', '.join(sources['experiments'])} (tracking URI {sources['uri']}); "
              f"{sources['method_runs']} secure_eval method runs, {sources['candidate_runs']} fine-tuning "
-             "candidates; newest FINISHED run per row.", ""]
+             f"candidates, {sources['search_runs']} search runs (Table 2: one per seed); newest FINISHED run per row.", ""]
     for name in built:
         lines += [(out_dir / f"{name}.md").read_text(), ""]
     lines += [f"![{p.stem}]({p.name})" for p in sorted(out_dir.glob("*.png"))]
@@ -112,11 +114,12 @@ def run(ctx: StageContext) -> None:
     out_dir.mkdir(parents=True)
     methods = reporting.method_runs(ctx.tracker, ids)
     candidates = reporting.candidate_runs(ctx.tracker, ids) if "pareto" in cfg.report.figures else pd.DataFrame()
+    searches = reporting.search_runs(ctx.tracker, ids)
 
     built: list[str] = []
     metrics: dict[str, float] = {"method_runs": float(len(methods)), "candidate_runs": float(len(candidates))}
     for name in cfg.report.tables:
-        table = _table(name, methods, names, ctx.tracker.uri)
+        table = _table(name, methods, searches, names, ctx.tracker.uri)
         tables.write_table(table, out_dir, name, TABLES[name])
         metrics.update(_table_metrics(name, table))
         built.append(name)
@@ -137,7 +140,7 @@ def run(ctx: StageContext) -> None:
             notes.append(f"{name}: {why}")
             log.warning(f"report: figure {name} skipped: {why}")
     sources = {"report": cfg.report.name, "experiments": names, "experiment_ids": ids, "uri": ctx.tracker.uri,
-               "method_runs": len(methods), "candidate_runs": len(candidates),
+               "method_runs": len(methods), "candidate_runs": len(candidates), "search_runs": len(searches),
                "runs": sorted(methods["run_id"]) if not methods.empty else []}
     _index(out_dir, sources, built, notes)
     ctx.run.log_dict({**sources, "tables": built, "figures": figure_files, "skipped": notes},

@@ -36,7 +36,8 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
 
 # ``finetune`` fields the stages read themselves (candidate grid, threads); every other field is
 # passed on under its own name to the library's training config (``ops`` as ``ops_mode``).
-FINETUNE_STAGE_ONLY = frozenset({"prune_epochs", "prune_lr", "lambdas", "temperatures", "torch_threads"})
+FINETUNE_STAGE_ONLY = frozenset({"prune_epochs", "prune_lr", "lambdas", "temperatures", "theta_quantiles",
+                                 "candidate_method", "torch_threads"})
 FINETUNE_RENAMED = {"ops": "ops_mode"}
 
 

@@ -78,3 +78,24 @@ def test_real_row_counts(tmp_path: Path) -> None:
     assert len(load_glue_raw("cola", GLUE, splits=("dev",), cache_dir=c)["dev"]) == 1043
     assert len(load_glue_raw("qnli", GLUE, splits=("dev",), cache_dir=c)["dev"]) == 5463
     assert load_glue_raw("stsb", GLUE, splits=("dev",), cache_dir=c)["dev"][0]["label"] == 5.0
+
+
+def test_imdb_layout_quotes_kept(tmp_path: Path) -> None:
+    """IMDB: ``imdb/{train,test}.tsv`` (dev = test), read with QUOTE_NONE (reviews contain ``"``)."""
+    root = tmp_path / "data"
+    for name in ("train", "test"):
+        _write(root / "imdb" / f"{name}.tsv", 'sentence\tlabel\nA "so-called" film .  Dull.\t0\nGreat , "great" !\t1\n')
+    raw = load_glue_raw("imdb", root, cache_dir=str(tmp_path / "cache"))
+    assert raw["dev"]["text_a"] == ['A "so-called" film .  Dull.', 'Great , "great" !'] and raw["dev"]["label"] == [0, 1]
+
+
+IMDB = Path("/work/shared/data/imdb")
+
+
+@pytest.mark.skipif(not IMDB.is_dir(), reason=f"shared IMDB copy {IMDB} not present")
+def test_real_imdb_counts(tmp_path: Path) -> None:
+    raw = load_glue_raw("imdb", IMDB.parent, cache_dir=str(tmp_path / "cache"))
+    for split in ("train", "dev"):
+        labels = np.asarray(raw[split]["label"])
+        assert len(labels) == 25_000 and labels.sum() == 12_500      # the README's counts
+        assert labels[:12_500].sum() == 0                            # grouped by label: shuffle before subsetting

@@ -56,7 +56,8 @@ def test_pareto_and_select() -> None:
     pts = [Candidate(90.0, 100, name="a"), Candidate(89.0, 50, name="b"), Candidate(88.0, 60, name="c"),
            Candidate(89.8, 70, name="d"), Candidate(85.0, 10, name="e")]
     assert [c.name for c in pareto_front(pts)] == ["e", "b", "d", "a"]
-    assert select_thresholds(pts, baseline_metric=90.0, max_drop=0.5).name == "d"
-    assert select_thresholds(pts, baseline_metric=90.0, max_drop=1.0).name == "b"
-    with pytest.raises(ValueError, match="no candidate within"):
-        select_thresholds(pts, baseline_metric=95.0)
+    assert select_thresholds(pts, baseline_metric=90.0, max_drop=0.5) == (pts[3], True)   # "d"
+    assert select_thresholds(pts, baseline_metric=90.0, max_drop=1.0) == (pts[1], True)   # "b"
+    assert select_thresholds(pts, baseline_metric=95.0) == (pts[0], False)   # none within: the most accurate
+    with pytest.raises(ValueError, match="no candidates"):
+        select_thresholds([], baseline_metric=95.0)

@@ -57,7 +57,7 @@ def test_wrong_type_names_the_key(compose_cfg):
 
 @pytest.mark.parametrize(
     ("override", "bad"),
-    [("protocol.protocol=CHEETA", "CHEETA"), ("stage=train", "train"), ("data.task=imdb", "imdb"),
+    [("protocol.protocol=CHEETA", "CHEETA"), ("stage=train", "train"), ("data.task=imbd", "imbd"),
      ("secure_eval.methods=[none,magic]", "magic")],
 )
 def test_unknown_enum_value_is_named_with_choices(compose_cfg, override, bad):

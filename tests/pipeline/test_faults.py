@@ -57,7 +57,7 @@ def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch
     import sys
     from pathlib import Path
 
-    from pipeline.tasks import glue
+    from pipeline.tasks import glue_secure as glue
     from protocols.parties import free_ports
     from protocols.remote import local_parties, new_authkey
 
@@ -74,10 +74,10 @@ def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch
     watching: list[str] = []
     original = glue._secure_step
 
-    def audited(ctx, method, checkpoint, manifest, n):
+    def audited(ctx, method, checkpoint, manifest, n, criterion):
         watching[:] = [str(Path(checkpoint).resolve()), str(Path(manifest.splits["dev"]).resolve())]
         try:
-            return original(ctx, method, checkpoint, manifest, n)
+            return original(ctx, method, checkpoint, manifest, n, criterion)
         finally:
             watching.clear()
 

@@ -1,0 +1,127 @@
+"""The classification tasks' search stage: select on val, report on dev once.
+
+The candidates are every FINISHED pruned candidate trained from the upstream finetune run's
+baseline (tag ``baseline_run``; a Hydra multirun over λ/T/θ-init accumulates them, and so does a
+sweeper such as ``hydra/sweeper=pareto``). Their validation metric (``acc/val``, on the split
+carved from train) against mean kept tokens gives the Pareto front; the pick is the cheapest
+within ``search.max_drop`` points of the baseline's validation metric (none within: the most
+accurate, with a warning and ``selection/within_max_drop = 0``). Only then is the GLUE dev
+set (IMDB: the fixed test subset) evaluated, once per selected model and method, with the secure
+run's approximations (``OpsConfig("emulated")``): ``none`` and ``bolt_we`` on the baseline,
+``prune`` and ``prune_reduce`` on the pick, plus the pick under fixed-point rounding
+(``prune_reduce_fixed_point``: whether SPU's 18-bit fixed point changes the result).
+
+Logged: ``pareto.csv``, ``pareto.png``, ``selection.json``, ``thresholds.json``; metrics
+``val/baseline``, ``val/selected``, ``dev/{method}/{metric}`` (the task's metrics: accuracy, F1,
+Pearson, ...), ``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.context import StageContext
+from pipeline.tasks.common import SELECTION, THRESHOLDS, DatasetManifest, Selection, thresholds_of
+
+DEV_METHODS = ("none", "bolt_we", "prune", "prune_reduce")
+log = logging.getLogger(__name__)
+
+
+def _candidates(ctx: StageContext) -> tuple[str, pd.Series, pd.DataFrame, str]:
+    """(baseline run id, its metrics row, the pruned candidates trained from it, prepare run id)."""
+    finetune_tags = ctx.tracker.run_tags(ctx.upstream["finetune"])
+    prepare_id = finetune_tags["upstream_prepare"]
+    baseline_id = finetune_tags.get("baseline_run")
+    if baseline_id is None:
+        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run (written before "
+                           "baselines were shared); re-run stage=finetune")
+    runs = ctx.tracker.candidate_runs(prepare_id)
+    pruned = runs[(runs["tags.method"] != "none") & (runs.get("tags.baseline_run") == baseline_id)]
+    if pruned.empty:
+        raise RuntimeError(f"no FINISHED pruned candidate trained from baseline {baseline_id}; run stage=finetune")
+    return baseline_id, pd.Series(ctx.tracker.run_metrics(baseline_id)), pruned, prepare_id
+
+
+def _dev_metrics(ctx: StageContext, manifest: DatasetManifest, baseline_id: str, selected_id: str) -> dict[str, float]:
+    """The dev evaluation of the picked models (see the module docstring), as metrics."""
+    from models.config import OpsConfig
+    from models.training import evaluate
+    from models.weights import load_checkpoint
+
+    dev = manifest.load("dev")
+    models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (baseline_id, selected_id)}
+    emulated = OpsConfig("emulated")
+    plan = [(m, baseline_id if m in ("none", "bolt_we") else selected_id, m, emulated) for m in DEV_METHODS]
+    plan.append(("prune_reduce_fixed_point", selected_id, "prune_reduce", OpsConfig("emulated", fixed_point=True)))
+    out: dict[str, float] = {"dev/examples": float(len(dev))}
+    for name, run, method, ops in plan:
+        ev = evaluate(models[run], dev, manifest.task, method, ops_cfg=ops)
+        out.update({f"dev/{name}/{k}": v for k, v in ev.metrics.items()})
+        entering = [float(ev.n0), *ev.kept_tokens[:-1]]
+        out.update({f"dev/{name}/entering/layer_{i}": k for i, k in enumerate(entering)})
+        out[f"dev/{name}/entering/mean"] = sum(entering) / len(entering)
+    return out
+
+
+def _pareto_figure(table: pd.DataFrame, baseline: float, path: Path) -> Path:
+    """Val metric vs mean kept tokens of every candidate, the front and the pick marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(table["kept_tokens_mean"], table["val_metric"], c="0.6", label="candidates")
+    front = table[table["on_front"]].sort_values("kept_tokens_mean")
+    ax.plot(front["kept_tokens_mean"], front["val_metric"], "o-", c="C0", label="Pareto front")
+    pick = table[table["selected"]]
+    ax.scatter(pick["kept_tokens_mean"], pick["val_metric"], marker="*", s=200, c="C3", label="selected", zorder=3)
+    ax.axhline(baseline, ls="--", c="k", lw=1, label="unpruned (val)")
+    ax.set_xlabel("mean tokens kept per layer (val)")
+    ax.set_ylabel("validation metric (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def search(ctx: StageContext) -> None:
+    """Pareto front and pick on val, then the picked models on dev (see the module docstring)."""
+    from models.thresholds import Candidate, pareto_front, select_thresholds
+
+    baseline_id, baseline, pruned, prepare_id = _candidates(ctx)
+    points = [Candidate(metric=float(r["metrics.acc/val"]), cost=float(r["metrics.kept_tokens/mean"]), name=r["run_id"])
+              for _, r in pruned.iterrows()]
+    front = {c.name for c in pareto_front(points)}
+    chosen, within = select_thresholds(points, float(baseline["acc/val"]), ctx.cfg.search.max_drop)
+    if not within:
+        log.warning(f"search: no candidate within search.max_drop={ctx.cfg.search.max_drop} points of the baseline's "
+                    f"validation metric {float(baseline['acc/val']):.2f}; picked the most accurate, {chosen.metric:.2f} "
+                    "(metric selection/within_max_drop = 0)")
+    table = pd.DataFrame({
+        "run_id": pruned["run_id"], "lambda": pruned["tags.lambda"].astype(float),
+        "temperature": pruned["tags.temperature"].astype(float),
+        "theta_quantile": pd.to_numeric(pruned.get("tags.theta_quantile"), errors="coerce"),
+        "val_metric": pruned["metrics.acc/val"], "kept_tokens_mean": pruned["metrics.kept_tokens/mean"],
+    })
+    table["on_front"] = table["run_id"].isin(front)
+    table["selected"] = table["run_id"] == chosen.name
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp) / "pareto.csv", index=False)
+        ctx.run.log_artifact(Path(tmp) / "pareto.csv")
+        ctx.run.log_artifact(_pareto_figure(table, float(baseline["acc/val"]), Path(tmp) / "pareto.png"))
+    thresholds = thresholds_of(ctx.tracker, chosen.name)
+    ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
+    selection = Selection(baseline_id, chosen.name, prepare_id)
+    ctx.run.log_dict(selection.to_dict(), SELECTION)
+    ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion})
+    metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
+                               "kept_tokens/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
+                               "selection/within_max_drop": float(within)}
+    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
+    ctx.run.log_metrics({**metrics, **_dev_metrics(ctx, manifest, baseline_id, chosen.name)})

@@ -1,0 +1,59 @@
+"""Honest selection: a validation split carved from train, one unpruned baseline per (model, data,
+seed, budget) shared by every candidate job, candidates selected on val, dev evaluated once."""
+from __future__ import annotations
+
+from typing import Callable
+
+import datasets
+import pytest
+
+from pipeline.config import PipelineConfig, Stage
+from pipeline.runner import run_stages
+from pipeline.tasks.glue import _carve_val
+from pipeline.tracking import Tracker
+
+QUICK = ("data.synthetic.n_train=256", "data.synthetic.n_dev=64", "finetune.epochs=1", "finetune.prune_epochs=0.5",
+         "finetune.hard_epochs=0.25", "finetune.patience=null")
+
+
+def test_validation_split_is_seeded_disjoint_and_capped(compose_cfg: Callable[..., PipelineConfig]) -> None:
+    train = datasets.Dataset.from_dict({"text_a": [f"s{i}" for i in range(200)], "label": [i % 2 for i in range(200)]})
+    rest, val = _carve_val(train, compose_cfg("data.val_fraction=0.1"))
+    assert (len(rest), len(val)) == (180, 20)
+    assert not set(rest["text_a"]) & set(val["text_a"]) and len(set(rest["text_a"]) | set(val["text_a"])) == 200
+    again, other = _carve_val(train, compose_cfg("data.val_fraction=0.1")), _carve_val(train, compose_cfg("data.split_seed=1"))
+    assert again[1]["text_a"] == val["text_a"] and other[1]["text_a"] != val["text_a"]
+    assert len(_carve_val(train, compose_cfg("data.val_fraction=0.5", "data.val_limit=7"))[1]) == 7
+
+
+def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
+        compose_cfg: Callable[..., PipelineConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = compose_cfg("stage=finetune", "finetune.lambdas=[0.05]", *QUICK)
+    tracker = Tracker(first)
+    produced = run_stages(first, tracker, (Stage.prepare, Stage.finetune), [])
+    second = compose_cfg("stage=finetune", "finetune.lambdas=[0.3]", *QUICK)   # another sweep job: same baseline
+    produced2 = run_stages(second, Tracker(second), (Stage.prepare, Stage.finetune), [])
+    assert produced2[Stage.prepare] == produced[Stage.prepare]
+    tags = [tracker.run_tags(produced[Stage.finetune]), tracker.run_tags(produced2[Stage.finetune])]
+    assert tags[0]["baseline_run"] == tags[1]["baseline_run"]
+    runs = tracker.runs_frame([tracker.experiment_id], "tags.kind = 'candidate'")
+    baselines = runs[runs["tags.method"] == "none"]
+    assert len(baselines) == 1 and baselines.iloc[0]["run_id"] == tags[0]["baseline_run"]   # trained once
+    assert len(runs[runs["tags.method"] == "prune_reduce"]) == 2
+    # the baseline trained on for the candidates' budget: both checkpoints are there
+    names = {a.path for a in tracker.client.list_artifacts(tags[0]["baseline_run"])}
+    assert {"checkpoint_start", "checkpoint"} <= names
+    metrics = tracker.run_metrics(produced2[Stage.finetune])   # one candidate per job: the sweeper's objectives
+    assert {"objective/val_metric", "objective/kept_tokens"} <= set(metrics)
+
+    search_cfg = compose_cfg("stage=search", f"upstream.finetune={produced2[Stage.finetune]}", *QUICK)
+    searched = run_stages(search_cfg, Tracker(search_cfg), (Stage.search,), [])[Stage.search]
+    m = tracker.run_metrics(searched)
+    assert m["candidates"] == 2 and m["dev/examples"] == 64
+    assert {f"dev/{k}/metric" for k in ("none", "bolt_we", "prune", "prune_reduce", "prune_reduce_fixed_point")} <= set(m)
+    assert m["dev/none/entering/layer_0"] == m["dev/bolt_we/entering/layer_0"] == 32   # padded length n0
+    assert m["dev/bolt_we/entering/layer_1"] == 16                                      # ⌈32/2⌉
+    assert m["dev/prune/entering/layer_1"] < 32
+    assert m["val/baseline"] == tracker.run_metrics(tags[0]["baseline_run"])["acc/val"]
+    assert {a.path for a in tracker.client.list_artifacts(searched)} >= {"pareto.csv", "pareto.png", "selection.json"}
