@@ -105,5 +105,22 @@ class LinkBench:
     rtts_ms: list[float] = field(default_factory=lambda: [0.8, 40.0])
 
 
+@dataclass
+class LengthBench:
+    """Whether thresholds survive a change of input length: fine-tuned checkpoints (label → a
+    checkpoint directory with ``thresholds.json``, e.g. a candidate run's ``checkpoint`` artifact)
+    evaluated in plaintext with the secure run's approximations on ``data`` (``task:max_length``
+    entries, ``limit`` examples each, a seeded subset of dev; IMDB: of test). ``reference`` is
+    evaluated unpruned (``none``) and with BOLT WE, the others with ``prune``."""
+
+    name: str = "length"
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    reference: str = "unpruned"
+    data: list[str] = field(default_factory=lambda: ["sst2:128", "imdb:512"])
+    sources: dict[str, str] = field(default_factory=dict)  # task -> local data dir (models.data.load_glue_raw)
+    limit: int = 200
+    batch_size: int = 16
+
+
 BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "e2e": E2EBench,
-                               "link": LinkBench}
+                               "link": LinkBench, "length": LengthBench}
