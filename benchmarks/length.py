@@ -1,7 +1,7 @@
 """Thresholds across input lengths: accuracy and kept tokens of fine-tuned checkpoints on data of
 another length (plaintext torch, hard masks, the secure run's approximations; no MPC).
 
-    python -m pipeline stage=benchmark benchmark=length benchmark.checkpoints='{unpruned: A, relative: B}'
+    python -m pipeline stage=benchmark benchmark=length +benchmark.checkpoints.unpruned=A +benchmark.checkpoints.relative=B
 
 Each ``task:max_length`` entry of ``benchmark.data`` is tokenised with the reference checkpoint's
 tokenizer, ``limit`` examples (dev shuffled with seed 0; IMDB: test). The reference runs ``none``
