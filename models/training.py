@@ -186,14 +186,15 @@ def phase_steps(cfg: FinetuneConfig, batches_per_epoch: int, phase: str) -> int:
 def _run_phase(
     model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
     log: LogFn | None, step0: int, history: list[dict[str, float]],
-) -> int:
+) -> tuple[int, EvalResult | None]:
     """One phase of ``PHASES``: ``base``/``continue`` (no pruning; the best validation checkpoint
-    is restored), ``soft`` or ``hard``; returns the global step."""
+    is restored), ``soft`` or ``hard``; returns the global step and the validation evaluation of
+    the model as the phase leaves it (None when it took no step)."""
     g = torch.Generator().manual_seed(cfg.seed + PHASES.index(phase))
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
     total = phase_steps(cfg, len(loader), phase)
     if total <= 0:
-        return step0
+        return step0, None
     unpruned = phase in ("base", "continue")
     learn_beta = phase == "soft" and cfg.method == "prune_reduce"
     decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim > 1]
@@ -213,6 +214,8 @@ def _run_phase(
     top = 1.0 if model.pruning.criterion == "absolute" else None
     every = cfg.eval_every or len(loader)
     best, best_state, bad, step = -math.inf, None, 0, 0
+    best_eval: EvalResult | None = None
+    last_eval: EvalResult | None = None
     bar = tqdm(total=total, desc=f"{phase}", disable=not cfg.progress)
     while step < total:
         for raw in loader:
@@ -243,13 +246,14 @@ def _run_phase(
                      f"train/{phase}_high_ratio": high.item()}, step0 + step)
             if step % every == 0 or step == total:
                 ev = evaluate(model, val_ds, task, method, cfg.eval_batch_size)
+                last_eval = ev
                 history.append({"step": float(step0 + step), **ev.flat("val/")})
                 if log is not None:
                     log(ev.flat("val/"), step0 + step)
                 if ev.metrics["metric"] > best:
                     best, bad = ev.metrics["metric"], 0
                     if unpruned:
-                        best_state = copy.deepcopy(model.state_dict())
+                        best_state, best_eval = copy.deepcopy(model.state_dict()), ev
                 else:
                     bad += 1
                 if cfg.patience is not None and bad > cfg.patience:
@@ -261,7 +265,7 @@ def _run_phase(
         model.load_state_dict(best_state)
     model.pruning.theta.requires_grad_(False)
     model.pruning.beta.requires_grad_(False)
-    return step0 + step
+    return step0 + step, (best_eval if best_state is not None else last_eval)
 
 
 def finetune(
@@ -280,17 +284,18 @@ def finetune(
     model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     if cfg.method == "none":
-        _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
+        _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
     elif cfg.method in ("prune", "prune_reduce"):
         model.pruning.criterion = cfg.criterion
         init_thresholds(model, train_ds, cfg.theta_quantile)
         with torch.no_grad():
             model.pruning.beta.copy_(model.pruning.theta * max(cfg.beta_factor, 1.0))
-        s = _run_phase(model, train_ds, val_ds, task, cfg, "soft", log_metrics, 0, history)
-        _run_phase(model, train_ds, val_ds, task, cfg, "hard", log_metrics, s, history)
+        s, soft_ev = _run_phase(model, train_ds, val_ds, task, cfg, "soft", log_metrics, 0, history)
+        _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "hard", log_metrics, s, history)
+        ev = ev or soft_ev
     else:
         raise ValueError(f"finetune: method must be none, prune or prune_reduce, got {cfg.method!r}")
-    ev = evaluate(model, val_ds, task, cfg.method, cfg.eval_batch_size)
+    ev = ev or evaluate(model, val_ds, task, cfg.method, cfg.eval_batch_size)   # no step taken: evaluate as is
     th = get_thresholds(model, cfg.temperature, cfg.lambda_)
     return FinetuneResult(ev, th, history)
 
@@ -306,6 +311,6 @@ def continue_unpruned(
     set_seed(cfg.seed)
     model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
-    _run_phase(model, train_ds, val_ds, task, cfg, "continue", log_metrics, step0, history)
-    ev = evaluate(model, val_ds, task, "none", cfg.eval_batch_size)
+    _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "continue", log_metrics, step0, history)
+    ev = ev or evaluate(model, val_ds, task, "none", cfg.eval_batch_size)
     return FinetuneResult(ev, get_thresholds(model, cfg.temperature, 0.0), history)
