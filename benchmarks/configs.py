@@ -61,12 +61,15 @@ class OpsBench:
 
 @dataclass
 class PruneBench:
-    """Π_prune (mask, count, selection) vs BOLT WE's ranking and selection, per layer, at ``sizes``."""
+    """Π_prune (mask, count, selection) vs BOLT WE's top-half selection and compaction, per layer, at
+    ``sizes``; BOLT WE once per ``algorithms`` entry (``protocols.pruning.BOLT_WE_ALGORITHMS``; the
+    first is the reference of the ratios)."""
 
     name: str = "prune"
     protocol: str = "CHEETAH"
     shape: Shape = Shape.base
-    sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+    sizes: list[int] = field(default_factory=lambda: [128, 512])
+    algorithms: list[str] = field(default_factory=lambda: ["bitonic", "ranking"])
 
 
 @dataclass

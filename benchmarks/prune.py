@@ -1,11 +1,16 @@
 """Π_prune vs BOLT WE, per layer, at several token counts (default BERT-base d = 768, H = 12, CHEETAH).
 
-    python -m pipeline stage=benchmark benchmark=prune benchmark.sizes=[32,64,128]
+    python -m pipeline stage=benchmark benchmark=prune benchmark.sizes=[128,512]
 
 For each n: Π_prune = importance + mask + count (n comparisons) → reveal k (≈ n/2 from a median
 threshold) → one-hot selection (k·n equality tests) + one k×n×d matmul. BOLT WE = importance +
-n×n ranking comparisons + the same selection matmul (k = ⌈n/2⌉, nothing revealed). Each program
-is measured on the second pass of a session (the first absorbs Cheetah's one-time setup).
+an oblivious top-⌈n/2⌉ selection + the same selection matmul (nothing revealed), once per
+``algorithms`` entry (``protocols.pruning.BOLT_WE_ALGORITHMS``: the bitonic network the engine
+uses, the n×n ranking), side by side, with the comparisons each asks for (counted in the compiled
+program, ``protocols.topk.count_comparisons``) beside BOLT's bitonic-sort count. The attention
+probabilities and hidden states are secret-shared, as in the engine (where they are computed
+under MPC); the threshold is the server's own. Each program is measured on the second pass of a
+session (the first absorbs Cheetah's one-time setup).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from benchmarks.configs import PruneBench
 from protocols import pruning as pr
 from protocols.batch import prune_step, score_step
 from protocols.session import SessionSpec, TwoPartySession
+from protocols.topk import bitonic_sort_comparisons, count_comparisons
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +35,16 @@ def _probs(n: int, heads: int, rng: np.random.Generator) -> np.ndarray:
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def bench(n: int, d: int, heads: int, protocol: str) -> dict[str, float]:
-    """One layer's Π_prune and BOLT WE costs at n tokens: seconds and MB per phase."""
+def bench(n: int, d: int, heads: int, protocol: str, algorithms: list[str]) -> dict[str, float]:
+    """One layer's Π_prune and BOLT WE costs at n tokens: seconds and MB per phase, BOLT WE once per
+    top-half algorithm, and each algorithm's secure comparisons / equality tests."""
     rng = np.random.default_rng(n)
     probs = _probs(n, heads, rng)
     theta = float(np.median(probs.mean(axis=(0, 1))))
-    with TwoPartySession(SessionSpec(protocol=protocol)) as s:
-        s.share("A", probs, owner="client")
+    keep = math.ceil(n / 2)
+    bolt: dict[str, object] = {}
+    with TwoPartySession(SessionSpec(protocol=protocol, private_owners=("server",))) as s:
+        s.share("A", probs, owner="client")          # secret-shared: the engine computes it under MPC
         s.share("h", rng.standard_normal((n, d)).astype(np.float32), owner="client")
         s.share("valid", np.ones(n, np.float32), owner="client")
         s.share("theta", np.array([theta], np.float32), owner="server")
@@ -46,26 +55,50 @@ def bench(n: int, d: int, heads: int, protocol: str) -> dict[str, float]:
             with s.meter.measure() as select:
                 s.run(pr.prune_select, ["h", "M", "valid"], ["h2", "v2"], op="Prune", layer=0, static={"k": k})
             s.run(score_step, ["A"], ["S2"], op="Other", layer=0)
-            with s.meter.measure() as bolt:
-                s.run(pr.bolt_we_select, ["h", "S2", "valid"], ["h3", "v3"], op="Prune", layer=1,
-                      static={"keep": math.ceil(n / 2)})
-    m, c, b = mask.report, select.report, bolt.report
-    return {"n": n, "k": k, "mask_s": m.wall_s, "mask_mb": m.bytes_total / 2**20, "select_s": c.wall_s,
-            "select_mb": c.bytes_total / 2**20, "prune_s": m.wall_s + c.wall_s,
-            "prune_mb": (m.bytes_total + c.bytes_total) / 2**20, "bolt_s": b.wall_s, "bolt_mb": b.bytes_total / 2**20}
+            for algorithm in algorithms:
+                with s.meter.measure() as meter:
+                    s.run(pr.bolt_we_select, ["h", "S2", "valid"], ["h3", "v3"], op="Prune", layer=1,
+                          static={"keep": keep, "algorithm": algorithm})
+                bolt[algorithm] = meter
+    m, c = mask.report, select.report
+    row: dict[str, float] = {"n": n, "k": k, "mask_s": m.wall_s, "mask_mb": m.bytes_total / 2**20, "select_s": c.wall_s,
+                             "select_mb": c.bytes_total / 2**20, "prune_s": m.wall_s + c.wall_s,
+                             "prune_mb": (m.bytes_total + c.bytes_total) / 2**20,
+                             "bitonic_sort_comparisons": bitonic_sort_comparisons(n)}
+    for algorithm, meter in bolt.items():
+        report = meter.report            # type: ignore[attr-defined]
+        counted = count_comparisons(pr.bolt_we_mask, np.zeros(n, np.float32), keep=keep, algorithm=algorithm)
+        row.update({f"bolt_{algorithm}_s": report.wall_s, f"bolt_{algorithm}_mb": report.bytes_total / 2**20,
+                    f"bolt_{algorithm}_comparisons": counted["comparisons"],
+                    f"bolt_{algorithm}_equalities": counted["equalities"]})
+    return row
 
 
 def run(cfg: PruneBench, log_metrics: LogMetrics) -> BenchResult:
-    """One row per size; the BOLT WE / Π_prune ratio of each, measured side by side."""
-    shape, rows = shape_spec(cfg.shape), []
+    """One row per (size, BOLT WE algorithm); ratios to Π_prune and to the first algorithm, all
+    measured side by side in this run."""
+    unknown = [x for x in cfg.algorithms if x not in pr.BOLT_WE_ALGORITHMS]
+    if unknown or not cfg.algorithms:
+        raise ValueError(f"benchmark.algorithms={cfg.algorithms}: expected a non-empty list of "
+                         f"{sorted(pr.BOLT_WE_ALGORITHMS)}")
+    shape, rows, cells = shape_spec(cfg.shape), [], []
     for n in cfg.sizes:
-        r = bench(n, shape.hidden, shape.heads, cfg.protocol)
+        r = bench(n, shape.hidden, shape.heads, cfg.protocol, cfg.algorithms)
         rows.append(r)
         log_metrics({f"{n}/{k}": float(v) for k, v in r.items() if k != "n"})
-        log.info(f"n={n}: Π_prune {r['prune_s']:.2f} s / {r['prune_mb']:.2f} MB, BOLT WE {r['bolt_s']:.2f} s / {r['bolt_mb']:.2f} MB")
-    cells = [[r["n"], r["k"], *(f"{r[f'{p}_s']:.2f} / {r[f'{p}_mb']:.2f}" for p in ("mask", "select", "prune", "bolt")),
-              f"{r['bolt_s'] / r['prune_s']:.2f}x / {r['bolt_mb'] / r['prune_mb']:.2f}x"] for r in rows]
-    table = markdown(cells, ["n", "k", "Π_prune mask s / MB", "Π_prune select+matmul s / MB", "Π_prune total s / MB",
-                             "BOLT WE rank+select s / MB", "BOLT WE / Π_prune (time / bytes)"])
-    text = f"{cfg.protocol}, d={shape.hidden}, H={shape.heads}; second (warm) pass per layer, measured\n\n{table}\n"
+        first = cfg.algorithms[0]
+        for algorithm in cfg.algorithms:
+            t, mb = r[f"bolt_{algorithm}_s"], r[f"bolt_{algorithm}_mb"]
+            log.info(f"n={n}: Π_prune {r['prune_s']:.2f} s / {r['prune_mb']:.2f} MB, "
+                     f"BOLT WE ({algorithm}) {t:.2f} s / {mb:.2f} MB")
+            cells.append([n, r["k"], f"{r['prune_s']:.2f} / {r['prune_mb']:.2f}", algorithm,
+                          f"{r[f'bolt_{algorithm}_comparisons']:,} (+{r[f'bolt_{algorithm}_equalities']:,} eq.)",
+                          f"{r['bitonic_sort_comparisons']:,}", f"{t:.2f} / {mb:.2f}",
+                          f"{t / r['prune_s']:.2f}x / {mb / r['prune_mb']:.2f}x",
+                          f"{t / r[f'bolt_{first}_s']:.2f}x / {mb / r[f'bolt_{first}_mb']:.2f}x"])
+    table = markdown(cells, ["n", "k", "Π_prune total s / MB", "BOLT WE top-half algorithm", "its comparisons",
+                             "BOLT's bitonic sort", "BOLT WE select+matmul s / MB", "BOLT WE / Π_prune (time / bytes)",
+                             f"vs {cfg.algorithms[0]} (time / bytes)"])
+    text = (f"{cfg.protocol}, d={shape.hidden}, H={shape.heads}; attention secret-shared, θ the server's; "
+            f"second (warm) pass per layer, measured\n\n{table}\n")
     return BenchResult(text, {f"{r['n']}/{k}": float(v) for r in rows for k, v in r.items() if k != "n"}, rows)

@@ -117,8 +117,9 @@ def _ref_bolt(scores: np.ndarray) -> np.ndarray:
     return m
 
 
+@pytest.mark.parametrize("algorithm", sorted(pr.BOLT_WE_ALGORITHMS))
 @pytest.mark.parametrize("n", [7, 8])
-def test_bolt_we_topk_with_ties(session: Session, n: int) -> None:
+def test_bolt_we_topk_with_ties(session: Session, n: int, algorithm: str) -> None:
     scores = TIE_SCORES[:n]
     rng = np.random.default_rng(3)
     h = rng.standard_normal((n, 8)).astype(np.float32)
@@ -126,10 +127,11 @@ def test_bolt_we_topk_with_ties(session: Session, n: int) -> None:
     session.share("S", scores, owner="client")
     session.share("h", h, owner="client")
     session.share("valid", np.ones(n, np.float32), owner="client")
-    session.run(pr.bolt_we_mask, ["S"], ["M"], op="Prune", static={"keep": keep})
+    session.run(pr.bolt_we_mask, ["S"], ["M"], op="Prune", static={"keep": keep, "algorithm": algorithm})
     ref = _ref_bolt(scores)
     np.testing.assert_array_equal(np.round(np.asarray(session.reveal("M", purpose="test only"))), ref)
-    session.run(pr.bolt_we_select, ["h", "S", "valid"], ["h2", "v2"], op="Prune", static={"keep": keep})
+    session.run(pr.bolt_we_select, ["h", "S", "valid"], ["h2", "v2"], op="Prune",
+                static={"keep": keep, "algorithm": algorithm})
     np.testing.assert_allclose(np.asarray(session.reveal("h2", purpose="test only")), h[ref > 0], atol=1e-3)
 
 
