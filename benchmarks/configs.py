@@ -70,6 +70,20 @@ class PruneBench:
     shape: Shape = Shape.base
     sizes: list[int] = field(default_factory=lambda: [128, 512])
     algorithms: list[str] = field(default_factory=lambda: ["bitonic", "ranking"])
+    recv_timeout_s: float = 1800.0   # a 512-token n² ranking sends for minutes on a busy machine
+
+
+@dataclass
+class ReduceBench:
+    """Π_reduce's high and low forms per kernel: softmax of ``rows`` query rows (all heads) over
+    ``tokens`` keys, GELU of ``rows`` FFN rows."""
+
+    name: str = "reduce"
+    protocol: str = "CHEETAH"
+    shape: Shape = Shape.base
+    tokens: int = 128
+    rows: int = 16
+    recv_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -125,5 +139,6 @@ class LengthBench:
     batch_size: int = 16
 
 
-BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "e2e": E2EBench,
+BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "reduce": ReduceBench,
+                               "e2e": E2EBench,
                                "link": LinkBench, "length": LengthBench}

@@ -44,7 +44,7 @@ from benchmarks.composition import (
     table_rows,
 )
 from benchmarks.configs import E2EBench
-from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW
+from models.approx import DEFAULT_REDUCE_FORMS, EXP_HIGH, GELU_HIGH, REDUCE_FORMS
 from protocols import nonlinear
 from protocols import pruning as pr
 from protocols.batch import Layout, prune_step, reduce_step
@@ -55,6 +55,8 @@ from protocols.secure_model import SecureResult, plaintext_forward, secure_forwa
 from protocols.session import SessionSpec, TwoPartySession
 
 log = logging.getLogger(__name__)
+# Π_reduce's low-group forms new checkpoints are trained with (and the engine runs them with)
+LOW = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]
 Measured = dict[str, dict[str, tuple[float, float]]]
 
 
@@ -147,9 +149,9 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
             ("reduce", pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], {"k": k, "k_high": max(1, k // 2)}),
             ("bolt_we", pr.bolt_we_select, ["h", "R", "valid"], ["h3", "v3"], {"keep": k}),  # rank(R) = rank(S)
             ("Softmax_high", nonlinear.softmax, ["sc"], ["p1"], {"bias": None, "approx": EXP_HIGH}),
-            ("Softmax_low", nonlinear.softmax, ["sc"], ["p2"], {"bias": None, "approx": EXP_LOW}),
+            ("Softmax_low", nonlinear.softmax, ["sc"], ["p2"], {"bias": None, "approx": LOW.exp}),
             ("GELU_high", nonlinear.gelu, ["f"], ["g1"], {"approx": GELU_HIGH}),
-            ("GELU_low", nonlinear.gelu, ["f"], ["g2"], {"approx": GELU_LOW}),
+            ("GELU_low", nonlinear.gelu_form, ["f"], ["g2"], {"approx": LOW.gelu}),
         ]
         for name, fn, ins, outs, static in steps:
             with s.meter.measure() as measured:

@@ -35,7 +35,7 @@ def _probs(n: int, heads: int, rng: np.random.Generator) -> np.ndarray:
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def bench(n: int, d: int, heads: int, protocol: str, algorithms: list[str]) -> dict[str, float]:
+def bench(n: int, d: int, heads: int, protocol: str, algorithms: list[str], recv_timeout_s: float) -> dict[str, float]:
     """One layer's Π_prune and BOLT WE costs at n tokens: seconds and MB per phase, BOLT WE once per
     top-half algorithm, and each algorithm's secure comparisons / equality tests."""
     rng = np.random.default_rng(n)
@@ -43,7 +43,8 @@ def bench(n: int, d: int, heads: int, protocol: str, algorithms: list[str]) -> d
     theta = float(np.median(probs.mean(axis=(0, 1))))
     keep = math.ceil(n / 2)
     bolt: dict[str, object] = {}
-    with TwoPartySession(SessionSpec(protocol=protocol, private_owners=("server",))) as s:
+    spec = SessionSpec(protocol=protocol, private_owners=("server",), recv_timeout_s=recv_timeout_s)
+    with TwoPartySession(spec) as s:
         s.share("A", probs, owner="client")          # secret-shared: the engine computes it under MPC
         s.share("h", rng.standard_normal((n, d)).astype(np.float32), owner="client")
         s.share("valid", np.ones(n, np.float32), owner="client")
@@ -83,7 +84,7 @@ def run(cfg: PruneBench, log_metrics: LogMetrics) -> BenchResult:
                          f"{sorted(pr.BOLT_WE_ALGORITHMS)}")
     shape, rows, cells = shape_spec(cfg.shape), [], []
     for n in cfg.sizes:
-        r = bench(n, shape.hidden, shape.heads, cfg.protocol, cfg.algorithms)
+        r = bench(n, shape.hidden, shape.heads, cfg.protocol, cfg.algorithms, cfg.recv_timeout_s)
         rows.append(r)
         log_metrics({f"{n}/{k}": float(v) for k, v in r.items() if k != "n"})
         first = cfg.algorithms[0]

@@ -14,8 +14,17 @@ highest degree first, as ``numpy.polyval`` expects):
   the result is 0 (so masked logits vanish instead of saturating at ``2**-z_max``).
 * LayerNorm: mean, variance, then reciprocal square root of ``var + eps``.
 
-``HIGH`` forms are BOLT's; ``LOW`` forms are the cheaper polynomials that Π_reduce applies
-to kept tokens of low importance.
+``HIGH`` forms are BOLT's. Π_reduce gives the kept tokens of low importance one of the
+``REDUCE_FORMS`` (named in each checkpoint's ``thresholds.json``):
+
+* ``fast`` (the default since 2026-12-02): ReLU for GELU, and for exp the repeated squaring
+  ``exp(x) ≈ (1 + x/2^r)^(2^r)`` (``SquaringExp``; x clipped at ``−2^r``, where it reaches 0): no
+  range reduction, no fixed-point → integer conversion, no bit extraction. Measured under CHEETAH
+  (BERT-base shapes, secret-shared inputs, ``benchmark=reduce``): the cheap forms' time and bytes
+  are a fraction of BOLT's (see benchmarks/RESULTS.md).
+* ``polynomial`` (files without the key): the lower-degree polynomials ``GELU_LOW`` / ``EXP_LOW``
+  with BOLT's range reduction; they saved bytes but no time in this engine (SPU's exp cost is the
+  range reduction, not the polynomial's degree).
 """
 from __future__ import annotations
 
@@ -54,6 +63,27 @@ class ExpApprox:
     def x_min(self) -> float:
         """Smallest input with a non-zero result."""
         return -self.z_max * LN2
+
+
+@dataclass(frozen=True)
+class SquaringExp:
+    """``exp(x) ≈ (1 + x/2^r)^(2^r)`` for ``x <= 0`` (``r = squarings``), with ``x`` clipped at
+    ``x_min = −2^r``, where the base and so the result is 0. Cost per element: 1 comparison (the clip)
+    and ``r`` products."""
+
+    squarings: int
+
+    @property
+    def x_min(self) -> float:
+        return -float(2**self.squarings)
+
+
+@dataclass(frozen=True)
+class ReduceForms:
+    """Π_reduce's low-group forms: ``gelu`` (``None``: ReLU) and the softmax's ``exp``."""
+
+    gelu: GeluApprox | None
+    exp: ExpApprox | SquaringExp
 
 
 # SPU's rings: field name -> bits (the one statement of it; sessions and config checks use it)
@@ -108,6 +138,17 @@ EXP_HIGH = ExpApprox(
 
 # Linear least-squares fit of exp on (-ln2, 0] (max error 0.031).
 EXP_LOW = ExpApprox(coeffs=(0.71564515, 0.96938556), z_max=13)
+
+# (1 + x/8)^8 on [-8, 0], 0 below: max |Δ| against exp over x <= 0 is 0.0353 (at x = -1.91; a 1e-4 grid).
+EXP_SQUARING = SquaringExp(squarings=3)
+
+REDUCE_FORMS: dict[str, ReduceForms] = {
+    "fast": ReduceForms(gelu=None, exp=EXP_SQUARING),
+    "polynomial": ReduceForms(gelu=GELU_LOW, exp=EXP_LOW),
+}
+# What new checkpoints use, and what a thresholds file without the key meant (written before it).
+DEFAULT_REDUCE_FORMS = "fast"
+LEGACY_REDUCE_FORMS = "polynomial"
 
 # SPU default encoding used by every secure run and by fixed-point emulation in torch.
 FIXED_POINT = FixedPoint(field="FM64", fraction_bits=18)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models import ops
+from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS, ReduceForms
 from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod
 
 
@@ -158,9 +159,11 @@ class BertLayer(nn.Module):
         self.drop = nn.Dropout(cfg.hidden_dropout)
 
     def attn_block(
-        self, h: torch.Tensor, bias: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None
+        self, h: torch.Tensor, bias: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None,
+        forms: ReduceForms = REDUCE_FORMS[DEFAULT_REDUCE_FORMS],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h`` ``[B, n, d]``, key ``bias`` ``[B, 1, 1, n]`` → ``(LN(h + Attn(h)), probs [B, H, n, n])``."""
+        """``h`` ``[B, n, d]``, key ``bias`` ``[B, 1, 1, n]`` → ``(LN(h + Attn(h)), probs [B, H, n, n])``;
+        query rows ``low_rows`` ``[B, n]`` use the low exp of ``forms``."""
         B, n, d = h.shape
         H = self.cfg.heads
         sa = self.attention.self
@@ -169,15 +172,16 @@ class BertLayer(nn.Module):
             return x.view(B, n, H, d // H).transpose(1, 2)
 
         q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
-        probs = ops.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // H), o, bias, low_rows)
+        probs = ops.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // H), o, bias, low_rows, forms)
         ctx = (self.drop_attn(probs) @ v).transpose(1, 2).reshape(B, n, d)
         out = self.attention.output
         y = h + self.drop(out.dense(ctx))
         return ops.layernorm(y, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, o), probs
 
-    def ffn(self, h: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``LN(h + W2 GELU(W1 h))`` on ``[B, n, d]``; ``low_rows`` ``[B, n]`` use ``GELU_LOW``."""
-        a = ops.gelu(self.intermediate.dense(h), o, low_rows)
+    def ffn(self, h: torch.Tensor, o: OpsConfig, low_rows: torch.Tensor | None = None,
+            forms: ReduceForms = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]) -> torch.Tensor:
+        """``LN(h + W2 GELU(W1 h))`` on ``[B, n, d]``; ``low_rows`` ``[B, n]`` use the low GELU of ``forms``."""
+        a = ops.gelu(self.intermediate.dense(h), o, low_rows, forms=forms)
         y = h + self.drop(self.output.dense(a))
         ln = self.output.LayerNorm
         return ops.layernorm(y, ln.weight, ln.bias, ln.eps, o)
@@ -205,14 +209,16 @@ class _Bert(nn.Module):
 
 class Thresholds(nn.Module):
     """Per-layer pruning thresholds ``theta`` (learnable) and reduce thresholds ``beta`` (learnable
-    when training switches it on: ``prune_reduce``'s soft phase), ``[L]``, and the ``criterion``
-    they compare with."""
+    when training switches it on: ``prune_reduce``'s soft phase), ``[L]``, the ``criterion``
+    they compare with and Π_reduce's low-group forms ``reduce_forms`` (a key of
+    ``models.approx.REDUCE_FORMS``)."""
 
-    def __init__(self, layers: int, criterion: str = "absolute") -> None:
+    def __init__(self, layers: int, criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS) -> None:
         super().__init__()
         self.theta = nn.Parameter(torch.zeros(layers))
         self.beta = nn.Parameter(torch.zeros(layers), requires_grad=False)
         self.criterion = criterion
+        self.reduce_forms = reduce_forms
 
     def decision_scores(self, scores: torch.Tensor, entering: torch.Tensor) -> torch.Tensor:
         """What θ/β compare with: ``S`` (absolute) or ``c·S`` (relative), ``entering`` ``[B, n]`` the
@@ -279,8 +285,9 @@ class BertClassifier(nn.Module):
         exp_low: torch.Tensor | None = None
         kept, ratios, highs, all_scores = [], [], [], []
         theta, beta = self.pruning.theta, self.pruning.beta
+        forms = REDUCE_FORMS[self.pruning.reduce_forms]
         for l, layer in enumerate(self.bert.encoder.layer):
-            h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low)
+            h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low, forms)
             s = importance_scores(probs, present)
             all_scores.append(s)
             d = self.pruning.decision_scores(s, am * present)
@@ -311,7 +318,7 @@ class BertClassifier(nn.Module):
             kept.append(present.sum(dim=1))
             ratios.append(_share(present * am, am))
             highs.append(high_share)
-            h = layer.ffn(h, o, gelu_low)
+            h = layer.ffn(h, o, gelu_low, forms)
         pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
         logits = self.classifier(self.dropout(pooled))
         return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores, torch.stack(highs))

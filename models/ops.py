@@ -14,18 +14,21 @@ import torch.nn.functional as F
 
 from models.approx import (
     ATTENTION_MASK_BIAS,
+    DEFAULT_REDUCE_FORMS,
     EXP_HIGH,
-    EXP_LOW,
     FIXED_POINT,
     GELU_HIGH,
-    GELU_LOW,
     LN2,
+    REDUCE_FORMS,
     ExpApprox,
     GeluApprox,
+    ReduceForms,
+    SquaringExp,
 )
 from models.config import OpsConfig
 
-__all__ = ["fixed_point", "polyval", "gelu", "exp_approx", "softmax", "layernorm", "mask_bias"]
+__all__ = ["fixed_point", "polyval", "gelu", "exp_approx", "exp_squaring", "softmax", "layernorm", "mask_bias"]
+FAST = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]
 
 
 def fixed_point(x: torch.Tensor, fraction_bits: int = FIXED_POINT.fraction_bits) -> torch.Tensor:
@@ -46,26 +49,30 @@ def polyval(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _gelu_poly(x: torch.Tensor, approx: GeluApprox) -> torch.Tensor:
+def _gelu_poly(x: torch.Tensor, approx: GeluApprox | None) -> torch.Tensor:
+    """BOLT's GELU form with ``approx``, or ReLU for ``None`` (Π_reduce's ``fast`` low form)."""
+    if approx is None:
+        return F.relu(x)
     inside = 0.5 * x + polyval(approx.coeffs, x.abs())
     return torch.where(x.abs() < approx.clip, inside, F.relu(x))
 
 
 def gelu(
-    x: torch.Tensor, ops: OpsConfig, low_rows: torch.Tensor | None = None, exact_kind: str = "erf"
+    x: torch.Tensor, ops: OpsConfig, low_rows: torch.Tensor | None = None, exact_kind: str = "erf",
+    forms: ReduceForms = FAST,
 ) -> torch.Tensor:
     """GELU of ``x`` ``[..., n, d]``.
 
     Emulated: ``0.5x + P(|x|)`` on ``|x| < clip`` else ``relu`` with ``GELU_HIGH``; rows where
-    ``low_rows`` ``[..., n]`` (bool) is true use ``GELU_LOW`` (Π_reduce); a float ``low_rows`` in
-    [0, 1] mixes the two forms by that weight (Π_reduce's soft mask in training). Exact: torch
-    GELU (``exact_kind="erf"`` for BERT, ``"tanh"`` for GPT-2's ``gelu_new``).
+    ``low_rows`` ``[..., n]`` (bool) is true use the low form ``forms.gelu`` (Π_reduce); a float
+    ``low_rows`` in [0, 1] mixes the two forms by that weight (Π_reduce's soft mask in training).
+    Exact: torch GELU (``exact_kind="erf"`` for BERT, ``"tanh"`` for GPT-2's ``gelu_new``).
     """
     if ops.mode == "exact":
         return F.gelu(x, approximate="tanh" if exact_kind == "tanh" else "none")
     y = _gelu_poly(x, GELU_HIGH)
     if low_rows is not None:
-        y = _low_mix(y, _gelu_poly(x, GELU_LOW), low_rows.unsqueeze(-1))
+        y = _low_mix(y, _gelu_poly(x, forms.gelu), low_rows.unsqueeze(-1))
     return _fxp(y, ops)
 
 
@@ -90,18 +97,31 @@ def exp_approx(x: torch.Tensor, approx: ExpApprox) -> torch.Tensor:
     return torch.where(x < approx.x_min, torch.zeros_like(y), y)
 
 
+def exp_squaring(x: torch.Tensor, approx: SquaringExp) -> torch.Tensor:
+    """``(1 + x/2^r)^(2^r)`` for ``x <= 0``, ``x`` clipped at ``approx.x_min = −2^r`` (0 there)."""
+    y = 1.0 + torch.clamp(x, min=approx.x_min) * (1.0 / 2**approx.squarings)
+    for _ in range(approx.squarings):
+        y = y * y
+    return y
+
+
+def _exp_form(x: torch.Tensor, approx: ExpApprox | SquaringExp) -> torch.Tensor:
+    return exp_squaring(x, approx) if isinstance(approx, SquaringExp) else exp_approx(x, approx)
+
+
 def softmax(
     scores: torch.Tensor,
     ops: OpsConfig,
     bias: torch.Tensor | None = None,
     low_rows: torch.Tensor | None = None,
+    forms: ReduceForms = FAST,
 ) -> torch.Tensor:
     """Softmax over the last axis of ``scores`` ``[B, H, n, n]`` (query rows, key columns).
 
     ``bias`` (broadcastable, e.g. ``[B, 1, 1, n]``) is added first (``ATTENTION_MASK_BIAS`` for
     masked keys). Emulated: subtract the row max, BOLT exp (``EXP_HIGH``; query rows with
-    ``low_rows`` ``[B, n]`` true use ``EXP_LOW``, float weights mix them as in :func:`gelu`),
-    divide by the row sum.
+    ``low_rows`` ``[B, n]`` true use the low exp ``forms.exp``, float weights mix them as in
+    :func:`gelu`), divide by the row sum.
     """
     if bias is not None:
         scores = scores + bias
@@ -110,7 +130,7 @@ def softmax(
     x = scores - scores.amax(dim=-1, keepdim=True).detach()
     e = exp_approx(x, EXP_HIGH)
     if low_rows is not None:
-        e = _low_mix(e, exp_approx(x, EXP_LOW), low_rows[:, None, :, None])
+        e = _low_mix(e, _exp_form(x, forms.exp), low_rows[:, None, :, None])
     e = _fxp(e, ops)
     return _fxp(e / e.sum(dim=-1, keepdim=True), ops)
 

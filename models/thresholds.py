@@ -2,7 +2,8 @@
 ``pareto_front`` and ``select_thresholds``.
 
 Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
-"temperature": float, "lambda": float, "criterion": "absolute" | "relative"}`` with ``β_l ≥ θ_l``.
+"temperature": float, "lambda": float, "criterion": "absolute" | "relative",
+"reduce_forms": "fast" | "polynomial"}`` with ``β_l ≥ θ_l``.
 
 ``criterion`` says what θ and β are compared with (``CRITERIA``):
 
@@ -13,6 +14,10 @@ Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
   ``θ_l ≥ 0``. A θ learned at one length means the same at another.
 
 Files written before the field existed have no ``criterion``: they are ``absolute``.
+
+``reduce_forms`` names Π_reduce's low-group non-linearities (``models.approx.REDUCE_FORMS``), the
+forms the model was fine-tuned with and the secure run must use; files without it are
+``polynomial`` (``LEGACY_REDUCE_FORMS``), new ones ``fast`` unless told otherwise.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from models.approx import DEFAULT_REDUCE_FORMS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
 
 CRITERIA = ("absolute", "relative")
 
@@ -34,12 +41,13 @@ class ThresholdsArtifact:
     temperature: float = 1e-3
     lambda_: float = 0.0
     criterion: str = "absolute"
+    reduce_forms: str = DEFAULT_REDUCE_FORMS
 
     def to_dict(self) -> dict[str, Any]:
         """JSON dict with the contract's keys (``lambda``, not ``lambda_``)."""
         return {"theta": [float(x) for x in self.theta], "beta": [float(x) for x in self.beta],
                 "temperature": float(self.temperature), "lambda": float(self.lambda_),
-                "criterion": self.criterion}
+                "criterion": self.criterion, "reduce_forms": self.reduce_forms}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], layers: int | None = None) -> "ThresholdsArtifact":
@@ -48,7 +56,8 @@ class ThresholdsArtifact:
         if missing:
             raise ValueError(f"thresholds: missing key(s) {missing}; got keys {sorted(d)}")
         a = cls([float(x) for x in d["theta"]], [float(x) for x in d["beta"]],
-                float(d["temperature"]), float(d["lambda"]), str(d.get("criterion", "absolute")))
+                float(d["temperature"]), float(d["lambda"]), str(d.get("criterion", "absolute")),
+                str(d.get("reduce_forms", LEGACY_REDUCE_FORMS)))
         validate_thresholds(a, layers)
         return a
 
@@ -59,6 +68,8 @@ def validate_thresholds(a: ThresholdsArtifact, layers: int | None = None) -> Non
     layers`` (when given) and ``temperature > 0``."""
     if a.criterion not in CRITERIA:
         raise ValueError(f"thresholds: criterion={a.criterion!r}; expected one of {list(CRITERIA)}")
+    if a.reduce_forms not in REDUCE_FORMS:
+        raise ValueError(f"thresholds: reduce_forms={a.reduce_forms!r}; expected one of {sorted(REDUCE_FORMS)}")
     top = 1.0 if a.criterion == "absolute" else math.inf
     if len(a.theta) != len(a.beta):
         raise ValueError(f"thresholds: len(theta)={len(a.theta)} != len(beta)={len(a.beta)}")

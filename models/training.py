@@ -70,6 +70,7 @@ class FinetuneConfig:
     beta_factor: float = 2.0
     beta_lambda: float = 0.05
     criterion: str = "relative"
+    reduce_forms: str = "fast"   # Π_reduce's low-group forms (models.approx.REDUCE_FORMS)
     trim_padding: bool = True
     grad_clip: float = 1.0
     progress: bool = True
@@ -276,7 +277,7 @@ def finetune(
     on ``val_ds`` (the validation split, not the reported dev split).
 
     ``cfg.method == "none"``: plain fine-tuning (best validation checkpoint restored). Otherwise:
-    the model's criterion set to ``cfg.criterion``, θ initialised from scores
+    the model's criterion and reduce forms set to ``cfg.criterion`` / ``cfg.reduce_forms``, θ initialised from scores
     (:func:`init_thresholds`), β at ``beta_factor·θ``, soft phase (``cfg.epochs``; β learned too
     for ``prune_reduce``), then the hard straight-through phase (``cfg.hard_epochs``).
     """
@@ -287,6 +288,7 @@ def finetune(
         _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
     elif cfg.method in ("prune", "prune_reduce"):
         model.pruning.criterion = cfg.criterion
+        model.pruning.reduce_forms = cfg.reduce_forms
         init_thresholds(model, train_ds, cfg.theta_quantile)
         with torch.no_grad():
             model.pruning.beta.copy_(model.pruning.theta * max(cfg.beta_factor, 1.0))

@@ -104,11 +104,12 @@ def load_hf_bert(
 
 
 def set_thresholds(model: BertClassifier, a: ThresholdsArtifact) -> None:
-    """Copy ``a.theta`` / ``a.beta`` and ``a.criterion`` into ``model.pruning``."""
+    """Copy ``a.theta`` / ``a.beta``, ``a.criterion`` and ``a.reduce_forms`` into ``model.pruning``."""
     with torch.no_grad():
         model.pruning.theta.copy_(torch.tensor(a.theta))
         model.pruning.beta.copy_(torch.tensor(a.beta))
     model.pruning.criterion = a.criterion
+    model.pruning.reduce_forms = a.reduce_forms
 
 
 def get_thresholds(model: BertClassifier, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:
@@ -116,7 +117,7 @@ def get_thresholds(model: BertClassifier, temperature: float = 1e-3, lambda_: fl
     criterion = model.pruning.criterion
     th = model.pruning.theta.detach().clamp(0, 1 if criterion == "absolute" else None)
     be = torch.maximum(model.pruning.beta.detach(), th)
-    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_, criterion)
+    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_, criterion, model.pruning.reduce_forms)
 
 
 def to_numpy_weights(model: nn.Module) -> dict[str, np.ndarray]:

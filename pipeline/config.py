@@ -66,6 +66,13 @@ class Criterion(str, Enum):
     relative = "relative"  # length-aware: c_l·S_i > θ_l, c_l the real tokens entering layer l
 
 
+class ReduceFormsName(str, Enum):
+    """Π_reduce's low-group non-linearities (``models.approx.REDUCE_FORMS``)."""
+
+    fast = "fast"              # ReLU and exp by repeated squaring: cheap in SPU
+    polynomial = "polynomial"  # lower-degree polynomials with BOLT's range reduction (before 2026-12-02)
+
+
 class Protocol(str, Enum):
     REF2K = "REF2K"
     SEMI2K = "SEMI2K"
@@ -160,6 +167,7 @@ class FinetuneConfig:
     theta_quantiles: list[float] = field(default_factory=lambda: [0.3])
     candidate_method: Method = Method.prune_reduce  # prune_reduce learns β too; its model serves `prune` as well
     criterion: Criterion = Criterion.relative
+    reduce_forms: ReduceFormsName = ReduceFormsName.fast  # Π_reduce's low forms, trained with and run securely
     beta_lambda: float = 0.05  # penalty on the high group's share (Π_reduce), beside λ on the kept share
     hard_epochs: float = 0.5
     ops: Ops = Ops.emulated

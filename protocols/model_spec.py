@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from models.approx import LAYERNORM_EPS
+from models.approx import DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
 from models.config import PRUNE_METHODS, hf_shape
 from models.thresholds import CRITERIA
 
@@ -67,8 +67,11 @@ class PruningSpec:
     theta: tuple[float, ...] = ()
     beta: tuple[float, ...] = ()
     criterion: str = "absolute"
+    reduce_forms: str = DEFAULT_REDUCE_FORMS
 
     def __post_init__(self) -> None:
+        if self.reduce_forms not in REDUCE_FORMS:
+            raise ValueError(f"PruningSpec.reduce_forms={self.reduce_forms!r}: expected one of {sorted(REDUCE_FORMS)}")
         if self.method not in PRUNE_METHODS:
             raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(PRUNE_METHODS)}")
         object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
@@ -94,6 +97,7 @@ class PruningSpec:
 
     @classmethod
     def from_thresholds(cls, method: str, thresholds: Mapping[str, Any]) -> "PruningSpec":
-        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists, ``criterion``: absolute if absent)."""
+        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists, ``criterion``: absolute if absent,
+        ``reduce_forms``: ``LEGACY_REDUCE_FORMS`` if absent)."""
         return cls(method, tuple(thresholds.get("theta", ())), tuple(thresholds.get("beta", ())),
-                   str(thresholds.get("criterion", "absolute")))
+                   str(thresholds.get("criterion", "absolute")), str(thresholds.get("reduce_forms", LEGACY_REDUCE_FORMS)))

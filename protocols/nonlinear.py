@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW, LN2, ExpApprox, GeluApprox
+from models.approx import EXP_HIGH, GELU_HIGH, LN2, REDUCE_FORMS, ExpApprox, GeluApprox, SquaringExp
 
 
 def polyval(coeffs: tuple[float, ...], x: jnp.ndarray) -> jnp.ndarray:
@@ -29,6 +29,16 @@ def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_HIGH) -> jnp.ndarray:
     ax = jnp.abs(x)
     inner = 0.5 * x + polyval(approx.coeffs, ax)
     return jnp.where(ax < approx.clip, inner, 0.5 * (x + ax))
+
+
+def relu(x: jnp.ndarray) -> jnp.ndarray:
+    """``max(x, 0)``. Cost: 1 comparison and 1 multiplexer per element."""
+    return jnp.maximum(x, 0.0)
+
+
+def gelu_form(x: jnp.ndarray, approx: GeluApprox | None) -> jnp.ndarray:
+    """``gelu(x, approx)``, or ReLU for ``None`` (Π_reduce's ``fast`` low form)."""
+    return relu(x) if approx is None else gelu(x, approx)
 
 
 def _pow2_neg(zi: jnp.ndarray, bits: int, dtype: jnp.dtype) -> jnp.ndarray:
@@ -60,8 +70,22 @@ def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray
     return jnp.where(x < approx.x_min, 0.0, value)
 
 
-def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray:
-    """Row softmax over the last axis: subtract the row max, approximate exp, divide.
+def exp_squaring(x: jnp.ndarray, approx: SquaringExp) -> jnp.ndarray:
+    """``exp(x) ≈ (1 + x/2^r)^(2^r)`` for ``x <= 0``, ``x`` clipped at ``approx.x_min = −2^r`` (0 there).
+
+    Cost per element: 1 comparison + 1 multiplexer (the clip), 1 public-constant product and ``r``
+    secret products (squarings); no range reduction, conversion or bit extraction. Reveals: nothing.
+    """
+    y = 1.0 + jnp.maximum(x, approx.x_min) * (1.0 / 2**approx.squarings)
+    for _ in range(approx.squarings):
+        y = y * y
+    return y
+
+
+def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None,
+            approx: ExpApprox | SquaringExp = EXP_HIGH) -> jnp.ndarray:
+    """Row softmax over the last axis: subtract the row max, approximate exp (BOLT's range
+    reduction for an ``ExpApprox``, repeated squaring for a ``SquaringExp``), divide.
 
     ``bias`` is added to the logits first (broadcast; padding keys get
     ``ATTENTION_MASK_BIAS``). Cost per row of n: n−1 comparisons (max), n exps, 1
@@ -70,25 +94,19 @@ def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None, approx: ExpApprox =
     if bias is not None:
         x = x + bias
     shifted = x - jnp.max(x, axis=-1, keepdims=True)
-    e = exp_nonpositive(shifted, approx)
+    e = exp_squaring(shifted, approx) if isinstance(approx, SquaringExp) else exp_nonpositive(shifted, approx)
     # One reciprocal per row, then a product: ``e / sum`` would make SPU divide every element
     # (measured SEMI2K, 2x32x32: 4.67 MB → 2.76 MB).
     return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
 
 
-def gelu_split(x: jnp.ndarray, k_high: int | None) -> jnp.ndarray:
-    """Rows ``[0:k_high]`` (axis 0) with ``GELU_HIGH``, the rest with ``GELU_LOW``; None: all high."""
-    if k_high is None or k_high >= x.shape[0]:
-        return gelu(x, GELU_HIGH)
-    return jnp.concatenate([gelu(x[:k_high], GELU_HIGH), gelu(x[k_high:], GELU_LOW)], axis=0)
-
-
-def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None) -> jnp.ndarray:
-    """Query rows (axis −2) ``[0:k_high]`` with ``EXP_HIGH``, the rest with ``EXP_LOW``."""
+def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None, forms: str) -> jnp.ndarray:
+    """Query rows (axis −2) ``[0:k_high]`` with ``EXP_HIGH``, the rest with the low exp of
+    ``REDUCE_FORMS[forms]``."""
     if k_high is None or k_high >= x.shape[-2]:
         return softmax(x, bias, EXP_HIGH)
     high = softmax(x[..., :k_high, :], bias, EXP_HIGH)
-    low = softmax(x[..., k_high:, :], bias, EXP_LOW)
+    low = softmax(x[..., k_high:, :], bias, REDUCE_FORMS[forms].exp)
     return jnp.concatenate([high, low], axis=-2)
 
 

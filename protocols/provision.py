@@ -90,7 +90,7 @@ class ServerRequest:
         pruning = PruningSpec(self.method)
         if self.method in ("prune", "prune_reduce"):
             th = read_thresholds(Path(self.checkpoint) / "thresholds.json", spec.layers)
-            pruning = PruningSpec(self.method, tuple(th.theta), tuple(th.beta), th.criterion)
+            pruning = PruningSpec(self.method, tuple(th.theta), tuple(th.beta), th.criterion, th.reduce_forms)
         return Provided(server_inputs(spec, weights, pruning), {})
 
 

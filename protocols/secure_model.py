@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from models.approx import DEFAULT_REDUCE_FORMS
 from protocols import batch as bt
 from protocols import transformer as tf
 from protocols.batch import Layout
@@ -144,7 +145,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
         for name, value in values.items():
             session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
-                   trace_positions=trace_positions, criterion=pruning.criterion)
+                   trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms)
 
 
 def check_method(spec: TransformerSpec, method: str) -> None:
@@ -154,11 +155,13 @@ def check_method(spec: TransformerSpec, method: str) -> None:
 
 
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
-            record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute") -> list[SecureResult]:
+            record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute",
+            reduce_forms: str = DEFAULT_REDUCE_FORMS) -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
-    (``protocols.provision``), compared by ``criterion`` (public: it fixes the programs, not a
-    value). Reveals only the declared counts and the logits (to the client)."""
+    (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
+    ``reduce_forms`` (both public: they fix the programs, not a value). Reveals only the declared
+    counts and the logits (to the client)."""
     check_method(spec, method)
     s = session
     layout = Layout(sizes)
@@ -182,7 +185,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
         st = {"heads": heads, "layout": layout}
         s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
         s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static=st)
-        s.run(tf.attention_probs, ["sc", "valid"], ["A"], op="Softmax", layer=l, static={**st, "causal": spec.causal})
+        s.run(tf.attention_probs, ["sc", "valid"], ["A"], op="Softmax", layer=l, static={**st, "causal": spec.causal, "forms": reduce_forms})
         s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static=st)
         if spec.causal:
             s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
@@ -210,7 +213,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
             x = "x"
         s.run(tf.linear, [x, p + "w1", p + "b1"], ["f"], op="Linear", layer=l)
-        s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout})
+        s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout, "forms": reduce_forms})
         if spec.causal:
             s.run(tf.linear_residual, ["f", p + "w2", p + "b2", "h"], ["h"], op="Linear", layer=l)
         else:
@@ -251,19 +254,20 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 
 
 def evaluate_owned(session: Session, spec: TransformerSpec, server: Any, client: Callable[[range], Any], count: int,
-                   method: str, *, batch_size: int = 1,
-                   criterion: str = "absolute") -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
+                   method: str, *, batch_size: int = 1, criterion: str = "absolute",
+                   reduce_forms: str = DEFAULT_REDUCE_FORMS) -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
     """The owner-held counterpart of ``evaluate_batches``: the server's party provides its inputs once
     (``server``: a ``protocols.provision.ServerRequest``), the client's party each batch's
     (``client(chunk)``: a ``ClientRequest``); yields each batch's indices, per-example results, the
     batch's cost and the client request's public part (token counts, the client's labels).
-    ``criterion``: the thresholds' (``PruningSpec``), public."""
+    ``criterion``, ``reduce_forms``: the thresholds' (``PruningSpec``), public."""
     chunks = _chunks(count, batch_size)
     session.provide("server", server)
     for chunk in chunks:
         public = session.provide("client", client(chunk))
         with session.meter.measure() as m:
-            results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion)
+            results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
+                              reduce_forms=reduce_forms)
         yield chunk, results, m.report, public
 
 

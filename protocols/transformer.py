@@ -29,7 +29,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from models.approx import ATTENTION_MASK_BIAS, GELU_HIGH, GELU_LOW
+from models.approx import ATTENTION_MASK_BIAS, GELU_HIGH, REDUCE_FORMS
 from protocols import nonlinear
 from protocols.batch import Layout, iter_groups, stack_group, unstack_groups
 from protocols.model_spec import TransformerSpec
@@ -127,19 +127,20 @@ def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layo
     return jnp.concatenate(parts)
 
 
-def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, *, heads: int, layout: Layout, causal: bool) -> jnp.ndarray:
+def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, *, heads: int, layout: Layout, causal: bool,
+                    forms: str) -> jnp.ndarray:
     """Softmax of each input's scores (flat, as ``attention_scores``), padding keys biased by
     ``ATTENTION_MASK_BIAS`` (from the client's secret ``valid`` ``[total]``: bias is linear in
     it, local) and, if ``causal``, a public causal mask. Query rows ``[0:high_b]`` use
-    EXP_HIGH, the rest EXP_LOW (``layout.high`` None: all high). Cost: Σ_b H·n_b rows of n_b
-    (see ``nonlinear.softmax``), one softmax per group.
+    EXP_HIGH, the rest the low exp of ``REDUCE_FORMS[forms]`` (``layout.high`` None: all high).
+    Cost: Σ_b H·n_b rows of n_b (see ``nonlinear.softmax``), one softmax per group.
     """
     parts = []
     for (n, high, members), (_, _, x) in zip(layout.groups(), iter_groups(scores, layout, heads)):
         bias = ((1.0 - stack_group(valid, layout, members)) * ATTENTION_MASK_BIAS)[:, None, None, :]
         if causal:
             bias = bias + jnp.asarray((1.0 - np.tril(np.ones((n, n), np.float32))) * ATTENTION_MASK_BIAS)[None, None]
-        parts.append(nonlinear.softmax_split(x, bias, high).reshape(-1))
+        parts.append(nonlinear.softmax_split(x, bias, high, forms).reshape(-1))
     return jnp.concatenate(parts)
 
 
@@ -166,16 +167,17 @@ def linear_residual(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray, res: jnp.nda
     return res + x @ w + b
 
 
-def gelu(x: jnp.ndarray, *, layout: Layout) -> jnp.ndarray:
+def gelu(x: jnp.ndarray, *, layout: Layout, forms: str) -> jnp.ndarray:
     """BOLT GELU ``[total, f]``; each input's first ``layout.high[b]`` rows use GELU_HIGH, the
-    rest GELU_LOW (Π_reduce; ``layout.high`` None: all high). The high rows of all inputs are
-    evaluated as one array and the low rows as another (static row moves: local)."""
+    rest the low form of ``REDUCE_FORMS[forms]`` (Π_reduce; ``layout.high`` None: all high). The
+    high rows of all inputs are evaluated as one array and the low rows as another (static row
+    moves: local)."""
     if layout.high is None:
         return nonlinear.gelu(x, GELU_HIGH)
     highs = [r[:k] for r, k in zip(layout.split(x), layout.high)]
     lows = [r[k:] for r, k in zip(layout.split(x), layout.high)]
     y_high = nonlinear.gelu(jnp.concatenate(highs, axis=0), GELU_HIGH)
-    y_low = nonlinear.gelu(jnp.concatenate(lows, axis=0), GELU_LOW)
+    y_low = nonlinear.gelu_form(jnp.concatenate(lows, axis=0), REDUCE_FORMS[forms].gelu)
     out, hi, lo = [], 0, 0
     for n, k in zip(layout.sizes, layout.high):
         out += [y_high[hi:hi + k], y_low[lo:lo + n - k]]

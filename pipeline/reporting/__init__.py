@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pandas as pd
 import yaml
 
+from models.approx import LEGACY_REDUCE_FORMS
 from pipeline.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -118,6 +119,9 @@ def search_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     out["max_length"] = out["max_length"].astype(int)
     out["seed"] = pd.to_numeric(runs.get("tags.seed", pd.Series(0, index=runs.index)), errors="coerce").fillna(0).astype(int)
     out["criterion"] = runs.get("tags.criterion", pd.Series("absolute", index=runs.index)).fillna("absolute")
+    # searches before the tag: their candidates used the polynomial low forms (models.approx.LEGACY_REDUCE_FORMS)
+    out["reduce_forms"] = runs.get("tags.reduce_forms", pd.Series(LEGACY_REDUCE_FORMS, index=runs.index)).fillna(
+        LEGACY_REDUCE_FORMS)
     out["run_id"], out["experiment"], out["start_time"] = runs["run_id"], runs["experiment"], runs["start_time"]
     metrics = runs[[c for c in runs if c.startswith("metrics.")]]
     metrics.columns = [c[len("metrics."):] for c in metrics.columns]

@@ -80,15 +80,16 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table2(searches: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, method) from
+    """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, reduce_forms, method) from
     the search runs (newest per seed; the methods, then CipherPrune with SPU's fixed-point rounding
     emulated too, ``FIXED_POINT_ROW``): the dev metric's mean and standard deviation over seeds
     (``n_seeds``), its drop from unpruned (mean of the per-seed differences, and their std), the
     mean tokens entering each layer (``schedule``, mean over seeds), the paper's BERT-base value
     beside it, and the search runs it averages. Search runs without dev metrics (older layouts) are skipped."""
-    rows = newest(searches.dropna(subset=["dev/none/metric"]), ["model", "task", "max_length", "criterion", "seed"])
+    keys = ["model", "task", "max_length", "criterion", "reduce_forms"]
+    rows = newest(searches.dropna(subset=["dev/none/metric"]), [*keys, "seed"])
     records: list[dict[str, object]] = []
-    for (model, task, length, criterion), grp in rows.groupby(["model", "task", "max_length", "criterion"], sort=True):
+    for (model, task, length, criterion, forms), grp in rows.groupby(keys, sort=True):
         base = _metric(grp, "dev/none/metric")
         for method in (*paper.METHOD_ORDER, FIXED_POINT_ROW):
             values = _metric(grp, f"dev/{method}/metric")
@@ -97,7 +98,8 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             drop = values - base
             layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
             records.append({
-                "model": model, "task": task, "max_length": int(length), "criterion": criterion, "method": method,
+                "model": model, "task": task, "max_length": int(length), "criterion": criterion,
+                "reduce_forms": forms, "method": method,
                 "label": TABLE2_LABELS.get(method, method), "metric_mean": float(values.mean()),
                 "metric_std": float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan,
                 "drop_mean": float(drop.mean()) if method != "none" else math.nan,
@@ -109,7 +111,7 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
                 "seeds": ",".join(str(s) for s in sorted(grp["seed"])), "run_id": ",".join(grp["run_id"]),
             })
     out = pd.DataFrame.from_records(records)
-    return out.sort_values(["model", "task", "max_length", "criterion", "method"], key=in_method_order).reset_index(drop=True)
+    return out.sort_values([*keys, "method"], key=in_method_order).reset_index(drop=True)
 
 
 def _fmt(value: object, digits: int) -> str:

@@ -35,7 +35,7 @@ from pipeline.tracking import plain, sections_hash
 
 __all__ = ["params", "prepare", "finetune", "search", "secure_eval"]
 # finetune fields that shape the candidates only: the baseline is shared across their values
-CANDIDATE_ONLY = ("lambdas", "temperatures", "theta_quantiles", "threshold_lr", "beta_lambda", "criterion",
+CANDIDATE_ONLY = ("lambdas", "temperatures", "theta_quantiles", "threshold_lr", "beta_lambda", "criterion", "reduce_forms",
                   "beta_factor", "candidate_method", "torch_threads")
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                  "prune_epochs": f.prune_epochs, "prune_lr": f.prune_lr, "lambdas": f.lambdas,
                                  "temperatures": f.temperatures, "theta_quantiles": f.theta_quantiles,
                                  "candidate_method": f.candidate_method.value, "criterion": f.criterion.value,
+                                 "reduce_forms": f.reduce_forms.value,
                                  "beta_lambda": f.beta_lambda, "hard_epochs": f.hard_epochs, "ops": f.ops.value,
                                  "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "seed": f.seed},

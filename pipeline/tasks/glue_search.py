@@ -119,7 +119,8 @@ def search(ctx: StageContext) -> None:
     ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
     selection = Selection(baseline_id, chosen.name, prepare_id)
     ctx.run.log_dict(selection.to_dict(), SELECTION)
-    ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion})
+    ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion,
+                      "reduce_forms": thresholds.reduce_forms})
     metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
                                "kept_tokens/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
                                "selection/within_max_drop": float(within)}

@@ -42,10 +42,11 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
 
 
 def _secure_step(ctx: StageContext, method: Method, checkpoint: Path, manifest: DatasetManifest,
-                 n: int, criterion: str) -> tuple[dict[str, float], list[Any], list[Any], dict[str, Any]]:
+                 n: int, thresholds: Any) -> tuple[dict[str, float], list[Any], list[Any], dict[str, Any]]:
     """The two-party run: the server's party loads the checkpoint, the client's party the tokenised
     dev rows (with the transports ``processes`` and ``remote`` this process opens neither; with
-    ``threads`` it loads both, as the one process holding both parties). Returns the cost per
+    ``threads`` it loads both, as the one process holding both parties); ``thresholds``' public
+    criterion and reduce forms fix the programs. Returns the cost per
     input, the results, the client's labels and the leakage record."""
     from protocols.provision import ClientRequest, ReleaseEmbeddings, ServerRequest, model_spec_of
     from protocols.secure_model import evaluate_owned
@@ -62,7 +63,8 @@ def _secure_step(ctx: StageContext, method: Method, checkpoint: Path, manifest: 
         spec = model_spec_of(release)            # the public architecture, from the release
         server = ServerRequest(str(checkpoint), method.value)
         batches = evaluate_owned(session, spec, server, lambda chunk: ClientRequest(
-            manifest.splits["dev"], tuple(chunk), str(release)), n, method.value, batch_size=batch, criterion=criterion)
+            manifest.splits["dev"], tuple(chunk), str(release)), n, method.value, batch_size=batch,
+            criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
         for chunk, chunk_results, cost, public in tqdm(batches, total=-(-n // batch),
                                                        desc=f"secure {method.value} (batches of {batch})"):
             for name, value in {**cost.to_metrics(), **_kernel_metrics(cost)}.items():
@@ -88,10 +90,10 @@ def _evaluate_method(ctx: StageContext, method: Method, run_id: str, thresholds:
 
     n = min(ctx.cfg.secure_eval.num_examples, len(dev))
     metrics, results, labels, leakage = _secure_step(ctx, method, ctx.tracker.artifact_location(run_id, "checkpoint"),
-                                                     manifest, n, thresholds.criterion)
+                                                     manifest, n, thresholds)
     model, spec, weights = _load(ctx, run_id)          # reference step from here on
     pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
-                          criterion=thresholds.criterion)
+                          criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
     agree = correct = 0
     for i, (result, label) in enumerate(zip(results, labels)):
         example = tuple(np.asarray(dev[i][k]) for k in ("input_ids", "attention_mask", "token_type_ids"))

@@ -6,9 +6,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.approx import ATTENTION_MASK_BIAS, EXP_HIGH, EXP_LOW, FIXED_POINT
+from models.approx import ATTENTION_MASK_BIAS, EXP_HIGH, EXP_LOW, EXP_SQUARING, FIXED_POINT, REDUCE_FORMS
 from models.config import OpsConfig
-from models.ops import exp_approx, fixed_point, gelu, layernorm, mask_bias, softmax
+from models.ops import exp_approx, exp_squaring, fixed_point, gelu, layernorm, mask_bias, softmax
 
 EXACT, EMU, EMU_FXP = OpsConfig("exact"), OpsConfig("emulated"), OpsConfig("emulated", True)
 
@@ -17,8 +17,10 @@ def test_gelu_within_error() -> None:
     x = torch.linspace(-10, 10, 4001)
     ref = F.gelu(x)
     assert (gelu(x, EMU) - ref).abs().max() < 0.0095  # the bound stated in models/approx.py: 0.0094
-    low = torch.ones(1, dtype=torch.bool).expand(4001)
-    assert (gelu(x[None], EMU, low[None]) - ref).abs().max() < 0.09  # GELU_LOW max error 0.084
+    low = torch.ones(1, dtype=torch.bool)                                   # x[None]: one row of 4001
+    polynomial = gelu(x[None], EMU, low, forms=REDUCE_FORMS["polynomial"])
+    assert polynomial.shape == (1, 4001) and (polynomial - ref).abs().max() < 0.09  # GELU_LOW max error 0.084
+    assert torch.equal(gelu(x[None], EMU, low), F.relu(x)[None])            # the default ``fast`` low form
     assert torch.equal(gelu(x, EXACT), ref)
 
 
@@ -26,6 +28,9 @@ def test_exp_range_reduction_and_zero_below_xmin() -> None:
     x = torch.linspace(EXP_HIGH.x_min + 1e-3, 0, 2001)
     assert ((exp_approx(x, EXP_HIGH) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.0032  # stated: 0.0031
     assert ((exp_approx(x, EXP_LOW) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.07  # 0.031 abs on (-ln2, 0]
+    sq = exp_squaring(torch.linspace(-12, 0, 12001, dtype=torch.float64), EXP_SQUARING)
+    assert 0.03 < (sq - torch.exp(torch.linspace(-12, 0, 12001, dtype=torch.float64))).abs().max() < 0.0354  # stated 0.0353
+    assert torch.all(sq[:4001] == 0)                                        # x <= -8 = EXP_SQUARING.x_min
     assert torch.all(exp_approx(torch.tensor([EXP_HIGH.x_min - 0.01, -30.0, ATTENTION_MASK_BIAS]), EXP_HIGH) == 0)
 
 

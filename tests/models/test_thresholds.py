@@ -18,7 +18,8 @@ from models.thresholds import (
 def test_roundtrip_and_keys(tmp_path) -> None:
     a = ThresholdsArtifact([0.0, 0.1], [0.2, 0.1], 1e-3, 0.1)
     p = write_thresholds(tmp_path / "thresholds.json", a)
-    assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda", "criterion"}
+    assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda", "criterion",
+                                                "reduce_forms"}
     assert read_thresholds(p, layers=2) == a
 
 
@@ -28,6 +29,11 @@ def test_criterion_bounds_and_legacy_files(tmp_path) -> None:
     legacy = {"theta": [0.1], "beta": [0.2], "temperature": 1e-3, "lambda": 0.1}  # written before "criterion"
     (tmp_path / "old.json").write_text(json.dumps(legacy))
     assert read_thresholds(tmp_path / "old.json").criterion == "absolute"
+    # written before "reduce_forms": the polynomial low forms it was trained with, not today's default
+    assert read_thresholds(tmp_path / "old.json").reduce_forms == "polynomial"
+    assert ThresholdsArtifact([0.1], [0.2]).reduce_forms == "fast"
+    with pytest.raises(ValueError, match="reduce_forms='cubic'"):
+        ThresholdsArtifact.from_dict({**legacy, "reduce_forms": "cubic"})
     with pytest.raises(ValueError, match="criterion='uniform'"):
         ThresholdsArtifact.from_dict({**legacy, "criterion": "uniform"})
     with pytest.raises(ValueError, match=r"theta\[0\]=-0.1 outside \[0, inf\]"):

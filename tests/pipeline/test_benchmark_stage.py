@@ -41,6 +41,23 @@ def test_prune_benchmark_logs_its_measurements_and_report(tracker_for) -> None:
     assert [r["n"] for r in rows] == [8, 16]
 
 
+def test_reduce_benchmark_measures_each_form_side_by_side(tracker_for) -> None:
+    """Every form of every kernel is a measured row; the ``fast`` low forms send fewer bytes than
+    BOLT's high forms (ReLU: one comparison per element against GELU's two and four products)."""
+    tracker = tracker_for("benchmark=reduce", "benchmark.shape=tiny", "benchmark.tokens=16", "benchmark.rows=4",
+                          "benchmark.protocol=SEMI2K")
+    run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
+    m = tracker.client.get_run(run_id).data.metrics
+    for kernel in ("softmax", "gelu"):
+        for form in ("high", "fast", "polynomial"):
+            assert m[f"{kernel}/{form}/mb"] > 0 and m[f"{kernel}/{form}/rounds"] > 0
+            assert m[f"{kernel}/{form}/wan_s"] > m[f"{kernel}/{form}/lan_s"] >= m[f"{kernel}/{form}/s"]
+        assert m[f"{kernel}/fast/mb"] < m[f"{kernel}/high/mb"]
+    rows = json.loads(tracker.download(run_id, "rows.json").read_text())
+    assert {(r["kernel"], r["form"]) for r in rows} == {(k, f) for k in ("softmax", "gelu")
+                                                          for f in ("high (BOLT)", "low: fast", "low: polynomial")}
+
+
 def test_failing_benchmark_leaves_a_failed_run(tracker_for) -> None:
     tracker = tracker_for("benchmark=e2e")                       # no checkpoint given
     with pytest.raises(ValueError, match="benchmark.checkpoint"):

@@ -8,26 +8,44 @@ from itertools import count
 import numpy as np
 import pytest
 
-from models.approx import EXP_HIGH, EXP_LOW, GELU_HIGH, GELU_LOW, LN2, ExpApprox, GeluApprox
+from models.approx import (
+    EXP_HIGH,
+    EXP_LOW,
+    EXP_SQUARING,
+    GELU_HIGH,
+    GELU_LOW,
+    LN2,
+    REDUCE_FORMS,
+    ExpApprox,
+    GeluApprox,
+    SquaringExp,
+)
 from protocols import nonlinear as nl
+from protocols import transformer as tf
+from protocols.batch import Layout
 from protocols.session import Session, SessionSpec, TwoPartySession
 
 _ids = count()
 FXP_TOL = 2e-3  # 18 fraction bits; a few truncations per op
 
 
-def ref_gelu(x: np.ndarray, a: GeluApprox) -> np.ndarray:
+def ref_gelu(x: np.ndarray, a: GeluApprox | None) -> np.ndarray:
+    if a is None:
+        return np.maximum(x, 0.0)
     ax = np.abs(x)
     return np.where(ax < a.clip, 0.5 * x + np.polyval(a.coeffs, ax), np.maximum(x, 0.0))
 
 
-def ref_exp(x: np.ndarray, a: ExpApprox) -> np.ndarray:
+def ref_exp(x: np.ndarray, a: ExpApprox | SquaringExp) -> np.ndarray:
+    if isinstance(a, SquaringExp):
+        r = a.squarings
+        return (1.0 + np.maximum(x, -(2.0**r)) / 2.0**r) ** (2**r)
     z = np.floor(-x / LN2)
     val = np.polyval(a.coeffs, x + z * LN2) * 2.0 ** -z
     return np.where(x < a.x_min, 0.0, val)
 
 
-def ref_softmax(x: np.ndarray, a: ExpApprox, bias: np.ndarray | None = None) -> np.ndarray:
+def ref_softmax(x: np.ndarray, a: ExpApprox | SquaringExp, bias: np.ndarray | None = None) -> np.ndarray:
     if bias is not None:
         x = x + bias
     e = ref_exp(x - x.max(-1, keepdims=True), a)
@@ -62,6 +80,18 @@ def test_gelu_plain_matches_reference_and_exact(a: GeluApprox) -> None:
     assert np.abs(got - exact_gelu(GRID.astype(np.float64))).max() < stated
 
 
+def test_fast_low_forms_plain_match_reference_and_stated_error() -> None:
+    """Π_reduce's ``fast`` forms: ReLU (max |Δ| to GELU 0.170 at x ≈ −0.75) and (1 + x/8)^8 (stated
+    in approx.py: max |Δ| to exp 0.0353 over x ≤ 0; exactly 0 at and below −8)."""
+    relu = np.asarray(nl.gelu_form(GRID, REDUCE_FORMS["fast"].gelu))
+    np.testing.assert_array_equal(relu, np.maximum(GRID, 0.0))
+    assert 0.16 < np.abs(relu - exact_gelu(GRID.astype(np.float64))).max() < 0.171
+    got = np.asarray(nl.exp_squaring(NEG, EXP_SQUARING))
+    np.testing.assert_allclose(got, ref_exp(NEG.astype(np.float64), EXP_SQUARING), atol=1e-6)
+    assert 0.03 < np.abs(got - np.exp(NEG.astype(np.float64))).max() < 0.0354
+    assert np.all(got[NEG <= EXP_SQUARING.x_min] == 0.0)
+
+
 @pytest.mark.parametrize("a", [EXP_HIGH, EXP_LOW], ids=["high", "low"])
 def test_exp_plain_matches_reference_and_exact(a: ExpApprox) -> None:
     got = np.asarray(nl.exp_nonpositive(NEG, a))
@@ -71,18 +101,20 @@ def test_exp_plain_matches_reference_and_exact(a: ExpApprox) -> None:
     assert np.all(got[NEG < a.x_min] == 0.0)
 
 
-def test_layernorm_and_splits_plain() -> None:
+@pytest.mark.parametrize("forms", sorted(REDUCE_FORMS))
+def test_layernorm_and_splits_plain(forms: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 16)).astype(np.float32)
     g, b = rng.normal(size=16).astype(np.float32), rng.normal(size=16).astype(np.float32)
     ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
     np.testing.assert_allclose(np.asarray(nl.layernorm(x, g, b, 1e-5)), ref, atol=1e-4)
+    low = REDUCE_FORMS[forms]
     h = 3 * rng.normal(size=(6, 8)).astype(np.float32)
-    want = np.concatenate([ref_gelu(h[:2], GELU_HIGH), ref_gelu(h[2:], GELU_LOW)])
-    np.testing.assert_allclose(np.asarray(nl.gelu_split(h, 2)), want, atol=1e-5)
+    want = np.concatenate([ref_gelu(h[:2], GELU_HIGH), ref_gelu(h[2:], low.gelu)])
+    np.testing.assert_allclose(np.asarray(tf.gelu(h, layout=Layout((6,), (2,)), forms=forms)), want, atol=1e-5)
     sc = rng.normal(size=(2, 6, 6)).astype(np.float32)
-    want = np.concatenate([ref_softmax(sc[:, :4], EXP_HIGH), ref_softmax(sc[:, 4:], EXP_LOW)], axis=1)
-    np.testing.assert_allclose(np.asarray(nl.softmax_split(sc, None, 4)), want, atol=1e-5)
+    want = np.concatenate([ref_softmax(sc[:, :4], EXP_HIGH), ref_softmax(sc[:, 4:], low.exp)], axis=1)
+    np.testing.assert_allclose(np.asarray(nl.softmax_split(sc, None, 4, forms)), want, atol=1e-5)
 
 
 def test_secure_gelu(secure_session: Session) -> None:
@@ -127,14 +159,19 @@ def test_secure_layernorm(secure_session: Session) -> None:
     np.testing.assert_allclose(got, np.asarray(nl.layernorm(x, g, b, 1e-5)), atol=1e-2)
 
 
-def test_secure_splits_use_positional_static(secure_session: Session) -> None:
+@pytest.mark.parametrize("forms", sorted(REDUCE_FORMS))
+def test_secure_splits_match_reference(secure_session: Session, forms: str) -> None:
+    """Secure high/low splits against the numpy reference of each form (not the same JAX code)."""
     rng = np.random.default_rng(3)
+    low = REDUCE_FORMS[forms]
     h = (2 * rng.normal(size=(5, 8))).astype(np.float32)
-    got = secure(secure_session, nl.gelu_split, h, op="GELU", static=(2,))
-    np.testing.assert_allclose(got, np.asarray(nl.gelu_split(h, 2)), atol=FXP_TOL)
+    got = secure(secure_session, tf.gelu, h, op="GELU", static={"layout": Layout((5,), (2,)), "forms": forms})
+    np.testing.assert_allclose(got, np.concatenate([ref_gelu(h[:2], GELU_HIGH), ref_gelu(h[2:], low.gelu)]), atol=FXP_TOL)
     sc = rng.normal(size=(2, 5, 5)).astype(np.float32)
-    got = secure(secure_session, nl.softmax_split, sc, op="Softmax", static={"bias": None, "k_high": 3})
-    np.testing.assert_allclose(got, np.asarray(nl.softmax_split(sc, None, 3)), atol=FXP_TOL)
+    got = secure(secure_session, nl.softmax_split, sc, op="Softmax", static={"bias": None, "k_high": 3, "forms": forms})
+    want = np.concatenate([ref_softmax(sc[:, :3].astype(np.float64), EXP_HIGH),
+                           ref_softmax(sc[:, 3:].astype(np.float64), low.exp)], axis=1)
+    np.testing.assert_allclose(got, want, atol=FXP_TOL)
 
 
 def test_cheetah_small() -> None:

@@ -44,13 +44,16 @@ def test_pruning_spec_validation() -> None:
         PruningSpec("prune", (0.1, 0.1)).check_layers(3)
 
 
-@pytest.mark.parametrize("method, criterion", [("none", "absolute"), ("prune", "absolute"), ("prune_reduce", "absolute"),
-                                               ("bolt_we", "absolute"), ("prune", "relative"), ("prune_reduce", "relative")])
-def test_plaintext_matches_torch_emulated(method: str, criterion: str) -> None:
+@pytest.mark.parametrize("method, criterion, forms", [
+    ("none", "absolute", "fast"), ("prune", "absolute", "fast"), ("prune_reduce", "absolute", "fast"),
+    ("bolt_we", "absolute", "fast"), ("prune", "relative", "fast"), ("prune_reduce", "relative", "fast"),
+    ("prune_reduce", "relative", "polynomial")])
+def test_plaintext_matches_torch_emulated(method: str, criterion: str, forms: str) -> None:
     """JAX plaintext == torch ``BertClassifier`` (emulated ops, hard masks) on the same weights:
     identical kept counts, logits within the pooler's tanh approximation (< 1e-2); with the
     relative criterion layer 0's thresholds are scaled by its 6 real tokens (same first decision)
-    and layer 1's compare c·S of the kept tokens on both sides."""
+    and layer 1's compare c·S of the kept tokens on both sides; Π_reduce's low group with each
+    family of low forms (``REDUCE_FORMS``) on both sides."""
     torch = pytest.importorskip("torch")
     from models.bert import BertClassifier
     from models.config import BertConfig, OpsConfig
@@ -66,7 +69,7 @@ def test_plaintext_matches_torch_emulated(method: str, criterion: str) -> None:
     c0 = 6.0 if criterion == "relative" else 1.0
     thresholds = {"none": ((), ()), "bolt_we": ((), ()), "prune": ((c0 * theta, 0.0), ()),
                   "prune_reduce": ((c0 * theta, 0.0), (c0 * beta, 0.5))}[method]
-    pruning = PruningSpec(method, *thresholds, criterion=criterion)
+    pruning = PruningSpec(method, *thresholds, criterion=criterion, reduce_forms=forms)
     ours = plaintext_forward(spec, w, ids, am, None, pruning)
     cfg = BertConfig(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
     model = BertClassifier(cfg, OpsConfig(mode="emulated")).eval()
@@ -75,6 +78,7 @@ def test_plaintext_matches_torch_emulated(method: str, criterion: str) -> None:
         model.pruning.theta.copy_(torch.tensor(list(pruning.theta) or [0.0, 0.0]))
         model.pruning.beta.copy_(torch.tensor(list(pruning.beta) or [0.0, 0.0]))
         model.pruning.criterion = criterion
+        model.pruning.reduce_forms = forms
         out = model(torch.from_numpy(ids)[None], torch.from_numpy(am)[None], method=method)
     assert ours.kept_per_layer == [int(round(x)) for x in out.kept_tokens[0].tolist()]
     np.testing.assert_allclose(ours.logits, out.logits[0].numpy(), atol=1e-2)
