@@ -83,6 +83,7 @@ class ReduceBench:
     shape: Shape = Shape.base
     tokens: int = 128
     rows: int = 16
+    repeats: int = 3                 # measured runs per kernel (after a warm-up); the table gives their median
     recv_timeout_s: float = 1800.0
 
 
