@@ -112,7 +112,7 @@ def count_comparisons(fn: Callable[..., Any], *args: Any, **static: Any) -> dict
     N elements to M counts N − M. Returns ``{"comparisons": …, "equalities": …}``."""
     counts = {"comparisons": 0, "equalities": 0}
 
-    def walk(jaxpr: Any, secret: set[Any]) -> set[Any]:
+    def walk(jaxpr: Any, secret: set[Any]) -> None:
         for eqn in jaxpr.eqns:
             if not any(not isinstance(v, jax.core.Literal) and v in secret for v in eqn.invars):
                 continue
@@ -129,7 +129,6 @@ def count_comparisons(fn: Callable[..., Any], *args: Any, **static: Any) -> dict
                 body = param.jaxpr if isinstance(param, jax.core.ClosedJaxpr) else param
                 if isinstance(body, jax.core.Jaxpr):
                     walk(body, set(body.invars))
-        return secret
 
     closed = jax.make_jaxpr(lambda *a: fn(*a, **static))(*args)
     walk(closed.jaxpr, set(closed.jaxpr.invars))
