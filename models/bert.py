@@ -5,15 +5,8 @@ State-dict names and shapes equal Hugging Face ``BertForSequenceClassification``
 ``classifier``); the learnable per-layer thresholds live outside those names as
 ``pruning.theta`` / ``pruning.beta`` (shape ``[L]``).
 
-Pruning follows docs/ARCHITECTURE.md with a "present" mask ``p`` (no physical removal):
-layer l's attention keys are masked by ``attention_mask ∧ p``, the importance score
-``S_i = (1/(H·n_l)) Σ_h Σ_j A_h[j, i]`` averages over present query rows ``j`` only and
-``p ← p ∧ M`` after the attention block. The thresholds compare with ``S_i`` (criterion
-``absolute``) or with ``c_l·S_i`` (``relative``), ``c_l = Σ_i p_i·a_i`` the real tokens entering
-layer l (``models.thresholds``). ``mask_mode="soft"`` replaces ``M`` by the LTP soft mask
-``σ((S − θ_l)/T)`` (accumulated product; hidden states are multiplied by it) and, for
-``prune_reduce``, the high/low choice by ``σ((S − β_l)/T)``: each kept token's GELU (and next
-layer's exp) is that mix of the high- and low-degree forms, so β_l learns by gradient too.
+Pruning semantics (present mask, importance scores, hard/soft masks, [CLS] always kept, the
+absolute and relative criteria) are ``models.token_pruning``'s, shared with the GPT-2 LM.
 """
 from __future__ import annotations
 
@@ -26,6 +19,7 @@ from torch import nn
 from models import ops
 from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS, ReduceForms
 from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod
+from models.token_pruning import PruneSettings, Thresholds, decide, importance_scores, share
 
 
 @dataclass
@@ -46,56 +40,6 @@ class PruneOutput:
     keep_ratio: torch.Tensor
     scores: list[torch.Tensor]
     high_ratio: torch.Tensor
-
-
-# ----------------------------------------------------------------------------- masks
-def importance_scores(probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """``S`` ``[B, n]`` from attention ``probs`` ``[B, H, n, n]`` averaged over heads and the
-    present query rows (``present`` ``[B, n]``, 0/1 or soft weights)."""
-    w = present.to(probs.dtype)
-    recv = torch.einsum("bhji,bj->bi", probs, w)
-    return recv / (probs.shape[1] * w.sum(dim=1, keepdim=True).clamp_min(1e-9))
-
-
-def hard_prune_mask(
-    scores: torch.Tensor, theta: torch.Tensor | float, attention_mask: torch.Tensor,
-    cls_index: int = 0,
-) -> torch.Tensor:
-    """``M = [S > θ] ∧ attention_mask`` ``[B, n]`` bool, ``M[cls_index] = 1`` (strict ``>``: ties prune)."""
-    m = (scores > theta) & attention_mask.bool()
-    m[:, cls_index] = True
-    return m
-
-
-def reduce_high_mask(
-    scores: torch.Tensor, beta: torch.Tensor | float, kept: torch.Tensor, cls_index: int = 0
-) -> torch.Tensor:
-    """Π_reduce's high group ``[B, n]`` bool: ``[S > β] ∧ kept``, [CLS] always high."""
-    h = (scores > beta) & kept.bool()
-    h[:, cls_index] = True
-    return h
-
-
-def bolt_we_mask(scores: torch.Tensor, cls_index: int = 0) -> torch.Tensor:
-    """BOLT word elimination: keep the top ``⌈n/2⌉`` of ``scores`` ``[B, n]`` ([CLS] forced);
-    ties broken by position (stable)."""
-    s = scores.detach().clone()
-    s[:, cls_index] = math.inf
-    order = torch.sort(-s, dim=1, stable=True).indices[:, : math.ceil(s.shape[1] / 2)]
-    m = torch.zeros_like(s, dtype=torch.bool)
-    return m.scatter(1, order, True)
-
-
-def soft_prune_mask(
-    scores: torch.Tensor, theta: torch.Tensor, temperature: float, attention_mask: torch.Tensor,
-    cls_index: int = 0,
-) -> torch.Tensor:
-    """LTP soft mask ``σ((S − θ)/T) · attention_mask`` ``[B, n]``, [CLS] = 1 (also Π_reduce's soft
-    high-group weight, with β for θ and the kept mask for ``attention_mask``)."""
-    m = torch.sigmoid((scores - theta) / temperature) * attention_mask.to(scores.dtype)
-    cls = torch.zeros_like(m)
-    cls[:, cls_index] = 1.0
-    return torch.where(cls.bool(), torch.ones_like(m), m)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -207,27 +151,6 @@ class _Bert(nn.Module):
         self.pooler = _Pooler(cfg)
 
 
-class Thresholds(nn.Module):
-    """Per-layer pruning thresholds ``theta`` (learnable) and reduce thresholds ``beta`` (learnable
-    when training switches it on: ``prune_reduce``'s soft phase), ``[L]``, the ``criterion``
-    they compare with and Π_reduce's low-group forms ``reduce_forms`` (a key of
-    ``models.approx.REDUCE_FORMS``)."""
-
-    def __init__(self, layers: int, criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.zeros(layers))
-        self.beta = nn.Parameter(torch.zeros(layers), requires_grad=False)
-        self.criterion = criterion
-        self.reduce_forms = reduce_forms
-
-    def decision_scores(self, scores: torch.Tensor, entering: torch.Tensor) -> torch.Tensor:
-        """What θ/β compare with: ``S`` (absolute) or ``c·S`` (relative), ``entering`` ``[B, n]`` the
-        present real tokens (``c = Σ entering``, no gradient: a count)."""
-        if self.criterion == "absolute":
-            return scores
-        return scores * entering.detach().sum(dim=1, keepdim=True)
-
-
 class BertClassifier(nn.Module):
     """``BertForSequenceClassification``-compatible classifier with token pruning.
 
@@ -282,48 +205,24 @@ class BertClassifier(nn.Module):
         tt = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         h = self.bert.embeddings(input_ids, tt, o)
         present = torch.ones(B, n, device=h.device)
+        settings = PruneSettings(method, mask_mode, temperature, straight_through, forced_index=0)
         exp_low: torch.Tensor | None = None
         kept, ratios, highs, all_scores = [], [], [], []
-        theta, beta = self.pruning.theta, self.pruning.beta
         forms = REDUCE_FORMS[self.pruning.reduce_forms]
         for l, layer in enumerate(self.bert.encoder.layer):
             h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low, forms)
             s = importance_scores(probs, present)
             all_scores.append(s)
-            d = self.pruning.decision_scores(s, am * present)
-            gelu_low: torch.Tensor | None = None
-            high_share = torch.zeros((), device=h.device)
-            if method in ("prune", "prune_reduce"):
-                if mask_mode == "soft":
-                    present = present * soft_prune_mask(d, theta[l], temperature, am)
-                    h = h * present.unsqueeze(-1)
-                    if method == "prune_reduce":
-                        weight = soft_prune_mask(d, beta[l], temperature, present)
-                        gelu_low = exp_low = 1.0 - weight
-                        high_share = _share(weight * present * am, present * am)
-                else:
-                    hard = hard_prune_mask(d.detach(), theta[l].detach(), am * present).float() * present.detach()
-                    if straight_through:
-                        soft = present * soft_prune_mask(d, theta[l], temperature, am)
-                        present = hard + (soft - soft.detach())
-                        h = h * present.unsqueeze(-1)
-                    else:
-                        present = hard
-                    if method == "prune_reduce":
-                        high = reduce_high_mask(d.detach(), beta[l].detach(), hard)
-                        gelu_low = exp_low = hard.bool() & ~high
-                        high_share = _share(high.float() * am, hard * am)
-            elif method == "bolt_we" and l == 0:
-                present = present * bolt_we_mask(s).float()
+            decision = decide(l, s, present, am, self.pruning, settings)
+            present = decision.present
+            if method in ("prune", "prune_reduce") and (mask_mode == "soft" or straight_through):
+                h = h * present.unsqueeze(-1)
+            exp_low = decision.low
             kept.append(present.sum(dim=1))
-            ratios.append(_share(present * am, am))
-            highs.append(high_share)
-            h = layer.ffn(h, o, gelu_low, forms)
+            ratios.append(share(present * am, am))
+            highs.append(decision.high_share)
+            h = layer.ffn(h, o, decision.low, forms)
         pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
         logits = self.classifier(self.dropout(pooled))
         return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores, torch.stack(highs))
 
-
-def _share(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``Σ_i part / Σ_i whole`` (``[B, n]`` each) → scalar."""
-    return (part.sum(dim=1) / whole.sum(dim=1).clamp_min(1e-9)).mean()

@@ -77,14 +77,18 @@ class Layout:
             keys.setdefault((n, self.high_of(b)), []).append(b)
         return [(n, k, tuple(members)) for (n, k), members in keys.items()]
 
-    def row_scale(self, heads: int) -> np.ndarray:
-        """``H·n_b`` on each row of input b (``R = S·H·n``), public: ``[total]``."""
+    def row_scale(self, heads: int, causal: bool = False) -> np.ndarray:
+        """``R = S·scale``, public ``[total]``: ``H·n_b`` on each row of input b, or (``causal``) on
+        its row i ``H·(n_b − i)``, the heads times the query rows that can see token i."""
+        if causal:
+            return np.concatenate([heads * np.arange(n, 0, -1, dtype=np.float32) for n in self.sizes])
         return np.concatenate([np.full(n, float(heads * n), np.float32) for n in self.sizes])
 
-    def first_rows(self) -> np.ndarray:
-        """1 on each input's first row ([CLS], always kept), else 0: ``[total]`` public."""
+    def forced_rows(self, causal: bool = False) -> np.ndarray:
+        """1 on each input's always-kept row (its first, [CLS]; ``causal``: its last, the position
+        whose logits predict the next token), else 0: ``[total]`` public."""
         out = np.zeros(self.total, bool)
-        out[list(self.offsets)] = True
+        out[[o + n - 1 for o, n in zip(self.offsets, self.sizes)] if causal else list(self.offsets)] = True
         return out
 
 
@@ -104,14 +108,14 @@ def segment_sums(x: jnp.ndarray, layout: Layout) -> jnp.ndarray:
 
 
 def _above(received: jnp.ndarray, threshold: jnp.ndarray, member: jnp.ndarray, layout: Layout,
-           heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``[R_i > t·H·n_b] ∧ member_i`` with each input's first row ([CLS]) forced in: exact 0/1
-    ``[total]`` and the per-input counts ``[B]``. Ties ``S_i == t`` are dropped (strict ``>``), as
-    in ``models.bert.hard_prune_mask``. ``R`` is an exact sum of shares and ``t·H·n`` a secret ×
-    public integer (exact), so no truncation decides a tie. Cost: ``total`` comparisons
-    (n·O(ℓ) OT bits, O(log ℓ) rounds); boolean logic after them, no fixed-point product."""
-    bound = threshold * layout.row_scale(heads)
-    mb = jnp.logical_or(jnp.logical_and(received > bound, member > 0.5), layout.first_rows())
+           heads: int, causal: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``[R_i > t·scale_i] ∧ member_i`` (``Layout.row_scale``) with each input's forced row in:
+    exact 0/1 ``[total]`` and the per-input counts ``[B]``. Ties ``S_i == t`` are dropped (strict
+    ``>``), as in ``models.token_pruning.hard_prune_mask``. ``R`` is an exact sum of shares and
+    ``t·scale`` a secret × public integer (exact), so no truncation decides a tie. Cost: ``total``
+    comparisons (n·O(ℓ) OT bits, O(log ℓ) rounds); boolean logic after them, no fixed-point product."""
+    bound = threshold * layout.row_scale(heads, causal)
+    mb = jnp.logical_or(jnp.logical_and(received > bound, member > 0.5), layout.forced_rows(causal))
     m = mb.astype(received.dtype)
     return m, segment_sums(m, layout)
 
@@ -146,8 +150,8 @@ def _as_flat(probs: jnp.ndarray, layout: Optional[Layout], heads: Optional[int])
 
 
 def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, layout: Optional[Layout] = None,
-               heads: Optional[int] = None, relative: bool = False,
-               all_valid: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+               heads: Optional[int] = None, relative: bool = False, all_valid: bool = False,
+               causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Π_prune's scores and mask: ``R`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
     ``probs`` flat (a batch) or ``[H, n, n]`` (one input).
 
@@ -159,11 +163,13 @@ def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, la
     scores within an ulp of θ may fall either way).
     Cost: ``total`` comparisons (+ ``total`` products when ``relative`` and not ``all_valid``).
     Reveals: nothing (the runner reveals ``k``)."""
+    if relative and causal:
+        raise ValueError("prune_step: the relative criterion is not defined for causal models")
     probs, layout, heads = _as_flat(probs, layout, heads)
     r = received_rows(probs, layout, heads)
     if relative:
         r = r * (layout.row_scale(1) if all_valid else _row_counts(valid, layout))
-    m, k = _above(r, theta[0], valid, layout, heads)
+    m, k = _above(r, theta[0], valid, layout, heads, causal)
     return r, m, k
 
 
@@ -178,13 +184,15 @@ def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *, 
     """Π_reduce's grouping ``high = [S > β] ∧ M`` ``[total]`` and ``k_high`` ``[B]`` (``received`` as
     ``prune_step`` returns it, so β compares with what θ did: S or c·S; ``layout`` as entering the
     layer). Cost: ``total`` comparisons."""
-    return _above(received, beta[0], keep, layout, heads)
+    return _above(received, beta[0], keep, layout, heads, causal=False)
 
 
-def score_step(probs: jnp.ndarray, *, layout: Optional[Layout] = None, heads: Optional[int] = None) -> jnp.ndarray:
-    """Importance ``S = R / (H·n_b)`` ``[total]`` (BOLT WE). Cost: local (one public scaling)."""
+def score_step(probs: jnp.ndarray, *, layout: Optional[Layout] = None, heads: Optional[int] = None,
+               causal: bool = False) -> jnp.ndarray:
+    """Importance ``S = R / scale`` ``[total]`` (BOLT WE; ``Layout.row_scale``). Cost: local (one
+    public scaling)."""
     probs, layout, heads = _as_flat(probs, layout, heads)
-    return received_rows(probs, layout, heads) * (1.0 / layout.row_scale(heads))
+    return received_rows(probs, layout, heads) * (1.0 / layout.row_scale(heads, causal))
 
 
 def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
@@ -211,8 +219,9 @@ def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: j
 
 
 def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
-                   keep: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per input, ``pr.bolt_we_select`` keeping its top ``keep[b]`` tokens."""
-    parts = [pr.bolt_we_select(hb, sb, vb, keep=keep[b])
+                   keep: tuple[int, ...], causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per input, ``pr.bolt_we_select`` keeping its top ``keep[b]`` tokens (its first row forced,
+    or, ``causal``, its last), in their original order."""
+    parts = [pr.bolt_we_select(hb, sb, vb, keep=keep[b], forced_index=-1 if causal else 0)
              for b, (hb, sb, vb) in enumerate(zip(layout.split(h), layout.split(scores), layout.split(valid)))]
     return jnp.concatenate([p[0] for p in parts], axis=0), jnp.concatenate([p[1] for p in parts])

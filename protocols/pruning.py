@@ -135,9 +135,9 @@ def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: j
     return compact(p, h, valid)
 
 
-def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *,
-                   keep: int, algorithm: str = "bitonic") -> tuple[jnp.ndarray, jnp.ndarray]:
-    """BOLT WE in one program: top-``keep`` mask (``algorithm``), then the same selection matmul
-    → ``[keep, d]``."""
-    m = bolt_we_mask(scores, keep=keep, algorithm=algorithm)
+def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *, keep: int,
+                   algorithm: str = "bitonic", forced_index: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """BOLT WE in one program: top-``keep`` mask (``algorithm``, row ``forced_index`` forced: 0 is
+    BERT's [CLS], −1 GPT-2's last position), then the same selection matmul → ``[keep, d]``."""
+    m = bolt_we_mask(scores, keep=keep, cls_index=forced_index, algorithm=algorithm)
     return compact(selection(m, destinations(m), k=keep), h, valid)

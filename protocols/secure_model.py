@@ -78,25 +78,28 @@ def _select(s: Session, fn: Any, inputs: list[str], *, op: str, layer: int, stat
 
 
 def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
-                 scores_out: list[list[np.ndarray]], trace: bool = False, criterion: str = "absolute") -> Layout:
+                 scores_out: list[list[np.ndarray]], trace: bool = False, criterion: str = "absolute",
+                 causal: bool = False) -> Layout:
     """Prune ``h``/``valid`` after layer l's attention block; returns the layout after it
     (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
     one the attention ran with (its groups order the flat ``A``). ``criterion``: what θ/β compare
-    with (``PruningSpec``); after layer 0's Π_prune every row is a real token (padding dropped)."""
+    with (``PruningSpec``); after layer 0's Π_prune every row is a real token (padding dropped).
+    ``causal`` (GPT-2): scores average over the rows that see each token, the last row is forced
+    and the kept rows keep their order, so the public causal mask still applies."""
     st = {"layout": layout, "heads": heads}
     if method == "bolt_we":
-        s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static=st)
+        s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static={**st, "causal": causal})
         if record:
             _record_scores(s, "S", layout, scores_out, l)
         keep = tuple(math.ceil(n / 2) for n in layout.sizes)
         _select(s, bt.bolt_we_select, ["h", "S", "valid"], op="Prune", layer=l,
-                static={"layout": layout, "keep": keep}, trace=trace)
+                static={"layout": layout, "keep": keep, "causal": causal}, trace=trace)
         s.delete("S")
         return Layout(keep)
     s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l,
-          static={**st, "relative": criterion == "relative", "all_valid": l > 0})
+          static={**st, "relative": criterion == "relative", "all_valid": l > 0, "causal": causal})
     if record:
-        _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads))
+        _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads, causal))
     k = tuple(_counts(s, "k", "kept count", l))
     if method == "prune":
         if k != layout.sizes:
@@ -138,7 +141,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     kept, beyond the declared leakage) carries each token's original index through every
     compaction and opens it after each layer (``SecureResult.kept_positions``).
     """
-    check_method(spec, pruning.method)
+    check_method(spec, pruning.method, pruning.criterion)
     client, sizes = client_inputs(spec, weights, examples, trace_positions)
     server = server_inputs(spec, weights, pruning)          # checks the thresholds per layer
     for owner, values in (("client", client), ("server", server)):
@@ -148,10 +151,19 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
                    trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms)
 
 
-def check_method(spec: TransformerSpec, method: str) -> None:
-    """Raise ValueError for a pruning method the model family does not define."""
-    if spec.causal and method != "none":
-        raise ValueError(f"pruning method {method!r} is not defined for causal (GPT-2) models")
+# What a causal model (GPT-2) runs securely: Π_reduce's high-then-low compaction reorders the
+# tokens, and the public causal mask would then no longer be the right one.
+CAUSAL_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune")
+
+
+def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute") -> None:
+    """Raise ValueError for a pruning method (or criterion) the model family does not define."""
+    if spec.causal and method not in CAUSAL_METHODS:
+        raise ValueError(f"pruning method {method!r} is not defined for causal (GPT-2) models in the secure "
+                         f"engine (Π_reduce's compaction reorders tokens: the public causal mask would no longer "
+                         f"apply); expected one of {list(CAUSAL_METHODS)}")
+    if spec.causal and method in ("prune", "prune_reduce") and criterion != "absolute":
+        raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
 
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
@@ -162,7 +174,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
     ``reduce_forms`` (both public: they fix the programs, not a value). Reveals only the declared
     counts and the logits (to the client)."""
-    check_method(spec, method)
+    check_method(spec, method, criterion)
     s = session
     layout = Layout(sizes)
     batch = layout.batch
@@ -194,10 +206,11 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
         if method in ("prune", "prune_reduce") or (method == "bolt_we" and l == 0):
-            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions, criterion)
+            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions, criterion,
+                                  spec.causal)
         else:
             if record_scores:
-                s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static=st)
+                s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static={**st, "causal": spec.causal})
                 _record_scores(s, "S", layout, scores, l)
             layout = Layout(layout.sizes)
         s.delete("A")

@@ -8,15 +8,15 @@ import torch
 import transformers
 
 from models import ops
-from models.bert import (
-    BertClassifier,
+from models.bert import BertClassifier
+from models.config import BertConfig, OpsConfig
+from models.token_pruning import (
     bolt_we_mask,
     hard_prune_mask,
     importance_scores,
     reduce_high_mask,
     soft_prune_mask,
 )
-from models.config import BertConfig, OpsConfig
 
 CFG = BertConfig(vocab_size=100, hidden=32, layers=3, heads=4, intermediate=64, max_positions=64,
                  num_labels=3, hidden_dropout=0.0, attention_dropout=0.0)

@@ -35,7 +35,7 @@ def test_layout_groups_and_validation() -> None:
     assert layout.offsets == (0, 10, 20) and layout.total == 28
     assert layout.groups() == [(10, 3, (0,)), (10, 4, (1,)), (8, 3, (2,))]
     assert Layout((10, 8, 10)).groups() == [(10, None, (0, 2)), (8, None, (1,))]
-    np.testing.assert_array_equal(np.flatnonzero(layout.first_rows()), [0, 10, 20])
+    np.testing.assert_array_equal(np.flatnonzero(layout.forced_rows()), [0, 10, 20])
     with pytest.raises(ValueError, match="high"):
         Layout((4, 4), (5, 1))
     with pytest.raises(ValueError, match="sizes"):
