@@ -30,12 +30,14 @@ LAST = -1
 class LMPruneOutput:
     """``logits`` ``[B, V]`` of the last position; ``kept_tokens`` ``[B, L]`` (tokens present after
     layer l's pruning, soft counts in soft mode); ``keep_ratio`` and ``high_ratio`` ``[L]`` (batch
-    means of the kept share and of the high group's share of the kept tokens)."""
+    means of the kept share and of the high group's share of the kept tokens); ``scores``: per
+    layer the causal importance ``[B, n]`` (``models.token_pruning.importance_scores``)."""
 
     logits: torch.Tensor
     kept_tokens: torch.Tensor
     keep_ratio: torch.Tensor
     high_ratio: torch.Tensor
+    scores: list[torch.Tensor]
 
 
 class Conv1D(nn.Module):
@@ -159,11 +161,12 @@ class GPT2LM(nn.Module):
         am = torch.ones(B, n, device=h.device)
         present = torch.ones(B, n, device=h.device)
         exp_low: torch.Tensor | None = None
-        kept, ratios, highs = [], [], []
+        kept, ratios, highs, scores = [], [], [], []
         for l, blk in enumerate(t.h):
             bias = (1.0 - causal * present[:, None, None, :]) * ATTENTION_MASK_BIAS
             h, probs = blk.attn_block(h, bias, o, exp_low, forms)
-            decision = decide(l, importance_scores(probs, present, causal=True), present, am, self.pruning, p)
+            scores.append(importance_scores(probs, present, causal=True))
+            decision = decide(l, scores[-1], present, am, self.pruning, p)
             present = decision.present
             if p.method in ("prune", "prune_reduce") and (p.mask_mode == "soft" or p.straight_through):
                 h = h * present.unsqueeze(-1)
@@ -173,7 +176,7 @@ class GPT2LM(nn.Module):
             highs.append(decision.high_share)
             h = blk.ffn(h, o, decision.low, forms)
         last = ops.layernorm(h[:, -1], t.ln_f.weight, t.ln_f.bias, t.ln_f.eps, o)
-        return LMPruneOutput(self.lm_head(last), torch.stack(kept, 1), torch.stack(ratios), torch.stack(highs))
+        return LMPruneOutput(self.lm_head(last), torch.stack(kept, 1), torch.stack(ratios), torch.stack(highs), scores)
 
 
 def _causal(n: int, device: torch.device) -> torch.Tensor:

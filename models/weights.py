@@ -103,7 +103,7 @@ def load_hf_bert(
     return model, rep
 
 
-def set_thresholds(model: BertClassifier, a: ThresholdsArtifact) -> None:
+def set_thresholds(model: nn.Module, a: ThresholdsArtifact) -> None:
     """Copy ``a.theta`` / ``a.beta``, ``a.criterion`` and ``a.reduce_forms`` into ``model.pruning``."""
     with torch.no_grad():
         model.pruning.theta.copy_(torch.tensor(a.theta))
@@ -112,7 +112,7 @@ def set_thresholds(model: BertClassifier, a: ThresholdsArtifact) -> None:
     model.pruning.reduce_forms = a.reduce_forms
 
 
-def get_thresholds(model: BertClassifier, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:
+def get_thresholds(model: nn.Module, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:
     """Artifact from ``model.pruning`` (θ clipped to ≥ 0, and ≤ 1 for the absolute criterion; β raised to ≥ θ)."""
     criterion = model.pruning.criterion
     th = model.pruning.theta.detach().clamp(0, 1 if criterion == "absolute" else None)
@@ -165,7 +165,8 @@ def load_checkpoint(
 
 
 def load_hf_gpt2(ckpt_dir: str | Path, ops_cfg: OpsConfig | None = None) -> tuple[nn.Module, PortReport]:
-    """Load a local HF ``GPT2LMHeadModel`` checkpoint (``lm_head.weight`` may be absent: tied)."""
+    """Load a local HF ``GPT2LMHeadModel`` checkpoint (``lm_head.weight`` may be absent: tied);
+    thresholds from a ``thresholds.json`` beside it are loaded when present."""
     from models.config import GPT2Config
     from models.gpt2 import GPT2LM
 
@@ -175,4 +176,7 @@ def load_hf_gpt2(ckpt_dir: str | Path, ops_cfg: OpsConfig | None = None) -> tupl
     if not any(k.startswith("transformer.") for k in sd):
         sd = {"transformer." + k: v for k, v in sd.items()}
     sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight", torch.empty(0)))
-    return model, port_state_dict(model, sd)
+    report = port_state_dict(model, sd)
+    if (d / "thresholds.json").is_file():
+        set_thresholds(model, read_thresholds(d / "thresholds.json", model.cfg.layers))
+    return model, report

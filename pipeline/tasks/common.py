@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -143,3 +144,16 @@ def thresholds_of(tracker: Tracker, run_id: str) -> Any:
     from models.thresholds import read_thresholds
 
     return read_thresholds(tracker.download(run_id, THRESHOLDS))
+
+
+def save_model(run: Any, model: Any, name: str, tokenizer_dir: str, thresholds: Any = None) -> None:
+    """Log ``model`` (``models.weights.save_checkpoint``: weights, config, the tokenizer files of
+    ``tokenizer_dir`` and ``thresholds.json`` when given) as the run's artifact folder ``name``,
+    and the thresholds as the run's ``thresholds.json``."""
+    from models.weights import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, Path(tmp) / name, thresholds, tokenizer_dir=tokenizer_dir)
+        run.log_artifact(Path(tmp) / name, name)
+        if thresholds is not None:
+            run.log_dict(thresholds.to_dict(), THRESHOLDS)

@@ -16,7 +16,6 @@ import copy
 import hashlib
 import json
 import logging
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from pipeline.tasks.common import (
     MANIFEST,
     DatasetManifest,
     checkpoint_dir,
+    save_model,
     training_config,
 )
 from pipeline.tasks.glue_search import search
@@ -159,17 +159,6 @@ def baseline_key(cfg: PipelineConfig, prepare_run: str, code: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save(run: Any, model: Any, name: str, manifest: DatasetManifest, thresholds: Any = None) -> None:
-    """Log ``model`` (and its thresholds) as the run's artifact folder ``name``."""
-    from models.weights import save_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(model, Path(tmp) / name, thresholds, tokenizer_dir=manifest.tokenizer_dir)
-        run.log_artifact(Path(tmp) / name, name)
-        if thresholds is not None:
-            run.log_dict(thresholds.to_dict(), "thresholds.json")
-
-
 def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, Any], base_cfg: Any,
               candidate_cfg: Any) -> tuple[str, Any]:
     """The unpruned baseline's run id and its model at the candidates' starting point.
@@ -199,14 +188,14 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
     with ctx.run.child("baseline", tags) as child:
         child.log_params({"method": "none", "seed": ctx.cfg.finetune.seed})
         start = train(model, *splits, manifest.task, base_cfg, log_metrics=child.log_metrics)
-        _save(child, model, "checkpoint_start", manifest)
+        save_model(child, model, "checkpoint_start", manifest.tokenizer_dir)
         start_model = copy.deepcopy(model)
         steps = int(start.history[-1]["step"]) if start.history else 0
         result = continue_unpruned(model, *splits, manifest.task, candidate_cfg, child.log_metrics, step0=steps)
         child.log_metrics({**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
                            "acc/val_start": start.eval.metrics["metric"],
                            "kept_tokens/mean": float(torch.tensor(result.eval.kept_tokens).mean())})
-        _save(child, model, "checkpoint", manifest)
+        save_model(child, model, "checkpoint", manifest.tokenizer_dir)
     return child.run_id, start_model
 
 
@@ -243,7 +232,7 @@ def finetune(ctx: StageContext) -> None:
             metrics = {**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
                        "kept_tokens/mean": sum(result.eval.kept_tokens) / len(result.eval.kept_tokens)}
             child.log_metrics(metrics)
-            _save(child, model, "checkpoint", manifest, result.thresholds)
+            save_model(child, model, "checkpoint", manifest.tokenizer_dir, result.thresholds)
         ctx.run.log_metrics({f"acc/{name}": metrics["acc/val"]})
     if len(grid) == 1:
         ctx.run.log_metrics({"objective/val_metric": metrics["acc/val"], "objective/kept_tokens": metrics["kept_tokens/mean"]})

@@ -1,16 +1,16 @@
 """The causal-LM task (``data.task=wikitext2`` with a GPT-2): what prepare, finetune, search
-and secure_eval do for it. Computation lives in ``models.lm``; this maps the config onto it.
+and secure_eval do for it. Computation lives in ``models.lm`` / ``models.lm_pruning``; this maps
+the config onto it.
 
 - prepare: WikiText-2 (``data.wikitext_dir`` or the hub) → GPT-2 token blocks of
   ``data.max_length`` tokens (``[N, max_length]`` int64, ``torch.save``), manifest as for GLUE.
-- finetune: one candidate run (``method=none``): the checkpoint (``model.checkpoint``) or a
-  random GPT-2 of the model config's shape, trained ``finetune.max_steps`` steps (or
-  ``finetune.epochs``); logs ``train/loss``, ``dev/perplexity``, ``test/perplexity`` and the
-  same with the emulated (polynomial) ops, saves the checkpoint.
-- search: nothing to search (no pruning for causal models); selects that run.
-- secure_eval: method ``none`` only; next-token logits of the first
-  ``secure_eval.num_examples`` dev blocks (``secure_eval.seq_len`` tokens) securely vs the
-  plaintext torch model.
+  A block is a context (its first ``max_length − 1`` tokens) and the next token.
+- finetune: the baseline LM (the checkpoint ``model.checkpoint`` or a random GPT-2 of the model
+  config's shape, trained ``finetune.max_steps`` steps or ``finetune.epochs``), then, with
+  ``finetune.lambdas``, causal Π_prune candidates learned on the next-token loss (``finetune``).
+- search: select on WikiText-2 dev, score the picks on test once (``search``).
+- secure_eval (``pipeline.tasks.lm_secure``): ``none``, ``bolt_we`` and ``prune`` as two-party
+  computations on test contexts, checked against the torch model.
 """
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ from pipeline.tasks.common import (
     DatasetManifest,
     Selection,
     checkpoint_dir,
-    curated_params,
-    session_spec,
+    save_model,
     training_config,
 )
+from pipeline.tasks.lm_secure import secure_eval
 from pipeline.tracking import sections_hash
+
+__all__ = ["params", "prepare", "finetune", "search", "secure_eval", "load_blocks", "next_token_flat"]
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,14 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                 "train_limit": d.train_limit, "dev_limit": d.dev_limit, "test_limit": d.test_limit},
         Stage.finetune: lambda: {"epochs": f.epochs, "lr": f.lr, "ops": f.ops.value, "seed": f.seed,
                                  "batch_size": f.batch_size, "max_steps": f.max_steps, "max_minutes": f.max_minutes,
-                                 "warmup_ratio": f.warmup_ratio, "eval_blocks": f.eval_blocks},
-        Stage.search: lambda: {},
+                                 "warmup_ratio": f.warmup_ratio, "eval_blocks": f.eval_blocks, "lambdas": f.lambdas,
+                                 "temperatures": f.temperatures, "theta_quantiles": f.theta_quantiles,
+                                 "prune_epochs": f.prune_epochs, "hard_epochs": f.hard_epochs, "prune_lr": f.prune_lr,
+                                 "threshold_lr": f.threshold_lr},
+        Stage.search: lambda: {"max_drop": cfg.search.max_drop, "eval_blocks": f.eval_blocks},
         Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "seq_len": s.seq_len,
-                                    "private_owners": list(cfg.protocol.private_owners)},
+                                    "private_owners": list(cfg.protocol.private_owners), "split": "test"},
     }[stage]()
 
 
@@ -117,113 +122,159 @@ def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> tuple[Any,
     return new_gpt2(shape, cfg.finetune.seed), "random initialisation"
 
 
+def _prune_config(cfg: PipelineConfig, train_blocks: int, method: str, **overrides: Any) -> Any:
+    """``models.lm_pruning.LMPruneConfig`` of the pruning phase: ``finetune.prune_epochs`` soft and
+    ``finetune.hard_epochs`` hard epochs of ``train_blocks`` blocks (at least one step each)."""
+    from models.lm_pruning import LMPruneConfig
+
+    f = cfg.finetune
+    steps = {name: max(1, math.ceil(epochs * train_blocks / f.batch_size))
+             for name, epochs in (("soft_steps", f.prune_epochs), ("hard_steps", f.hard_epochs))}
+    return LMPruneConfig(lr=f.prune_lr, threshold_lr=f.threshold_lr, batch_size=f.batch_size, seed=f.seed,
+                         method=method, **steps, **overrides)
+
+
+def next_token_flat(model: Any, blocks: Any, method: str, prefix: str, batch_size: int) -> dict[str, float]:
+    """``{prefix}{method}/next_token_ppl``, ``…/next_token_acc``, ``…/kept/layer_{l}`` (tokens left
+    after layer l's pruning, mean over blocks) and ``…/kept_mean`` of ``method`` on ``blocks``."""
+    from models.lm_pruning import next_token_metrics
+
+    m = next_token_metrics(model, blocks, method, batch_size)
+    key = f"{prefix}{method}/"
+    return ({key + "next_token_ppl": m.perplexity, key + "next_token_acc": m.accuracy,
+             key + "kept_mean": sum(m.kept) / len(m.kept), key + "blocks": float(m.blocks)}
+            | {f"{key}kept/layer_{l}": k for l, k in enumerate(m.kept)})
+
+
+def _offset(log_fn: Any, step0: int) -> Any:
+    return lambda metrics, step: log_fn(metrics, step=step0 + step)
+
+
+def _perplexities(model: Any, dev: Any, test: Any, batch_size: int, n: int | None) -> dict[str, float]:
+    """Whole-block perplexity (every position predicted) with exact and emulated ops."""
+    from models.lm import perplexity
+
+    return {f"{split}/perplexity{suffix}": perplexity(model, blocks[:n], batch_size, ops_mode=mode)
+            for split, blocks in (("dev", dev), ("test", test))
+            for suffix, mode in (("", "exact"), ("_emulated", "emulated"))}
+
+
 def finetune(ctx: StageContext) -> None:
-    """Train the LM briefly, log perplexities (exact and emulated ops), save the checkpoint."""
+    """The baseline LM (nested run ``baseline``, ``method=none``): trained ``finetune.max_steps``
+    (or ``epochs``), whole-block perplexities; with ``finetune.lambdas``, then trained on unpruned
+    for the candidates' steps on their loss (same budget, artifact ``checkpoint_start`` = where every
+    candidate starts) and scored on the dev contexts for ``none`` and ``bolt_we``. Then one
+    crypto-aware candidate per (λ, T, θ-init) (``models.lm_pruning``, emulated ops), nested runs with
+    ``dev/prune/*`` next-token metrics, checkpoint and ``thresholds.json``."""
+    import copy
+
     import torch
 
-    from models.lm import LMTrainConfig, perplexity, train_lm
-    from models.weights import save_checkpoint
+    from models.config import OpsConfig
+    from models.lm import LMTrainConfig, train_lm
+    from models.lm_pruning import train_lm_thresholds
+    from models.weights import get_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
     torch.set_num_threads(f.torch_threads)
-    if f.lambdas:
-        log.info(f"finetune: data.task=wikitext2 is a causal LM; token pruning is not defined for it, "
-                        f"so finetune.lambdas={f.lambdas} is ignored: training the unpruned LM only")
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     train, dev, test = (load_blocks(manifest, s) for s in ("train", "dev", "test"))
+    n_eval, bs = f.eval_blocks, f.batch_size
     model, port_report = _initial_model(cfg, manifest)
-    ctx.run.set_tags({"weights": port_report[:250]})
-    steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / f.batch_size))
-    tc = training_config(f, LMTrainConfig, steps=steps)
+    steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / bs))
     tags = {"kind": "candidate", "method": "none", "lambda": 0.0, "temperature": 0.0,
-            "upstream_prepare": ctx.upstream["prepare"]}
+            "upstream_prepare": ctx.upstream["prepare"], "weights": port_report[:250]}
     with ctx.run.child("baseline", tags) as child:
         child.log_params({"method": "none", "steps": steps, "ops": f.ops.value, "warmup_ratio": f.warmup_ratio})
-        result = train_lm(model, train, tc, log=child.log_metrics)
-        n = f.eval_blocks
+        result = train_lm(model, train, training_config(f, LMTrainConfig, steps=steps), log=child.log_metrics)
+        metrics = {"train/steps": float(result.steps), "train/seconds": result.seconds,
+                   "train/tokens": float(result.steps * bs * train.shape[1])}
+        start = None
+        if f.lambdas:
+            save_model(child, model, "checkpoint_start", manifest.tokenizer_dir)
+            start = copy.deepcopy(model)
+            model.ops_cfg = OpsConfig("emulated")
+            seconds = train_lm_thresholds(model, train, _prune_config(cfg, train.shape[0], "none"),
+                                          log=_offset(child.log_metrics, result.steps))
+            metrics |= {"train/continue_seconds": seconds}
+            metrics |= next_token_flat(model, dev[:n_eval], "none", "dev/", bs)
+            metrics |= next_token_flat(model, dev[:n_eval], "bolt_we", "dev/", bs)
         t0 = time.time()
-        metrics = {"dev/perplexity": perplexity(model, dev[:n], f.batch_size, ops_mode="exact"),
-                   "test/perplexity": perplexity(model, test[:n], f.batch_size, ops_mode="exact"),
-                   "dev/perplexity_emulated": perplexity(model, dev[:n], f.batch_size, ops_mode="emulated"),
-                   "test/perplexity_emulated": perplexity(model, test[:n], f.batch_size, ops_mode="emulated")}
-        metrics.update({"train/steps": float(result.steps), "train/seconds": result.seconds,
-                        "train/tokens": float(result.steps * f.batch_size * train.shape[1]),
-                        "eval/seconds": time.time() - t0, "eval/blocks_dev": float(dev[:n].shape[0]),
-                        "eval/blocks_test": float(test[:n].shape[0])})
+        metrics |= _perplexities(model, dev, test, bs, n_eval) | {"eval/seconds": time.time() - t0}
         child.log_metrics(metrics, step=result.steps)
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(model, Path(tmp) / "checkpoint", tokenizer_dir=manifest.tokenizer_dir)
-            child.log_artifact(Path(tmp) / "checkpoint", "checkpoint")
-    ctx.run.log_metrics({"dev/perplexity": metrics["dev/perplexity"], "test/perplexity": metrics["test/perplexity"]})
-    log.info(f"finetune: {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
-                    f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
-                    f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
+        save_model(child, model, "checkpoint", manifest.tokenizer_dir)
+    ctx.run.set_tags({"baseline_run": child.run_id})
+    ctx.run.log_metrics({k: metrics[k] for k in ("dev/perplexity", "test/perplexity")})
+    log.info(f"finetune: baseline {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
+             f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
+             f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
+    grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
+    for lam, temp, quantile in grid:
+        assert start is not None
+        candidate = copy.deepcopy(start)
+        candidate.ops_cfg = OpsConfig("emulated")
+        prune_cfg = _prune_config(cfg, train.shape[0], "prune", lambda_=lam, temperature=temp, theta_quantile=quantile)
+        tags = {"kind": "candidate", "method": "prune", "lambda": lam, "temperature": temp, "theta_quantile": quantile,
+                "seed": f.seed, "baseline_run": child.run_id, "upstream_prepare": ctx.upstream["prepare"]}
+        with ctx.run.child(f"lambda_{lam:g}_T_{temp:g}_q_{quantile:g}", tags) as run:
+            run.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": "prune",
+                            "soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
+            seconds = train_lm_thresholds(candidate, train, prune_cfg, log=run.log_metrics)
+            found = next_token_flat(candidate, dev[:n_eval], "prune", "dev/", bs) | {"train/seconds": seconds}
+            run.log_metrics(found)
+            save_model(run, candidate, "checkpoint", manifest.tokenizer_dir, get_thresholds(candidate, temp, lam))
+        log.info(f"finetune: λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
+                 f"{found['dev/prune/next_token_acc']:.2f} % (unpruned {metrics['dev/none/next_token_acc']:.2f} %), "
+                 f"mean kept {found['dev/prune/kept_mean']:.1f} of {dev.shape[1] - 1}")
 
 
 def search(ctx: StageContext) -> None:
-    """No thresholds to search for a causal LM: select the unpruned LM run, say so."""
-    candidates = ctx.tracker.candidate_runs(ctx.tracker.run_tags(ctx.upstream["finetune"])["upstream_prepare"])
-    baseline = candidates[candidates["tags.method"] == "none"]
-    if baseline.empty:
-        raise RuntimeError("search: no unpruned LM candidate run; run stage=finetune first")
-    run_id = baseline.iloc[0]["run_id"]
-    log.info("search: skipped for data.task=wikitext2 (causal LM): token pruning is not defined for "
-                    f"GPT-2, nothing to search; selecting the unpruned LM run {run_id}")
-    selection = Selection(run_id, run_id, ctx.tracker.run_tags(ctx.upstream["finetune"])["upstream_prepare"])
-    ctx.run.log_dict(selection.to_dict(), SELECTION)
-    ctx.run.set_tags({**selection.to_dict(), "skipped": "causal LM: no pruning"})
+    """Select on WikiText-2 dev, report on test once.
 
-
-def secure_eval(ctx: StageContext) -> None:
-    """Method ``none``: secure next-token logits of a few dev blocks vs the plaintext torch model."""
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from models.weights import load_hf_gpt2, to_numpy_weights
-    from protocols.model_spec import PruningSpec, TransformerSpec
-    from protocols.secure_model import evaluate_batches
-    from protocols.session import TwoPartySession
+    The unpruned baseline of the upstream finetune run and its pruned candidates (``method=prune``,
+    tag ``baseline_run``); the pick is the one with the fewest mean kept tokens whose dev next-token
+    accuracy is within ``search.max_drop`` points of the baseline's (none within: the most accurate,
+    ``selection/within_max_drop = 0``). Without candidates (``finetune.lambdas=[]``) the baseline is
+    selected. Then the test contexts (``finetune.eval_blocks``) are scored once: ``none`` and
+    ``bolt_we`` on the baseline, ``prune`` on the pick (``test/{method}/next_token_ppl|acc``,
+    ``…/kept/layer_{l}``); ``front.csv`` lists every candidate."""
+    from models.config import OpsConfig
+    from models.weights import load_hf_gpt2
 
     cfg = ctx.cfg
-    run_id = Selection.from_run(ctx.tracker, ctx.upstream["search"]).baseline_run_id
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    dev = load_blocks(manifest, "dev")
-    ckpt = ctx.tracker.download(run_id, "checkpoint")
-    model, _ = load_hf_gpt2(ckpt)
-    model.eval()
-    spec = TransformerSpec.from_hf_config(json.loads((ckpt / "config.json").read_text()))
-    weights = to_numpy_weights(model)
-    n_tok = cfg.secure_eval.seq_len or manifest.max_length
-    n = min(cfg.secure_eval.num_examples, dev.shape[0])
-    with ctx.run.child("none", {"kind": "method", "method": "none", "checkpoint_run": run_id}) as child:
-        child.log_params({**curated_params(cfg), "method": "none", "seq_len": n_tok})
-        sums: dict[str, float] = {}
-        agree = top1 = 0
-        max_err = 0.0
-        batch = cfg.secure_eval.batch_size
-        examples = [(dev[i, :n_tok].numpy(), np.ones(n_tok), None) for i in range(n)]
-        with TwoPartySession(session_spec(cfg)) as session:
-            batches = evaluate_batches(session, spec, weights, examples, PruningSpec(), batch_size=batch, last_only=True)
-            for chunk, results, cost in tqdm(batches, total=-(-n // batch), desc=f"secure gpt2 (batches of {batch})"):
-                for k, v in cost.to_metrics().items():
-                    sums[k] = sums.get(k, 0.0) + v / n      # the batch's cost spread over its inputs
-                for i, result in zip(chunk, results):
-                    with torch.no_grad():
-                        ref = model(torch.as_tensor(examples[i][0])[None])[0, -1].numpy()
-                    got = np.asarray(result.logits, dtype=np.float64).reshape(-1)
-                    max_err = max(max_err, float(np.abs(got - ref).max()))
-                    agree += int(np.argmax(got) == np.argmax(ref))
-                    top1 += int(n_tok < dev.shape[1] and np.argmax(got) == int(dev[i, n_tok]))
-        metrics = {**sums, "agree/secure": 100.0 * agree / n, "logits/max_abs_err": max_err,
-                   "examples/secure": float(n), "batch_size": float(batch)}
-        if n_tok < dev.shape[1]:
-            metrics["acc/secure_next_token"] = 100.0 * top1 / n
-        child.log_metrics(metrics)
-        child.log_dict({"declared": "final (last-position) logits to the client; no pruning, nothing else",
-                        "reveals": [r.to_dict() for r in session.reveals],
-                        "ownership": dict(session.ownership)}, "leakage.json")
-    ctx.run.log_metrics({"time_s/lan/none": metrics.get("time_s/lan", 0.0),
-                         "comm_mb/none": metrics.get("comm_mb/total", 0.0)})
-    log.info(f"secure_eval: {n} dev sequence(s) of {n_tok} tokens under {cfg.protocol.protocol.value}: "
-                    f"next-token argmax agrees with plaintext on {agree}/{n}, max |Δlogit| {max_err:.3g}")
+    finetune_tags = ctx.tracker.run_tags(ctx.upstream["finetune"])
+    prepare_id, baseline_id = finetune_tags["upstream_prepare"], finetune_tags.get("baseline_run")
+    if baseline_id is None:
+        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
+    runs = ctx.tracker.candidate_runs(prepare_id)
+    pruned = runs[(runs["tags.method"] == "prune") & (runs.get("tags.baseline_run") == baseline_id)]
+    base = ctx.tracker.run_metrics(baseline_id)
+    selected, within = baseline_id, 1.0
+    if not pruned.empty:
+        acc = pruned["metrics.dev/prune/next_token_acc"]
+        ok = pruned[acc >= base["dev/none/next_token_acc"] - cfg.search.max_drop]
+        within = float(not ok.empty)
+        pick = (ok.sort_values("metrics.dev/prune/kept_mean") if not ok.empty else pruned.sort_values(
+            "metrics.dev/prune/next_token_acc", ascending=False)).iloc[0]
+        selected = str(pick["run_id"])
+        if ok.empty:
+            log.warning(f"search: no candidate within search.max_drop={cfg.search.max_drop} of the baseline's dev "
+                        f"next-token accuracy {base['dev/none/next_token_acc']:.2f} %; picking the most accurate")
+        cols = ["run_id", "tags.lambda", "tags.temperature", "tags.theta_quantile", "metrics.dev/prune/next_token_acc",
+                "metrics.dev/prune/next_token_ppl", "metrics.dev/prune/kept_mean"]
+        with tempfile.TemporaryDirectory() as tmp:
+            pruned[cols].to_csv(Path(tmp) / "front.csv", index=False)
+            ctx.run.log_artifact(Path(tmp) / "front.csv")
+    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
+    test = load_blocks(manifest, "test")[: cfg.finetune.eval_blocks]
+    metrics = {"selection/within_max_drop": within, "test/blocks": float(test.shape[0])}
+    plan = [("none", baseline_id), ("bolt_we", baseline_id)] + ([("prune", selected)] if selected != baseline_id else [])
+    for method, run_id in plan:
+        model, _ = load_hf_gpt2(ctx.tracker.artifact_location(run_id, "checkpoint"), OpsConfig("emulated"))
+        metrics |= next_token_flat(model, test, method, "test/", cfg.finetune.batch_size)
+    ctx.run.log_metrics(metrics)
+    selection = Selection(baseline_id, selected, prepare_id)
+    ctx.run.log_dict(selection.to_dict(), SELECTION)
+    ctx.run.set_tags(selection.to_dict())
+    log.info(f"search: selected {selected}; test next-token acc " + ", ".join(
+        f"{m} {metrics[f'test/{m}/next_token_acc']:.2f} % (kept {metrics[f'test/{m}/kept_mean']:.1f})" for m, _ in plan))

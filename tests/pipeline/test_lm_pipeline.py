@@ -22,8 +22,10 @@ def lm_assets(tmp_path: Path) -> tuple[Path, Path]:
 
 def _lm_overrides(wt: Path, tok: Path) -> list[str]:
     return ["experiment=gpt2_wikitext2", "model=gpt2_tiny", f"data.wikitext_dir={wt}", f"data.tokenizer_dir={tok}",
-            "data.max_length=16", "finetune.max_steps=30", "finetune.batch_size=8", "finetune.eval_blocks=4",
-            "secure_eval.num_examples=1", "secure_eval.seq_len=8"]
+            "data.max_length=16", "finetune.max_steps=30", "finetune.batch_size=8", "finetune.eval_blocks=8",
+            "finetune.lambdas=[0.5]", "finetune.prune_epochs=0.5", "finetune.hard_epochs=0.2",
+            "finetune.temperatures=[0.01]", "finetune.threshold_lr=5e-3", "search.max_drop=100",
+            "secure_eval.num_examples=1"]
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -33,31 +35,43 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
+    """The whole chain with one pruned candidate: a trained baseline, a candidate that prunes, the
+    search's pick scored on test, and all three causal methods run securely, each agreeing with the
+    torch model on the logits' argmax and on the tokens entering every layer."""
     out = _run(tmp_path, *_lm_overrides(*lm_assets))
     assert out.returncode == 0, out.stderr[-4000:]
-    log = out.stdout + out.stderr
-    assert "search: skipped for data.task=wikitext2" in log
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
     stages = runs[runs["tags.stage"].notna()].set_index("tags.stage")
     assert set(stages.index) == {"prepare", "finetune", "search", "secure_eval", "report"}
     assert set(stages["status"]) == {"FINISHED"}
-    cand = runs[runs["tags.kind"] == "candidate"]
-    assert len(cand) == 1 and cand.iloc[0]["tags.method"] == "none"
-    c = cand.iloc[0]
+    cand = runs[runs["tags.kind"] == "candidate"].set_index("tags.method")
+    assert sorted(cand.index) == ["none", "prune"]
+    base, pruned = cand.loc["none"], cand.loc["prune"]
     vocab = 300
-    assert 1 < c["metrics.dev/perplexity"] < vocab / 4  # trained: far below a uniform model's 300
-    assert 1 < c["metrics.test/perplexity"] < vocab / 4
-    assert c["metrics.dev/perplexity_emulated"] > 1 and c["metrics.train/steps"] == 30
-    assert "metrics.train/loss" in c and c["metrics.train/loss"] > 0
+    assert 1 < base["metrics.dev/perplexity"] < vocab / 4  # trained: far below a uniform model's 300
+    assert 1 < base["metrics.test/perplexity"] < vocab / 4
+    assert base["metrics.dev/perplexity_emulated"] > 1 and base["metrics.train/steps"] == 30
     client = mlflow.MlflowClient()
-    losses = [m.value for m in client.get_metric_history(c["run_id"], "train/loss")]
+    losses = [m.value for m in client.get_metric_history(base["run_id"], "train/loss")]
     assert losses[-1] < losses[0]
-    method = runs[runs["tags.kind"] == "method"]
-    assert list(method["tags.method"]) == ["none"]
-    m = method.iloc[0]
-    assert m["metrics.agree/secure"] == 100.0 and m["metrics.comm_mb/total"] > 0
-    assert m["metrics.logits/max_abs_err"] < 0.5
+    context = 15
+    assert base["metrics.dev/none/kept_mean"] == context          # unpruned: every context token
+    assert base["metrics.dev/bolt_we/kept/layer_0"] == 8           # top half of 15 (7) + the last position
+    assert 1 <= pruned["metrics.dev/prune/kept/layer_1"] <= pruned["metrics.dev/prune/kept/layer_0"] < context
+    search = stages.loc["search"]
+    assert search["tags.selected_run_id"] == pruned["run_id"] and search["tags.baseline_run_id"] == base["run_id"]
+    assert search["metrics.test/prune/kept_mean"] < search["metrics.test/none/kept_mean"] == context
+    method = runs[runs["tags.kind"] == "method"].set_index("tags.method")
+    assert sorted(method.index) == ["bolt_we", "none", "prune"]
+    for name, m in method.iterrows():
+        assert m["metrics.agree/secure"] == 100.0 and m["metrics.comm_mb/total"] > 0, name
+        assert m["metrics.logits/max_abs_err"] < 0.5, name
+        assert m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0, name
+        assert m["metrics.kept_tokens/layer_0"] == context, name
+    assert method.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 8
+    assert method.loc["prune", "metrics.kept_tokens/layer_1"] < context
+    assert method.loc["prune", "metrics.comm_mb/total"] < method.loc["none", "metrics.comm_mb/total"]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +79,10 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     [
         (["experiment=gpt2_wikitext2", "model=tiny_bert"], "needs model.family=gpt2, got model.family=bert"),
         (["model=gpt2_tiny"], "supports only data.task=wikitext2, got data.task=synthetic"),
-        (["experiment=gpt2_wikitext2", "secure_eval.methods=[none,prune]"], "secure_eval.methods contains ['prune']"),
+        (["experiment=gpt2_wikitext2", "secure_eval.methods=[none,prune_reduce]"],
+         "secure_eval.methods contains ['prune_reduce']: not defined for the causal LM"),
+        (["experiment=gpt2_wikitext2", "finetune.lambdas=[]"], "finetune.lambdas=[] trains no pruned candidate"),
+        (["experiment=gpt2_wikitext2", "secure_eval.seq_len=128"], "must be in 2..data.max_length-1=127"),
         (["experiment=gpt2_wikitext2", "data=wikitext2", "secure_eval.methods=[none]", "data.wikitext_dir=/nonexistent/wt"],
          "data.wikitext_dir='/nonexistent/wt' is not a directory; run `make lm-data`"),
         (["experiment=gpt2_wikitext2", "data.tokenizer_dir=null"], "needs a GPT-2 tokenizer"),
@@ -92,6 +109,6 @@ def test_lm_experiment_is_valid(compose_cfg, lm_assets):
 def test_config_error_without_traceback(tmp_path: Path, lm_assets):
     wt, tok = lm_assets
     out = _run(tmp_path, "experiment=gpt2_wikitext2", f"data.wikitext_dir={wt}", f"data.tokenizer_dir={tok}",
-               "secure_eval.methods=[none,bolt_we]")
+               "secure_eval.methods=[none,prune_reduce]")
     assert out.returncode != 0
-    assert "secure_eval.methods contains ['bolt_we']" in out.stderr and "Traceback" not in out.stderr
+    assert "secure_eval.methods contains ['prune_reduce']" in out.stderr and "Traceback" not in out.stderr

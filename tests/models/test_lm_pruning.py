@@ -1,0 +1,58 @@
+"""GPT-2 threshold learning on next-token prediction over a pruned context (tiny model, random blocks)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.config import GPT2Config
+from models.gpt2 import GPT2LM
+from models.lm_pruning import LMPruneConfig, init_lm_thresholds, next_token_metrics, train_lm_thresholds
+from models.token_pruning import PruneSettings
+
+CFG = GPT2Config(vocab_size=40, hidden=32, layers=2, heads=2, intermediate=64, max_positions=32)
+
+
+def _blocks(n: int = 48, length: int = 17) -> torch.Tensor:
+    return torch.randint(0, 40, (n, length), generator=torch.Generator().manual_seed(0))
+
+
+def _model() -> GPT2LM:
+    torch.manual_seed(0)
+    return GPT2LM(CFG)
+
+
+def test_init_thresholds_are_increasing_score_quantiles() -> None:
+    m = _model()
+    init_lm_thresholds(m, _blocks(), quantile=0.5)
+    theta = m.pruning.theta.tolist()
+    assert 0 < theta[0] < 1 and 0 < theta[1] < 1
+    scores = m.pruned(_blocks()[:, :-1], PruneSettings()).scores
+    assert theta[1] == pytest.approx(float(torch.quantile(scores[1][:, :-1].reshape(-1), 0.5)), rel=1e-5)
+
+
+def test_penalty_lowers_the_kept_share() -> None:
+    """Same steps, same data: λ = 2 ends with fewer kept tokens than λ = 0."""
+    kept = {}
+    for lam in (0.0, 2.0):
+        m = _model()
+        cfg = LMPruneConfig(lambda_=lam, soft_steps=15, hard_steps=2, batch_size=8, theta_quantile=0.2,
+                            threshold_lr=5e-2)
+        train_lm_thresholds(m, _blocks(), cfg)
+        kept[lam] = sum(next_token_metrics(m, _blocks(), "prune").kept)
+    assert kept[2.0] < kept[0.0]
+
+
+def test_next_token_metrics_unpruned_and_fully_pruned() -> None:
+    m = _model().eval()
+    b = _blocks(20)
+    none = next_token_metrics(m, b, "none", batch_size=7)
+    with torch.no_grad():
+        ref = math.exp(float(F.cross_entropy(m(b[:, :-1])[:, -1], b[:, -1])))
+    assert none.perplexity == pytest.approx(ref, rel=1e-4) and none.kept == [16.0, 16.0] and none.blocks == 20
+    m.pruning.theta.data[:] = 1.0
+    assert next_token_metrics(m, b, "prune").kept == [1.0, 1.0]      # only the last position
+    with pytest.raises(ValueError, match="method"):
+        train_lm_thresholds(m, b, LMPruneConfig(method="bolt_we"))
