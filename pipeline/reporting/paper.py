@@ -110,6 +110,9 @@ SPEEDUP_VS_BOLT_BASE = 3.1
 """BERT-base, 128 tokens, LAN: CipherPrune vs BOLT (245.4 / 79.1 = 3.10)."""
 SPEEDUP_512 = 10.6
 """Abstract: speed-up over previous methods at 512 tokens."""
+GPT2_SPEEDUP: Mapping[int, float] = MappingProxyType({128: 5.3, 512: 8.2})
+"""OpenReview rebuttal: CipherPrune on GPT-2 language modelling, speed-up over previous methods per
+context length (the rebuttal states no baseline method beyond that, nor accuracy)."""
 
 
 def table1_cell(model: str, method: str, max_length: int) -> Optional[PaperCell]:

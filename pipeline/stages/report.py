@@ -27,6 +27,8 @@ TABLES: dict[str, str] = {
               "(BERT, 128 tokens, LAN)",
     "table2": "Table 2: ablation, dev metric per task and method (mean ± std over seeds; models selected on a "
               "validation split carved from train, dev evaluated once), ours vs the paper (BERT-base)",
+    "lm": "GPT-2 on WikiText-2: next-token prediction over a pruned context (test contexts; selected on dev), "
+          "secure cost per context measured end to end, the paper's GPT-2 speed-up beside it",
 }
 FIGURES: tuple[str, ...] = ("kept_tokens", "breakdown", "pareto", "scaling")
 
@@ -65,6 +67,13 @@ def _table(name: str, methods: pd.DataFrame, searches: pd.DataFrame, names: list
         if "time_s/lan" not in methods or methods["time_s/lan"].isna().all():
             raise _missing("Table 1", names, uri, " with metric time_s/lan")
         return tables.table1(methods)
+    if name == "lm":
+        table = tables.lm_table(searches, methods)
+        if table.empty:
+            raise ReportDataMissing(f"the LM table needs a FINISHED LM search run (test/none/next_token_ppl ...) in MLflow "
+                                    f"experiment {', '.join(repr(n) for n in names)} at {uri}; found none. "
+                                    f"Launch `python -m pipeline experiment=gpt2_wikitext2` first.")
+        return table
     if searches.empty or "dev/none/metric" not in searches:
         hints = " or ".join(f"`{launch_hint(n)}`" for n in names)
         raise ReportDataMissing(f"Table 2 needs FINISHED search runs with dev metrics (dev/none/metric ...) in MLflow "
@@ -76,9 +85,9 @@ def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
     """Headline numbers of a table as report-run metrics (speed-ups, accuracies)."""
     out: dict[str, float] = {f"{name}/rows": float(len(table))}
     for _, r in table.iterrows():
-        key = "/".join([*(str(r[k]) for k in ("model", "task", "protocol", "criterion", "reduce_forms") if k in r),
+        key = "/".join([*(str(r[k]) for k in ("model", "task", "protocol", "criterion", "reduce_forms") if k in r and pd.notna(r[k])),
                         f"L{r['max_length']}", str(r["method"])])
-        for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s", "metric_mean", "drop_mean"):
+        for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s", "metric_mean", "drop_mean", "test_ppl", "test_acc"):
             if col in r and pd.notna(r[col]):
                 out[f"{name}/{col}/{key}"] = float(r[col])
     return out

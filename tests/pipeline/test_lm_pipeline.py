@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from pipeline.config import PROJECT_ROOT
@@ -72,6 +73,15 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert method.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 8
     assert method.loc["prune", "metrics.kept_tokens/layer_1"] < context
     assert method.loc["prune", "metrics.comm_mb/total"] < method.loc["none", "metrics.comm_mb/total"]
+    table = pd.read_csv(tmp_path / "reports" / "lm" / "lm.csv").set_index("method")   # report=lm, from these runs
+    assert list(table.index) == ["none", "bolt_we", "prune"]
+    for name in table.index:
+        assert table.loc[name, "test_ppl"] == pytest.approx(search[f"metrics.test/{name}/next_token_ppl"])
+        assert table.loc[name, "secure_run"] == method.loc[name, "run_id"]
+        assert table.loc[name, "comm_gb"] == pytest.approx(method.loc[name, "metrics.comm_mb/total"] / 1024)
+    assert table.loc["none", "speedup_vs_none"] == 1.0
+    assert pd.isna(table.loc["prune", "paper_speedup"])       # the paper reports GPT-2 at 128 and 512 tokens only
+    assert table.loc["none", "kept_after"] == "15.0-15.0" and table.loc["bolt_we", "kept_after"] == "8.0-8.0"
 
 
 @pytest.mark.parametrize(
@@ -112,3 +122,26 @@ def test_config_error_without_traceback(tmp_path: Path, lm_assets):
                "secure_eval.methods=[none,prune_reduce]")
     assert out.returncode != 0
     assert "secure_eval.methods contains ['prune_reduce']" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_lm_table_joins_search_and_secure_runs() -> None:
+    """``report=lm`` rows: the search's test metrics, the newest secure run per method, ratios to
+    ``none`` and the paper's 5.3x beside the pruned row at 128 tokens."""
+    from pipeline.reporting.tables import lm_table
+
+    search = {"model": "gpt2_small_lm", "max_length": 128, "run_id": "s1", "start_time": 1, "test/blocks": 64.0}
+    for method, ppl, acc, kept in (("none", 900.0, 12.0, [127.0] * 2), ("bolt_we", 950.0, 11.0, [64.0] * 2),
+                                   ("prune", 910.0, 11.5, [60.0, 30.0])):
+        search |= {f"test/{method}/next_token_ppl": ppl, f"test/{method}/next_token_acc": acc,
+                   f"test/{method}/kept_mean": sum(kept) / 2} | {f"test/{method}/kept/layer_{i}": k for i, k in enumerate(kept)}
+    secure = pd.DataFrame([{"model": "gpt2_small_lm", "max_length": 128, "method": m, "run_id": f"r_{m}_{t}",
+                            "start_time": t, "time_s/lan": lan, "time_s/wan": 3 * lan, "comm_mb/total": 1024.0 * lan,
+                            "agree/secure": 100.0, "examples/secure": 2.0}
+                           for m, lan, t in (("none", 40.0, 1), ("none", 80.0, 0), ("bolt_we", 20.0, 1), ("prune", 10.0, 1))])
+    table = lm_table(pd.DataFrame([search]), secure).set_index("method")
+    assert list(table.index) == ["none", "bolt_we", "prune"]
+    assert table.loc["none", "secure_run"] == "r_none_1"               # the newest run of a method
+    assert table.loc["prune", "speedup_vs_none"] == 4.0 and table.loc["bolt_we", "speedup_vs_none"] == 2.0
+    assert table.loc["prune", "comm_gb"] == 10.0 and table.loc["prune", "kept_after"] == "60.0-30.0"
+    assert table.loc["prune", "paper_speedup"] == 5.3 and pd.isna(table.loc["none", "paper_speedup"])
+    assert table.loc["prune", "test_ppl"] == 910.0 and table.loc["prune", "kept_mean"] == 45.0
