@@ -118,45 +118,47 @@ LM_METHODS = ("none", "bolt_we", "prune")
 
 
 def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
-    """The GPT-2 LM table: one row per (model, max_length, method) of the newest LM search run
-    (its test next-token perplexity and top-1 accuracy, mean kept tokens and the tokens left after
-    each layer, ``kept_after``) joined with the newest secure_eval method run of the same model and
-    length (LAN/WAN seconds, GB per context, the ratio to ``none``, the secure argmax agreement and
-    how many contexts it averages), the paper's GPT-2 speed-up beside the pruned row."""
+    """The GPT-2 LM table: one row per (model, max_length, protocol, method): the newest LM search
+    run's test next-token perplexity and top-1 accuracy, mean kept tokens and the tokens left after
+    each layer (``kept_after``), joined with the newest secure_eval method run of the same model,
+    length and protocol (LAN/WAN seconds, GB per context, the ratio to ``none``, the secure argmax
+    agreement and how many contexts it averages; protocol ``—`` and no cost without one), the
+    paper's GPT-2 speed-up beside the pruned row."""
     done = searches.dropna(subset=["test/none/next_token_ppl"]) if "test/none/next_token_ppl" in searches else searches.iloc[0:0]
+    keys = ["model", "max_length", "protocol", "method"]
+    secure = newest(methods, keys) if not methods.empty else pd.DataFrame(columns=[*keys, "run_id"])
+    keyed = secure.set_index(keys)
     records: list[dict[str, object]] = []
     for _, s in newest(done, ["model", "max_length"]).iterrows():
-        for method in LM_METHODS:
-            key = f"test/{method}/"
-            if f"{key}next_token_ppl" not in s or pd.isna(s[f"{key}next_token_ppl"]):
-                continue
-            layers = sorted((c for c in s.index if c.startswith(f"{key}kept/layer_") and pd.notna(s[c])),
-                            key=lambda c: int(c.rsplit("_", 1)[1]))
-            records.append({"model": s["model"], "max_length": int(s["max_length"]), "method": method,
-                            "label": paper.METHOD_LABELS[method], "test_ppl": float(s[f"{key}next_token_ppl"]),
-                            "test_acc": float(s[f"{key}next_token_acc"]), "kept_mean": float(s[f"{key}kept_mean"]),
-                            "kept_after": "-".join(f"{float(s[c]):.1f}" for c in layers),
-                            "test_contexts": float(s.get("test/blocks", math.nan)), "search_run": s["run_id"]})
+        same = secure[(secure["model"] == s["model"]) & (secure["max_length"] == s["max_length"])]
+        for protocol in sorted(set(same["protocol"])) or [MISSING]:
+            for method in LM_METHODS:
+                key = f"test/{method}/"
+                if pd.isna(s.get(f"{key}next_token_ppl", math.nan)):
+                    continue
+                layers = sorted((c for c in s.index if c.startswith(f"{key}kept/layer_") and pd.notna(s[c])),
+                                key=lambda c: int(c.rsplit("_", 1)[1]))
+                run = keyed.loc[(s["model"], s["max_length"], protocol, method)] if (
+                    s["model"], s["max_length"], protocol, method) in keyed.index else pd.Series(dtype=object)
+                records.append({
+                    "model": s["model"], "max_length": int(s["max_length"]), "protocol": protocol, "method": method,
+                    "label": paper.METHOD_LABELS[method], "test_ppl": float(s[f"{key}next_token_ppl"]),
+                    "test_acc": float(s[f"{key}next_token_acc"]), "kept_mean": float(s[f"{key}kept_mean"]),
+                    "kept_after": "-".join(f"{float(s[c]):.1f}" for c in layers),
+                    "test_contexts": float(s.get("test/blocks", math.nan)),
+                    "time_lan_s": float(run.get("time_s/lan", math.nan)), "time_wan_s": float(run.get("time_s/wan", math.nan)),
+                    "comm_gb": float(run.get("comm_mb/total", math.nan)) / 1024.0,
+                    "agree_secure": float(run.get("agree/secure", math.nan)),
+                    "secure_contexts": float(run.get("examples/secure", math.nan)),
+                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == "prune" else math.nan,
+                    "search_run": s["run_id"], "secure_run": str(run.get("run_id", MISSING))})
     out = pd.DataFrame.from_records(records)
     if out.empty:
         return out
-    secure = newest(methods, ["model", "max_length", "method"]) if not methods.empty else pd.DataFrame(
-        columns=["model", "max_length", "method"])
-    keyed = secure.set_index(["model", "max_length", "method"]) if not secure.empty else None
-    for col, name, scale in (("time_lan_s", "time_s/lan", 1.0), ("time_wan_s", "time_s/wan", 1.0),
-                             ("comm_gb", "comm_mb/total", 1 / 1024), ("agree_secure", "agree/secure", 1.0),
-                             ("secure_contexts", "examples/secure", 1.0)):
-        out[col] = [float(keyed.loc[(r.model, r.max_length, r.method), name]) * scale
-                    if keyed is not None and (r.model, r.max_length, r.method) in keyed.index and name in keyed else math.nan
-                    for r in out.itertuples()]
-    out["secure_run"] = [str(keyed.loc[(r.model, r.max_length, r.method), "run_id"])
-                         if keyed is not None and (r.model, r.max_length, r.method) in keyed.index else MISSING
-                         for r in out.itertuples()]
-    base = out[out["method"] == "none"].set_index(["model", "max_length"])["time_lan_s"]
-    out["speedup_vs_none"] = base.reindex(pd.MultiIndex.from_frame(out[["model", "max_length"]])).to_numpy() / out["time_lan_s"]
-    out["paper_speedup"] = [paper.GPT2_SPEEDUP.get(r.max_length, math.nan) if r.method == "prune" else math.nan
-                            for r in out.itertuples()]
-    return out.sort_values(["model", "max_length", "method"], key=in_method_order).reset_index(drop=True)
+    group = ["model", "max_length", "protocol"]
+    base = out[out["method"] == "none"].set_index(group)["time_lan_s"]
+    out["speedup_vs_none"] = base.reindex(pd.MultiIndex.from_frame(out[group])).to_numpy() / out["time_lan_s"]
+    return out.sort_values(keys, key=in_method_order).reset_index(drop=True)
 
 
 def _fmt(value: object, digits: int) -> str:

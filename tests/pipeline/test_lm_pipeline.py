@@ -134,7 +134,7 @@ def test_lm_table_joins_search_and_secure_runs() -> None:
                                    ("prune", 910.0, 11.5, [60.0, 30.0])):
         search |= {f"test/{method}/next_token_ppl": ppl, f"test/{method}/next_token_acc": acc,
                    f"test/{method}/kept_mean": sum(kept) / 2} | {f"test/{method}/kept/layer_{i}": k for i, k in enumerate(kept)}
-    secure = pd.DataFrame([{"model": "gpt2_small_lm", "max_length": 128, "method": m, "run_id": f"r_{m}_{t}",
+    secure = pd.DataFrame([{"model": "gpt2_small_lm", "max_length": 128, "protocol": "CHEETAH", "method": m, "run_id": f"r_{m}_{t}",
                             "start_time": t, "time_s/lan": lan, "time_s/wan": 3 * lan, "comm_mb/total": 1024.0 * lan,
                             "agree/secure": 100.0, "examples/secure": 2.0}
                            for m, lan, t in (("none", 40.0, 1), ("none", 80.0, 0), ("bolt_we", 20.0, 1), ("prune", 10.0, 1))])
@@ -145,3 +145,5 @@ def test_lm_table_joins_search_and_secure_runs() -> None:
     assert table.loc["prune", "comm_gb"] == 10.0 and table.loc["prune", "kept_after"] == "60.0-30.0"
     assert table.loc["prune", "paper_speedup"] == 5.3 and pd.isna(table.loc["none", "paper_speedup"])
     assert table.loc["prune", "test_ppl"] == 910.0 and table.loc["prune", "kept_mean"] == 45.0
+    alone = lm_table(pd.DataFrame([search]), pd.DataFrame()).set_index("method")   # no secure run yet: no cost
+    assert alone.loc["prune", "protocol"] == "—" and pd.isna(alone.loc["prune", "time_lan_s"])
