@@ -238,6 +238,8 @@ def search(ctx: StageContext) -> None:
     selected. Then the test contexts (``finetune.eval_blocks``) are scored once: ``none`` and
     ``bolt_we`` on the baseline, ``prune`` on the pick (``test/{method}/next_token_ppl|acc``,
     ``…/kept/layer_{l}``); ``front.csv`` lists every candidate."""
+    import pandas as pd
+
     from models.config import OpsConfig
     from models.weights import load_hf_gpt2
 
@@ -247,7 +249,8 @@ def search(ctx: StageContext) -> None:
     if baseline_id is None:
         raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
     runs = ctx.tracker.candidate_runs(prepare_id)
-    pruned = runs[(runs["tags.method"] == "prune") & (runs.get("tags.baseline_run") == baseline_id)]
+    trained_from = runs["tags.baseline_run"] if "tags.baseline_run" in runs else pd.Series(None, index=runs.index)
+    pruned = runs[(runs["tags.method"] == "prune") & (trained_from == baseline_id)]
     base = ctx.tracker.run_metrics(baseline_id)
     selected, within = baseline_id, 1.0
     if not pruned.empty:
