@@ -74,7 +74,7 @@ def _tokenizer_dir(cfg: PipelineConfig) -> Path:
 def prepare(ctx: StageContext) -> None:
     """WikiText-2 → token blocks cached under ``outputs/cache/prepare/<hash>/{split}.pt``."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import GPT2TokenizerFast
 
     from models.lm import load_lm_blocks
 
@@ -82,7 +82,7 @@ def prepare(ctx: StageContext) -> None:
     cache = Path(cfg.paths.outputs) / "cache" / "prepare" / sections_hash(cfg, Stage.prepare)
     cache.mkdir(parents=True, exist_ok=True)
     tok_dir = _tokenizer_dir(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(tok_dir))   # the task is GPT-2 only (validate)
     source = Path(d.wikitext_dir).expanduser().resolve() if d.wikitext_dir else None
     blocks = load_lm_blocks(source, tokenizer, d.max_length,
                             {"train": d.train_limit, "dev": d.dev_limit, "test": d.test_limit})

@@ -84,6 +84,23 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert table.loc["none", "kept_after"] == "15.0-15.0" and table.loc["bolt_we", "kept_after"] == "8.0-8.0"
 
 
+def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
+    """``finetune.lambdas=[]`` (e.g. only evaluating a real GPT-2): no candidate, the search selects the
+    baseline, and the unpruned methods still run securely."""
+    out = _run(tmp_path, *_lm_overrides(*lm_assets), "finetune.lambdas=[]", "secure_eval.methods=[none,bolt_we]")
+    assert out.returncode == 0, out.stderr[-4000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
+    cand = runs[runs["tags.kind"] == "candidate"]
+    assert list(cand["tags.method"]) == ["none"]
+    search = runs[runs["tags.stage"] == "search"].iloc[0]
+    assert search["tags.selected_run_id"] == search["tags.baseline_run_id"] == cand.iloc[0]["run_id"]
+    assert "metrics.test/prune/next_token_ppl" not in search or pd.isna(search["metrics.test/prune/next_token_ppl"])
+    assert search["metrics.test/bolt_we/kept/layer_0"] == 8
+    method = runs[runs["tags.kind"] == "method"]
+    assert sorted(method["tags.method"]) == ["bolt_we", "none"] and set(method["metrics.agree/secure"]) == {100.0}
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
