@@ -173,7 +173,6 @@ def finetune(ctx: StageContext) -> None:
     from models.config import OpsConfig
     from models.lm import LMTrainConfig, train_lm
     from models.lm_pruning import train_lm_thresholds
-    from models.weights import get_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
     torch.set_num_threads(f.torch_threads)
@@ -208,23 +207,38 @@ def finetune(ctx: StageContext) -> None:
     log.info(f"finetune: baseline {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
              f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
              f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
+    if start is not None:
+        _candidates(ctx, start, train, dev[:n_eval], manifest, child.run_id, metrics["dev/none/next_token_acc"])
+
+
+def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: DatasetManifest, baseline_id: str,
+                baseline_acc: float) -> None:
+    """One crypto-aware causal Π_prune candidate per (λ, T, θ-init), each from ``start`` (the baseline
+    before its continuation), a nested run with ``dev/prune/*`` next-token metrics on the dev
+    contexts ``dev``, its checkpoint and ``thresholds.json``."""
+    import copy
+
+    from models.config import OpsConfig
+    from models.lm_pruning import train_lm_thresholds
+    from models.weights import get_thresholds
+
+    cfg, f = ctx.cfg, ctx.cfg.finetune
     grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
     for lam, temp, quantile in grid:
-        assert start is not None
         candidate = copy.deepcopy(start)
         candidate.ops_cfg = OpsConfig("emulated")
         prune_cfg = _prune_config(cfg, train.shape[0], "prune", lambda_=lam, temperature=temp, theta_quantile=quantile)
         tags = {"kind": "candidate", "method": "prune", "lambda": lam, "temperature": temp, "theta_quantile": quantile,
-                "seed": f.seed, "baseline_run": child.run_id, "upstream_prepare": ctx.upstream["prepare"]}
+                "seed": f.seed, "baseline_run": baseline_id, "upstream_prepare": ctx.upstream["prepare"]}
         with ctx.run.child(f"lambda_{lam:g}_T_{temp:g}_q_{quantile:g}", tags) as run:
             run.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": "prune",
                             "soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
             seconds = train_lm_thresholds(candidate, train, prune_cfg, log=run.log_metrics)
-            found = next_token_flat(candidate, dev[:n_eval], "prune", "dev/", bs) | {"train/seconds": seconds}
+            found = next_token_flat(candidate, dev, "prune", "dev/", f.batch_size) | {"train/seconds": seconds}
             run.log_metrics(found)
             save_model(run, candidate, "checkpoint", manifest.tokenizer_dir, get_thresholds(candidate, temp, lam))
         log.info(f"finetune: λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
-                 f"{found['dev/prune/next_token_acc']:.2f} % (unpruned {metrics['dev/none/next_token_acc']:.2f} %), "
+                 f"{found['dev/prune/next_token_acc']:.2f} % (unpruned {baseline_acc:.2f} %), "
                  f"mean kept {found['dev/prune/kept_mean']:.1f} of {dev.shape[1] - 1}")
 
 

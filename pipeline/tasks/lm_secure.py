@@ -11,6 +11,7 @@ leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` its pi
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -41,8 +42,6 @@ def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray
 
 def _evaluate(ctx: StageContext, method: Method, run_id: str, test: Any, n: int, seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
     """One method's secure run and reference check (module docstring); returns metrics and leakage."""
-    import json
-
     from models.config import OpsConfig
     from models.weights import load_hf_gpt2, to_numpy_weights
     from protocols.model_spec import PruningSpec, TransformerSpec
