@@ -85,7 +85,8 @@ def real_schedules(checkpoint: Path, task: str, glue_dir: Path, seq: int, count:
     inputs = dev_inputs(task, checkpoint, glue_dir, seq, count)
     out: dict[str, Schedule] = {}
     for method in METHODS:
-        pruning = PruningSpec(method=method, theta=tuple(th.theta), beta=tuple(th.beta))
+        pruning = PruningSpec(method=method, theta=tuple(th.theta), beta=tuple(th.beta), criterion=th.criterion,
+                              reduce_forms=th.reduce_forms)
         sums = np.zeros((3, spec.layers))
         for enc in inputs:
             res = plaintext_forward(spec, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"]),
@@ -190,7 +191,8 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
             warm_up(s)
             with s.meter.measure() as measured:
                 res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
-                                     np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta)))
+                                     np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta),
+                                                                                     th.criterion, th.reduce_forms))
             cost = measured.report
         sched = schedule_of(res)
         comp = compose(sched, method, layer_fit, prune_fit, seq)
@@ -285,7 +287,12 @@ def run(cfg: E2EBench, log_metrics: LogMetrics) -> BenchResult:
     cache = Path(cfg.measurements) if cfg.measurements else None
     layer_fit, prune_fit = fit_measurements(measure(session_spec, shape, cfg.sizes, cache, cfg.reuse, log_metrics))
     all_rows: list[dict[str, Any]] = []
-    sections = [f"{cfg.protocol} over {cfg.transport}; measured sizes {cfg.sizes}. Whole-model figures are composed from "
+    depth = json.loads((checkpoint / "config.json").read_text())["num_hidden_layers"]
+    stretched = (f" The checkpoint has {depth} layers: its schedules are **stretched** to {shape.layers} layers "
+                 "(`Schedule.stretched`, interpolated at the same relative depth), not measured at this depth."
+                 if depth != shape.layers else "")
+    sections = [f"**Composed from per-layer measurements, not measured end to end.** {cfg.protocol} over "
+                f"{cfg.transport}; measured sizes {cfg.sizes}.{stretched} Whole-model figures are composed from "
                 "measured per-layer costs (attention block at n entering, FFN at k kept; fitted c + a·n + b·n²; Π_reduce's "
                 "low group priced with the measured low/high-degree kernel ratio); LAN/WAN = compute + bytes/bandwidth."]
     for seq in cfg.seq:

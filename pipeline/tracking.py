@@ -135,6 +135,23 @@ def _config_hash(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str],
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+RESUME_IGNORED: dict[Stage, dict[str, tuple[str, ...]]] = {
+    Stage.secure_eval: {"secure_eval": ("num_examples", "methods")},
+}
+"""Per stage, the config keys that only say how many or which units are run: a unit's result does
+not depend on them, so a relaunch with other values still reuses the units that FINISHED."""
+
+
+def resume_key(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str], code: str) -> str:
+    """Hash of what decides one unit of ``stage`` (e.g. one secure_eval (method, input) pair): the
+    stage's config sections less ``RESUME_IGNORED``, its upstream run ids and the code version."""
+    sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
+    for section, keys in RESUME_IGNORED.get(stage, {}).items():
+        sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
+    blob = json.dumps({"sections": sections, "upstream": dict(upstream), "code": code}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def process_tags() -> dict[str, str]:
     """``host`` and ``pid`` of this process: who can close a RUNNING run (``Tracker.reap_dead_runs``)."""
     return {"host": socket.gethostname(), "pid": str(os.getpid())}
@@ -331,6 +348,13 @@ class Tracker:
         if parsed.scheme in ("", "file"):
             return Path(unquote(parsed.path)) / artifact_path
         return self.download(run_id, artifact_path)
+
+    def finished_units(self, tags: Mapping[str, str]) -> list[Any]:
+        """FINISHED runs of this experiment whose tags equal ``tags`` (e.g. ``kind=input`` and a
+        ``resume_key``), newest first, whatever the state of their parents."""
+        clauses = ["attributes.status = 'FINISHED'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()]
+        return list(self.client.search_runs([self.experiment_id], filter_string=" and ".join(clauses),
+                                            order_by=["attributes.start_time DESC"], max_results=10_000))
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)

@@ -218,11 +218,19 @@ class CostMeter:
     @contextmanager
     def measure(self) -> Iterator[Measurement]:
         """``with meter.measure() as m: ...`` then ``m.report``: the cost of the block alone."""
-        start, m = len(self._programs), Measurement()
+        start, m = self.mark(), Measurement()
         try:
             yield m
         finally:
-            m.report = CostReport(self._programs[start:])
+            m.report = self.since(start)
+
+    def mark(self) -> int:
+        """A position in the record, for ``since``."""
+        return len(self._programs)
+
+    def since(self, mark: int) -> CostReport:
+        """The programs recorded after ``mark`` (``mark()``), e.g. one layer's."""
+        return CostReport(self._programs[mark:])
 
     def record(self, cost: ProgramCost) -> None:
         if cost.op not in OP_CLASSES:

@@ -156,6 +156,22 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
 CAUSAL_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune")
 
 
+@dataclass(frozen=True)
+class LayerDone:
+    """Progress of a forward pass, reported after each layer (``forward(on_layer=...)``).
+
+    ``layer`` of ``layers``; ``entering`` / ``kept``: tokens entering the layer and left after its
+    pruning, per input ``[B]``; ``cost``: the meter's report of this layer's programs alone
+    (attention, pruning, FFN). Nothing here is revealed beyond the counts ``forward`` opens anyway.
+    """
+
+    layer: int
+    layers: int
+    entering: tuple[int, ...]
+    kept: tuple[int, ...]
+    cost: CostReport
+
+
 def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute") -> None:
     """Raise ValueError for a pruning method (or criterion) the model family does not define."""
     if spec.causal and method not in CAUSAL_METHODS:
@@ -168,12 +184,14 @@ def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute"
 
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
             record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute",
-            reduce_forms: str = DEFAULT_REDUCE_FORMS) -> list[SecureResult]:
+            reduce_forms: str = DEFAULT_REDUCE_FORMS,
+            on_layer: Optional[Callable[[LayerDone], None]] = None) -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
     (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
     ``reduce_forms`` (both public: they fix the programs, not a value). Reveals only the declared
-    counts and the logits (to the client)."""
+    counts and the logits (to the client). ``on_layer`` is called after each layer (``LayerDone``:
+    progress, the layer's cost)."""
     check_method(spec, method, criterion)
     s = session
     layout = Layout(sizes)
@@ -188,6 +206,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     positions: list[list[list[int]]] = [[] for _ in range(batch)]
     for l in range(spec.layers):
         p = f"l{l}."
+        layer_start, layer_entering = s.meter.mark(), tuple(layout.sizes)
         for b in range(batch):
             entering[b].append(layout.sizes[b])
         x = "h"
@@ -234,6 +253,8 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             s.run(tf.add_layernorm, ["f", "h", p + "ln2.g", p + "ln2.b"], ["h"], op="LayerNorm", layer=l,
                   static={"eps": eps})
         s.delete("f", "x")
+        if on_layer is not None:
+            on_layer(LayerDone(l, spec.layers, layer_entering, tuple(layout.sizes), s.meter.since(layer_start)))
     if spec.causal:
         s.run(tf.lm_logits, ["h", "lnf.g", "lnf.b", "lm.w"], ["logits"], op="Other",
               static={"eps": eps, "last_only": last_only, "layout": layout})
@@ -248,7 +269,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                          batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
 
 
-def _chunks(count: int, batch_size: int) -> list[range]:
+def batch_ranges(count: int, batch_size: int) -> list[range]:
     """Indices ``0..count-1`` in consecutive batches of ``batch_size`` (the last may be shorter)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -260,28 +281,27 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
                      last_only: bool = False) -> Iterator[tuple[range, list[SecureResult], CostReport]]:
     """``run_batch`` over ``examples`` in batches of ``batch_size``: yields each batch's example
     indices, per-example results and the batch's own cost (``CostMeter.measure``)."""
-    for chunk in _chunks(len(examples), batch_size):
+    for chunk in batch_ranges(len(examples), batch_size):
         with session.meter.measure() as m:
             results = run_batch(session, spec, weights, [examples[i] for i in chunk], pruning, last_only=last_only)
         yield chunk, results, m.report
 
 
-def evaluate_owned(session: Session, spec: TransformerSpec, server: Any, client: Callable[[range], Any], count: int,
-                   method: str, *, batch_size: int = 1, criterion: str = "absolute",
-                   reduce_forms: str = DEFAULT_REDUCE_FORMS) -> Iterator[tuple[range, list[SecureResult], CostReport, dict[str, Any]]]:
-    """The owner-held counterpart of ``evaluate_batches``: the server's party provides its inputs once
-    (``server``: a ``protocols.provision.ServerRequest``), the client's party each batch's
-    (``client(chunk)``: a ``ClientRequest``); yields each batch's indices, per-example results, the
-    batch's cost and the client request's public part (token counts, the client's labels).
-    ``criterion``, ``reduce_forms``: the thresholds' (``PruningSpec``), public."""
-    chunks = _chunks(count, batch_size)
-    session.provide("server", server)
-    for chunk in chunks:
-        public = session.provide("client", client(chunk))
-        with session.meter.measure() as m:
-            results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
-                              reduce_forms=reduce_forms)
-        yield chunk, results, m.report, public
+def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
+                     criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS,
+                     on_layer: Optional[Callable[[LayerDone], None]] = None,
+                     ) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
+    """The owner-held counterpart of ``run_batch`` for one batch of the client's inputs: the client's
+    party loads and shares them itself (``request``: a ``protocols.provision.ClientRequest``; the
+    server's party provided its own inputs before, ``session.provide("server", ServerRequest(...))``),
+    then ``forward``. Returns the per-example results, the batch's cost and the request's public part
+    (token counts, the client's labels). ``criterion``, ``reduce_forms``: the thresholds'
+    (``PruningSpec``), public; ``on_layer``: ``forward``'s progress callback."""
+    public = session.provide("client", request)
+    with session.meter.measure() as m:
+        results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
+                          reduce_forms=reduce_forms, on_layer=on_layer)
+    return results, m.report, public
 
 
 def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,

@@ -53,8 +53,13 @@ def _opt(value: Optional[float]) -> float:
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
     """Table 1: one row per (model, task, max_length, method), ours beside the paper's.
 
-    Speed-ups are LAN time of the reference method (``none`` / ``bolt_we``) of the same
+    Every figure is the secure run's own, measured end to end and averaged over ``inputs`` dev
+    inputs. Speed-ups are LAN time of the reference method (``none`` / ``bolt_we``) of the same
     model, task and length divided by this row's LAN time; NaN where the reference is absent.
+    ``ideal_vs_none``: Σ over layers of the tokens entering each layer under ``none`` over this
+    row's (the speed-up if cost were linear in tokens); ``prune_share_pct``: Π_prune's and
+    Π_reduce's share of the LAN time. ``paper_model``: the paper's model whose numbers stand
+    beside the row (the row's own where the paper has it, else BERT-base; 128 tokens only).
     """
     rows = newest(runs, GROUP + ["method"]).copy()
     out = pd.DataFrame({
@@ -63,19 +68,26 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "time_lan_s": _metric(rows, "time_s/lan"), "time_wan_s": _metric(rows, "time_s/wan"),
         "comm_gb": _metric(rows, "comm_mb/total") / 1024.0,
         "acc_dev": _metric(rows, "acc/dev"), "acc_secure": _metric(rows, "acc/secure"),
-        "kept_tokens_sum": rows.apply(kept_tokens_sum, axis=1), "run_id": rows["run_id"],
+        "kept_tokens_sum": rows.apply(kept_tokens_sum, axis=1), "inputs": _metric(rows, "examples/secure"),
+        "prune_share_pct": 100.0 * (_metric(rows, "time_s/lan/Prune").fillna(0.0) + _metric(rows, "time_s/lan/Reduce")
+                                    .fillna(0.0)) / _metric(rows, "time_s/lan"),
+        "run_id": rows["run_id"],
     })
+    keyed = pd.MultiIndex.from_frame(out[GROUP])
     for ref in ("none", "bolt_we"):
         ref_time = out[out["method"] == ref].set_index(GROUP)["time_lan_s"]
-        keyed = pd.MultiIndex.from_frame(out[GROUP])
         out[f"speedup_vs_{ref}"] = ref_time.reindex(keyed).to_numpy() / out["time_lan_s"].to_numpy()
-    cells = [paper.table1_cell(r.model, r.method, r.max_length) for r in out.itertuples()]
+    ref_tokens = out[out["method"] == "none"].set_index(GROUP)["kept_tokens_sum"]
+    out["ideal_vs_none"] = ref_tokens.reindex(keyed).to_numpy() / out["kept_tokens_sum"].to_numpy()
+    out["paper_model"] = [m if m in paper.MODEL_LABELS else paper.REFERENCE_MODEL for m in out["model"]]
+    cells = [paper.table1_cell(r.paper_model, r.method, r.max_length) for r in out.itertuples()]
     out["paper_time_lan_s"] = [math.nan if c is None else c.time_lan_s for c in cells]
     out["paper_comm_gb"] = [math.nan if c is None else _opt(c.comm_gb) for c in cells]
     out["paper_acc"] = [math.nan if c is None else _opt(c.acc) for c in cells]
     for ref in ("none", "bolt_we"):
         out[f"paper_speedup_vs_{ref}"] = [
-            _opt(paper.paper_speedup(r.model, r.method, ref, r.max_length)) for r in out.itertuples()]
+            _opt(paper.paper_speedup(r.paper_model, r.method, ref, r.max_length)) for r in out.itertuples()]
+    out["paper_model"] = [paper.MODEL_LABELS[m] if c is not None else MISSING for m, c in zip(out["paper_model"], cells)]
     return out.sort_values(GROUP + ["method"], key=in_method_order).reset_index(drop=True)
 
 
@@ -172,7 +184,8 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "max_length": "len", "label": "method", "time_lan_s": "LAN (s)", "time_wan_s": "WAN (s)",
         "comm_gb": "comm (GB)", "acc_dev": "acc dev", "acc_secure": "acc secure",
         "kept_tokens_sum": "Σ kept", "speedup_vs_none": "× vs w/o WE", "speedup_vs_bolt_we": "× vs BOLT",
-        "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
+        "inputs": "inputs", "prune_share_pct": "prune+reduce (% LAN)", "ideal_vs_none": "ideal × (Σ tokens)",
+        "paper_model": "paper model", "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
         "n_seeds": "seeds", "schedule": "tokens entering each layer", "paper_metric": "paper (BERT-base)",

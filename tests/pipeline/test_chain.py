@@ -75,6 +75,42 @@ def test_embedded_default_chain_semi2k(tmp_path):
         assert leakage["ownership"]["h"].startswith("secret-shared (SEMI2K"), leakage["ownership"]["h"]
         counts = [r for r in leakage["reveals"] if r["purpose"] == "kept count"]
         assert all(r["examples"] == [0, 1] and r["shape"] == [2] for r in counts), method
+    _check_inputs_and_resume(tmp_path, runs)
+
+
+def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame) -> None:
+    """Every input ran in its own FINISHED input run, logging each layer (step = layer) as it went;
+    a relaunch with one input more reuses the two FINISHED at batch size 1, runs only the third, and
+    a relaunch at batch size 2 (another program, another cost) reused none."""
+    client = mlflow.tracking.MlflowClient()
+    inputs = runs[runs["tags.kind"] == "input"]
+    first = inputs[inputs["tags.examples"].isin(["0", "1"])]
+    assert len(first) == 8 and set(first["status"]) == {"FINISHED"}        # 4 methods x 2 inputs
+    assert len(inputs[inputs["tags.examples"] == "0,1"]) == 4              # the batch-2 launch
+    for _, row in first.iterrows():
+        entering = [m.value for m in sorted(client.get_metric_history(row["run_id"], "layer/tokens_entering"),
+                                            key=lambda m: m.step)]
+        kept = [m.value for m in sorted(client.get_metric_history(row["run_id"], "layer/tokens_kept"),
+                                        key=lambda m: m.step)]
+        record = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/input.json")
+        assert entering == record["entering"][0] and kept == record["kept"][0]
+        assert entering[0] == 32 and kept[:-1] == entering[1:], (row["tags.method"], entering, kept)
+        layer_mb = sum(m.value for m in client.get_metric_history(row["run_id"], "layer/comm_mb"))
+        assert 0 < layer_mb < row["metrics.comm_mb/total"]   # the embedding LayerNorm and the head are outside
+    batch2 = runs[(runs["tags.kind"] == "method") & (runs["metrics.batch_size"] == 2.0)]
+    assert set(batch2["metrics.examples/reused"]) == {0.0}
+    out = _run(tmp_path, "protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=3")
+    assert out.returncode == 0, out.stderr[-4000:]
+    runs = mlflow.search_runs(experiment_names=["cipherprune"])
+    newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
+    for _, row in newest.iterrows():
+        method = row["tags.method"]
+        assert row["metrics.examples/secure"] == 3 and row["metrics.examples/reused"] == 2, method
+        ran = first[first["tags.method"] == method]["run_id"]
+        assert set(row["tags.inputs_reused_from"].split(",")) == set(ran), method
+        children = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
+        assert list(children["tags.examples"]) == ["2"], method              # only the new input ran
+        assert row["metrics.agree/secure"] == 100.0, method
 
 
 @pytest.mark.slow

@@ -74,10 +74,10 @@ def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch
     watching: list[str] = []
     original = glue._secure_step
 
-    def audited(ctx, method, checkpoint, manifest, n, criterion):
+    def audited(ctx, method_run, method, checkpoint, manifest, n, criterion):
         watching[:] = [str(Path(checkpoint).resolve()), str(Path(manifest.splits["dev"]).resolve())]
         try:
-            return original(ctx, method, checkpoint, manifest, n, criterion)
+            return original(ctx, method_run, method, checkpoint, manifest, n, criterion)
         finally:
             watching.clear()
 

@@ -188,9 +188,15 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     assert (pr["paper_time_lan_s"], pr["paper_comm_gb"]) == (cell.time_lan_s, cell.comm_gb)
     assert pr["paper_speedup_vs_none"] == pytest.approx(484.5 / 79.1)
     assert row.loc["prune", "paper_time_lan_s"] == 115.3 and math.isnan(row.loc["prune", "paper_comm_gb"])
+    assert pr["inputs"] == 2 and pr["prune_share_pct"] == pytest.approx(100.0 * (5 + 6) / 28)
+    assert pr["ideal_vs_none"] == pytest.approx(row.loc["none", "kept_tokens_sum"] / pr["kept_tokens_sum"])
+    assert row.loc["none", "ideal_vs_none"] == 1.0 and pr["paper_model"] == "BERT-base"
     tiny = t1[t1.model == "tiny_bert"]
     long = t1[(t1.model == "bert_base") & (t1.max_length == 512)]
-    assert tiny["paper_time_lan_s"].isna().all() and long["paper_time_lan_s"].isna().all()
+    assert long["paper_time_lan_s"].isna().all() and set(long["paper_model"]) == {"—"}
+    tiny128 = tiny[tiny.max_length == 128].set_index("method")      # a model the paper lacks: BERT-base beside it
+    assert set(tiny128["paper_model"]) == {"BERT-base"} and tiny128.loc["none", "paper_time_lan_s"] == 484.5
+    assert tiny[tiny.max_length == 512]["paper_time_lan_s"].isna().all()
     semi = t1[t1.protocol == "SEMI2K"].set_index("method")
     semi_ids = runs[("bert_base", "sst2", 128, "SEMI2K")]
     assert semi.loc["prune", "time_lan_s"] == _metric(tr, semi_ids["prune"], "time_s/lan")

@@ -1,0 +1,100 @@
+"""One secure_eval method, input by input, resumable: every batch of inputs (one input with
+``secure_eval.batch_size=1``) is a nested MLflow run under the method's run (tag ``kind=input``,
+``examples`` = its dev indices) that logs, as the secure run goes, each layer's cost and token counts
+with MLflow ``step`` = layer (``layer/time_s``, ``layer/time_s_lan``, ``layer/time_s_wan``,
+``layer/comm_mb``, ``layer/tokens_entering``, ``layer/tokens_kept``; batch means over its inputs),
+then the batch's totals and its outcome (``input.json``: logits, tokens per layer, labels, reveals,
+cost) and ends FINISHED. A progress bar counts layers over the whole method, with an ETA.
+
+Resuming: an input run carries ``resume_key`` (``pipeline.tracking.resume_key``: the stage's
+config less ``secure_eval.num_examples`` and ``methods``, its upstream runs, the code version).
+A relaunch, after a crash, a stop or with more ``num_examples``, takes the FINISHED input runs of
+the same key and method from any earlier secure_eval run and runs only the others; the method run
+says how many it reused and from where (``examples/reused``, tag ``inputs_reused_from``);
+``tracking.resume=false`` runs every input again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+from pipeline.context import StageContext
+from pipeline.tracking import StageRun
+
+INPUT_FILE = "input.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InputRecord:
+    """A batch of inputs run securely: dev indices ``examples`` ``[B]``; per input its ``logits``
+    ``[num_labels]``, tokens ``entering`` and ``kept`` per layer ``[L]``, its label; the batch's cost
+    metrics (``CostReport.to_metrics`` and kernel counts, for the whole batch), the values revealed
+    (``RevealRecord.to_dict``), who held each input, and the input run's id."""
+
+    examples: list[int]
+    logits: list[list[float]]
+    entering: list[list[int]]
+    kept: list[list[int]]
+    labels: list[Any]
+    cost: dict[str, float]
+    reveals: list[dict[str, Any]]
+    ownership: dict[str, str]
+    run_id: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], run_id: str) -> "InputRecord":
+        return cls(**{**data, "run_id": run_id})
+
+
+Compute = Callable[[Callable[[Any], None]], InputRecord]
+"""Runs one batch securely, calling its argument after each layer with ``LayerDone``; the record
+it returns has no ``run_id`` yet."""
+
+
+def finished_records(ctx: StageContext, key: str, method: str) -> dict[tuple[int, ...], InputRecord]:
+    """The FINISHED input runs of ``method`` under resume key ``key``, by their dev indices (the
+    newest run of each batch)."""
+    out: dict[tuple[int, ...], InputRecord] = {}
+    for run in ctx.tracker.finished_units({"kind": "input", "method": method, "resume_key": key}):
+        examples = tuple(int(i) for i in run.data.tags["examples"].split(","))
+        if examples in out:
+            continue
+        path = ctx.tracker.artifact_location(run.info.run_id, INPUT_FILE)
+        if not path.is_file():
+            log.warning(f"input run {run.info.run_id} is FINISHED without {INPUT_FILE}; running its inputs again")
+            continue
+        out[examples] = InputRecord.from_dict(json.loads(path.read_text()), run.info.run_id)
+    return out
+
+
+def layer_metrics(done: Any) -> dict[str, float]:
+    """One layer's figures (``LayerDone``): its cost and the batch's mean tokens entering and kept."""
+    from protocols.meter import NETWORKS
+
+    batch = len(done.entering)
+    out = {"layer/time_s": done.cost.wall_s, "layer/comm_mb": done.cost.bytes_total / 2**20,
+           "layer/tokens_entering": sum(done.entering) / batch, "layer/tokens_kept": sum(done.kept) / batch}
+    out.update({f"layer/time_s_{net.name}": done.cost.network_time(net) for net in NETWORKS})
+    return out
+
+
+def run_input(method_run: StageRun, method: str, key: str, examples: list[int], compute: Compute,
+              progress: Optional[Any] = None) -> InputRecord:
+    """Run one batch in its own input run (module docstring); ``progress``: a tqdm bar advanced by
+    one per layer."""
+    tags = {"kind": "input", "method": method, "resume_key": key, "examples": ",".join(map(str, examples))}
+    with method_run.child(f"{method}/{tags['examples']}", tags) as run:
+        def on_layer(done: Any) -> None:
+            run.log_metrics(layer_metrics(done), step=done.layer)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(inputs=tags["examples"], layer=f"{done.layer + 1}/{done.layers}")
+
+        record = compute(on_layer)
+        record.run_id = run.run_id
+        run.log_metrics(record.cost)
+        run.log_dict({k: v for k, v in asdict(record).items() if k != "run_id"}, INPUT_FILE)
+    return record
