@@ -1,7 +1,8 @@
 """Whole-model secure cost composed from measured per-layer costs at a token schedule.
 
 A layer is priced in two blocks, each from least-squares fits ``c + a·n + b·n²`` of costs
-measured at several token counts (seconds and bytes separately):
+measured at several token counts (seconds, bytes and rounds separately; LAN/WAN time is
+compute + bytes / bandwidth + rounds × RTT, as the meter's):
 
 * attention block at ``n`` tokens entering the layer: ``attn/Linear`` (QKV, scores, output
   projection), ``Softmax``, ``attn/LayerNorm``;
@@ -31,7 +32,8 @@ FFN_PARTS = ("ffn/Linear", "GELU", "ffn/LayerNorm")
 LAYER_PARTS = ATTN_PARTS + FFN_PARTS
 REDUCED = ("Softmax", "GELU")            # ops with a low-degree form; ``<op>_low``/``<op>_high`` kernels
 PRUNE_PROGRAMS = ("prune", "reduce", "bolt_we")
-Fits = dict[str, list[np.ndarray]]       # name → [seconds coefficients, bytes coefficients]
+QUANTITIES = ("s", "bytes", "rounds")    # what each measurement holds, in this order
+Fits = dict[str, list[np.ndarray]]       # name → coefficients per QUANTITIES entry
 
 
 @dataclass
@@ -96,9 +98,10 @@ def fit_measurements(measured: dict[str, dict[str, list[float]]]) -> tuple[Fits,
     """Fits of the layer parts and reduced kernels (in n, n²) and of the pruning programs (in n, k·n, k = n/2)."""
     sizes = sorted(int(n) for n in measured)
     layer_keys = LAYER_PARTS + tuple(f"{op}_{deg}" for op in REDUCED for deg in ("low", "high"))
-    layer_fit = {key: [fit([(n, n * n, measured[str(n)][key][q]) for n in sizes]) for q in (0, 1)]
+    quantities = range(len(QUANTITIES))
+    layer_fit = {key: [fit([(n, n * n, measured[str(n)][key][q]) for n in sizes]) for q in quantities]
                  for key in layer_keys}
-    prune_fit = {key: [fit([(n, max(1, n // 2) * n, measured[str(n)][key][q]) for n in sizes]) for q in (0, 1)]
+    prune_fit = {key: [fit([(n, max(1, n // 2) * n, measured[str(n)][key][q]) for n in sizes]) for q in quantities]
                  for key in PRUNE_PROGRAMS}
     return layer_fit, prune_fit
 
@@ -130,14 +133,14 @@ def method_sizes(schedule: Schedule, method: str, n0: int) -> list[tuple[float, 
 
 
 def compose(schedule: Schedule, method: str, layer_fit: Fits, prune_fit: Fits, n0: int) -> dict[str, float]:
-    """Whole-model ``{"s/<op class>", "bytes/<op class>"}`` for ``method`` at ``schedule``."""
-    totals = {f"{q}/{op}": 0.0 for q in ("s", "bytes") for op in OP_CLASSES}
+    """Whole-model ``{"<quantity>/<op class>"}`` (``QUANTITIES``: s, bytes, rounds) for ``method`` at ``schedule``."""
+    totals = {f"{q}/{op}": 0.0 for q in QUANTITIES for op in OP_CLASSES}
     reduce = method == "prune_reduce"
     programs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"]}.get(method, [])
     high_prev: float | None = None
     for l, (n, k) in enumerate(method_sizes(schedule, method, n0)):
         high = schedule.high[l] if reduce else k
-        for qi, q in enumerate(("s", "bytes")):
+        for qi, q in enumerate(QUANTITIES):
             for part in ATTN_PARTS:
                 cost = (_reduced(layer_fit, part, qi, n, high_prev) if part == "Softmax" and high_prev is not None
                         else _at(layer_fit[part][qi], n))
@@ -166,10 +169,11 @@ def table_rows(seq: int, schedules: dict[str, Schedule], layer_fit: Fits, prune_
         t = compose(schedules[method], method, layer_fit, prune_fit, seq)
         secs = sum(t[f"s/{op}"] for op in OP_CLASSES)
         nbytes = sum(t[f"bytes/{op}"] for op in OP_CLASSES)
-        # rounds are not modelled per layer here: LAN/WAN add bandwidth time to compute only
+        rounds = sum(t[f"rounds/{op}"] for op in OP_CLASSES)
         row: dict[str, float | str] = {"seq": seq, "method": method, "time_s": secs, "comm_gb": nbytes / 2**30,
-                                       "lan_s": secs + 8 * nbytes / LAN.bandwidth_bps,
-                                       "wan_s": secs + 8 * nbytes / WAN.bandwidth_bps,
+                                       "rounds": rounds,
+                                       "lan_s": secs + 8 * nbytes / LAN.bandwidth_bps + rounds * LAN.rtt_s,
+                                       "wan_s": secs + 8 * nbytes / WAN.bandwidth_bps + rounds * WAN.rtt_s,
                                        "prune_share": (t["s/Prune"] + t["s/Reduce"]) / secs}
         row["ideal_sum_n"], row["ideal_sum_n2"] = ideal(schedules[method], method, seq)
         for op in OP_CLASSES:

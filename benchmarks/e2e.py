@@ -36,6 +36,7 @@ from benchmarks.composition import (
     LAYER_PARTS,
     METHODS,
     PRUNE_PROGRAMS,
+    QUANTITIES,
     Fits,
     Schedule,
     compose,
@@ -57,7 +58,7 @@ from protocols.session import SessionSpec, TwoPartySession
 log = logging.getLogger(__name__)
 # Π_reduce's low-group forms new checkpoints are trained with (and the engine runs them with)
 LOW = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]
-Measured = dict[str, dict[str, tuple[float, float]]]
+Measured = dict[str, dict[str, tuple[float, ...]]]
 
 
 def dev_inputs(task: str, checkpoint: Path, glue_dir: Path, seq: int, count: int) -> list[dict[str, list[int]]]:
@@ -103,8 +104,8 @@ def schedule_of(res: SecureResult) -> Schedule:
                     [float(h) for h in high])
 
 
-def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, float]]:
-    """One unpruned layer of ``shape`` at ``n`` tokens, after a warm-up: ``{LAYER_PARTS key: (seconds, bytes)}``."""
+def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, ...]]:
+    """One unpruned layer of ``shape`` at ``n`` tokens, after a warm-up: ``{LAYER_PARTS key: (seconds, bytes, rounds)}``."""
     one = TransformerSpec(**{**shape.__dict__, "layers": 1})
     weights = random_weights(one, scale=0.02)
     ids = np.random.default_rng(n).integers(1, one.vocab_size, n)
@@ -113,27 +114,27 @@ def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> 
         with s.meter.measure() as measured:
             secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
         programs = measured.report.programs
-    out = {part: (0.0, 0.0) for part in LAYER_PARTS}
+    out = {part: (0.0, 0.0, 0.0) for part in LAYER_PARTS}
     in_ffn = False
     for p in programs:
         if p.layer != 0:
             continue
         in_ffn = in_ffn or p.program == "linear"      # the FFN starts with the first plain linear
         key = part_of(p.op, in_ffn)
-        out[key] = (out[key][0] + p.wall_s, out[key][1] + p.bytes_total)
+        out[key] = (out[key][0] + p.wall_s, out[key][1] + p.bytes_total, out[key][2] + p.rounds)
     return out
 
 
-def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, float]]:
+def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> dict[str, tuple[float, ...]]:
     """At ``n`` tokens: Π_prune (n → n/2), Π_reduce (n → n/2, half high), BOLT WE (n → n/2), and
     Softmax ``[H, n, n]`` / GELU ``[n, f]`` with the high- and the low-degree polynomial:
-    ``{name: (seconds, bytes)}``."""
+    ``{name: (seconds, bytes, rounds)}``."""
     hidden, heads = shape.hidden, shape.heads
     rng = np.random.default_rng(n)
     probs = rng.dirichlet(np.ones(n), size=(heads, n)).astype(np.float32)
     k = max(1, n // 2)
     theta = float(np.median(probs.mean(axis=(0, 1))))
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, tuple[float, ...]] = {}
     with TwoPartySession(session_spec) as s:
         warm_up(s)
         s.share("A", probs, "server")
@@ -158,14 +159,14 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
             with s.meter.measure() as measured:
                 s.run(fn, ins, outs, op="Prune" if name in PRUNE_PROGRAMS else "Other", static=static)
             part = measured.report
-            prev = out.get(name, (0.0, 0.0))
-            out[name] = (prev[0] + part.wall_s, prev[1] + part.bytes_total)
+            prev = out.get(name, (0.0, 0.0, 0.0))
+            out[name] = (prev[0] + part.wall_s, prev[1] + part.bytes_total, prev[2] + part.rounds)
     return out
 
 
 def render(rows: list[dict[str, Any]]) -> str:
     """The composed whole-model figures per method as Markdown."""
-    cols = [("seq", "{:.0f}"), ("method", "{}"), ("time_s", "{:.1f}"), ("comm_gb", "{:.2f}"), ("lan_s", "{:.1f}"),
+    cols = [("seq", "{:.0f}"), ("method", "{}"), ("time_s", "{:.1f}"), ("comm_gb", "{:.2f}"), ("rounds", "{:.0f}"), ("lan_s", "{:.1f}"),
             ("wan_s", "{:.1f}"), ("x_none", "{:.2f}"), ("x_bolt", "{:.2f}"), ("ideal_sum_n", "{:.2f}"),
             ("ideal_sum_n2", "{:.2f}"), ("prune_share", "{:.1%}"),
             *[(f"s/{op}", "{:.1f}") for op in OP_CLASSES if op != "Other"]]
@@ -248,16 +249,17 @@ def measure(session_spec: SessionSpec, shape: TransformerSpec, sizes: list[int],
         raise ValueError(f"benchmark.measurements={path} holds another shape ({measured['shape']}); use another file")
     sizes_done = measured.setdefault("sizes", {})
     for n in sizes:
-        if str(n) in sizes_done and set(sizes_done[str(n)]) >= set(LAYER_PARTS):
-            continue
+        done = sizes_done.get(str(n), {})
+        if set(done) >= set(LAYER_PARTS) and all(len(v) == len(QUANTITIES) for v in done.values()):
+            continue                  # (files written before rounds were measured are measured again)
         t0 = time.time()
         layer = measure_layer(session_spec, shape, n)
         programs = measure_programs(session_spec, shape, n)
         log.info(f"measured n={n} in {time.time() - t0:.0f} s: " +
                  ", ".join(f"{k} {v[0]:.1f}s/{v[1] / 2**20:.1f}MB" for k, v in {**layer, **programs}.items()))
         sizes_done[str(n)] = {**layer, **programs}
-        log_metrics({f"measured/{n}/{k}/{q}": v[i] / (1 if i == 0 else 2**20) for k, v in sizes_done[str(n)].items()
-                     for i, q in enumerate(("s", "mb"))})
+        log_metrics({f"measured/{n}/{k}/{q}": v[i] / (2**20 if q == "mb" else 1) for k, v in sizes_done[str(n)].items()
+                     for i, q in enumerate(("s", "mb", "rounds"))})
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"shape": shape.__dict__, "sizes": sizes_done}, indent=1))
@@ -294,7 +296,8 @@ def run(cfg: E2EBench, log_metrics: LogMetrics) -> BenchResult:
     sections = [f"**Composed from per-layer measurements, not measured end to end.** {cfg.protocol} over "
                 f"{cfg.transport}; measured sizes {cfg.sizes}.{stretched} Whole-model figures are composed from "
                 "measured per-layer costs (attention block at n entering, FFN at k kept; fitted c + a·n + b·n²; Π_reduce's "
-                "low group priced with the measured low/high-degree kernel ratio); LAN/WAN = compute + bytes/bandwidth."]
+                "low group priced with the measured low/high-degree kernel ratio); LAN/WAN = compute + bytes/bandwidth + "
+                "rounds × RTT (rounds fitted the same way)."]
     for seq in cfg.seq:
         rows = table_rows(seq, schedules[seq], layer_fit, prune_fit)
         all_rows += rows

@@ -18,13 +18,14 @@ from benchmarks.composition import (
 
 
 def _linear_fits(low_ratio: float = 1.0) -> tuple[dict, dict]:
-    """Every layer part costs 1 s and 10 bytes per token; low-degree kernels ``low_ratio`` of that."""
-    per_token = [np.array([0.0, 1.0, 0.0]), np.array([0.0, 10.0, 0.0])]
+    """Every layer part costs 1 s and 10 bytes per token and 3 rounds whatever the tokens; low-degree
+    kernels ``low_ratio`` of that."""
+    per_token = [np.array([0.0, 1.0, 0.0]), np.array([0.0, 10.0, 0.0]), np.array([3.0, 0.0, 0.0])]
     layer = {part: per_token for part in LAYER_PARTS}
     for op in REDUCED:
         layer[f"{op}_high"] = per_token
         layer[f"{op}_low"] = [c * low_ratio for c in per_token]
-    prune = {name: [np.zeros(3), np.zeros(3)] for name in PRUNE_PROGRAMS}
+    prune = {name: [np.zeros(3), np.zeros(3), np.zeros(3)] for name in PRUNE_PROGRAMS}
     return layer, prune
 
 
@@ -80,10 +81,11 @@ def test_fit_recovers_quadratic_and_stays_non_negative() -> None:
 
 def test_fit_measurements_reads_every_key() -> None:
     keys = LAYER_PARTS + tuple(f"{op}_{d}" for op in REDUCED for d in ("low", "high")) + PRUNE_PROGRAMS
-    measured = {str(n): {k: [float(n), 10.0 * n] for k in keys} for n in (16, 32, 64)}
+    measured = {str(n): {k: [float(n), 10.0 * n, 7.0] for k in keys} for n in (16, 32, 64)}
     layer, prune = fit_measurements(measured)
     assert set(layer) | set(prune) == set(keys)
     assert float(layer["Softmax"][1] @ np.array([1.0, 48, 48 * 48])) == pytest.approx(480.0)
+    assert float(layer["GELU"][2] @ np.array([1.0, 48, 48 * 48])) == pytest.approx(7.0)   # rounds
 
 
 def test_stretched_schedule_keeps_layer_zero_and_interpolates_the_rest() -> None:
@@ -105,3 +107,8 @@ def test_table_rows_ratios_against_none_and_bolt() -> None:
     assert rows["bolt_we"]["x_bolt"] == pytest.approx(1.0)
     assert rows["prune_reduce"]["x_none"] > rows["prune"]["x_none"] > rows["bolt_we"]["x_none"] > 1.0
     assert rows["prune"]["ideal_sum_n"] == pytest.approx(16 / 12)
+    none = rows["none"]        # 2 layers x 6 parts x 3 rounds; WAN and LAN add rounds x RTT
+    assert none["rounds"] == pytest.approx(36.0)
+    secs, nbytes = none["time_s"], none["comm_gb"] * 2**30
+    assert none["lan_s"] == pytest.approx(secs + 8 * nbytes / 3e9 + 36 * 0.8e-3)
+    assert none["wan_s"] == pytest.approx(secs + 8 * nbytes / 200e6 + 36 * 40e-3)
