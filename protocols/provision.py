@@ -147,3 +147,29 @@ class ClientRequest:
         values, sizes = client_inputs(spec, tables, examples, self.trace_positions)
         labels = [None if r.get("label") is None else float(r["label"]) for r in rows]
         return Provided(values, {"sizes": sizes, "labels": labels})
+
+
+@dataclass(frozen=True)
+class ContextRequest:
+    """The client's inputs for causal next-token prediction: of its token blocks (``blocks``: a
+    ``.npy`` file ``[N, L]`` of token ids on its own host), the rows ``indices``, each cut to its
+    first ``seq_len`` tokens (the context), embedded with the released tables in ``embeddings``."""
+
+    blocks: str
+    indices: tuple[int, ...]
+    seq_len: int
+    embeddings: str
+
+    def load(self) -> Provided:
+        """The values; public: each context's token count (``sizes``) and, as the client's own
+        labels, the token that follows each context (``labels``; the client scores its predictions)."""
+        from safetensors.numpy import load_file
+
+        spec = model_spec_of(self.embeddings)
+        tables = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.embeddings) / "embeddings.safetensors")).items()}
+        rows = np.load(self.blocks, mmap_mode="r")[list(self.indices)]
+        if not 1 <= self.seq_len < rows.shape[1]:
+            raise ValueError(f"seq_len={self.seq_len}: expected 1 <= seq_len < {rows.shape[1]} (the block length)")
+        examples: list[Example] = [(np.asarray(r[: self.seq_len]), None, None) for r in rows]
+        values, sizes = client_inputs(spec, tables, examples)
+        return Provided(values, {"sizes": sizes, "labels": [int(r[self.seq_len]) for r in rows]})

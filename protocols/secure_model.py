@@ -288,19 +288,21 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 
 
 def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
-                     criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS,
+                     criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS, last_only: bool = False,
                      on_layer: Optional[Callable[[LayerDone], None]] = None,
                      ) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
     """The owner-held counterpart of ``run_batch`` for one batch of the client's inputs: the client's
-    party loads and shares them itself (``request``: a ``protocols.provision.ClientRequest``; the
+    party loads and shares them itself (``request``: a ``protocols.provision.ClientRequest`` or
+    ``ContextRequest``; the
     server's party provided its own inputs before, ``session.provide("server", ServerRequest(...))``),
     then ``forward``. Returns the per-example results, the batch's cost and the request's public part
     (token counts, the client's labels). ``criterion``, ``reduce_forms``: the thresholds'
-    (``PruningSpec``), public; ``on_layer``: ``forward``'s progress callback."""
+    (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``:
+    ``forward``'s progress callback."""
     public = session.provide("client", request)
     with session.meter.measure() as m:
         results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
-                          reduce_forms=reduce_forms, on_layer=on_layer)
+                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer)
     return results, m.report, public
 
 

@@ -16,6 +16,10 @@ from pipeline.tracking import Tracker
 MANIFEST = "dataset.json"
 SELECTION = "selection.json"
 THRESHOLDS = "thresholds.json"
+DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads the checkpoint and the inputs",
+                "processes": "each party process loads its own data (server: checkpoint, client: its inputs)",
+                "remote": "each party daemon loads its own data on its own host (server: checkpoint, client: its inputs)"}
+"""Who loads which data in secure_eval, per ``protocol.transport`` (the method runs' tag ``data_held_by``)."""
 
 
 def curated_params(cfg: PipelineConfig) -> dict[str, Any]:

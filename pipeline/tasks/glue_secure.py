@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from pipeline.config import Method, Stage
+from pipeline.config import Method
 from pipeline.context import StageContext
-from pipeline.tasks.common import DatasetManifest, Selection, curated_params, session_spec, thresholds_of
-from pipeline.tasks.secure_inputs import InputRecord, finished_records, run_input
-from pipeline.tracking import StageRun, resume_key
+from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params, thresholds_of
+from pipeline.tasks.secure_inputs import InputRecord, run_method
+from pipeline.tracking import StageRun
 
 BASELINE_METHODS = (Method.none, Method.bolt_we)
-_DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads the checkpoint and the dev rows",
-                 "processes": "each party process loads its own data (server: checkpoint, client: dev rows)",
-                 "remote": "each party daemon loads its own data on its own host (server: checkpoint, client: dev rows)"}
 log = logging.getLogger(__name__)
 
 
@@ -44,60 +38,18 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
     return model, spec, to_numpy_weights(model)
 
 
-def _run_batch(session: Any, spec: Any, request: Any, method: str, thresholds: Any, chunk: tuple[int, ...],
-               on_layer: Any) -> InputRecord:
-    """One batch of dev inputs through the secure forward (``evaluate_request``), as a record."""
-    from protocols.secure_model import evaluate_request
-
-    before = len(session.reveals)
-    results, cost, public = evaluate_request(session, spec, request, method, criterion=thresholds.criterion,
-                                             reduce_forms=thresholds.reduce_forms, on_layer=on_layer)
-    return InputRecord(examples=list(chunk), logits=[r.logits.tolist() for r in results],
-                       entering=[list(r.entering_per_layer) for r in results],
-                       kept=[list(r.kept_per_layer) for r in results], labels=list(public["labels"]),
-                       cost={**cost.to_metrics(), **_kernel_metrics(cost)},
-                       reveals=[r.to_dict() for r in session.reveals[before:]], ownership=dict(session.ownership))
-
-
 def _secure_step(ctx: StageContext, method_run: StageRun, method: Method, checkpoint: Path,
                  manifest: DatasetManifest, n: int, thresholds: Any) -> tuple[dict[str, float], list[InputRecord], dict[str, Any]]:
-    """The two-party run, input by input (``pipeline.tasks.secure_inputs``: one input run per batch,
-    per-layer metrics, progress, and the FINISHED batches of an earlier launch reused): the server's
-    party loads the checkpoint, the client's party the tokenised dev rows (with the transports
-    ``processes`` and ``remote`` this process opens neither; with ``threads`` it loads both, as the
-    one process holding both parties); ``thresholds``' public criterion and reduce forms fix the
-    programs. Returns the cost per input, the batches' records (in dev order) and the leakage record."""
-    from protocols.provision import ClientRequest, ReleaseEmbeddings, ServerRequest, model_spec_of
-    from protocols.secure_model import batch_ranges
-    from protocols.session import TwoPartySession
+    """The two-party run of the first ``n`` dev inputs, input by input (``secure_inputs.run_method``):
+    the server's party loads the checkpoint, the client's party the tokenised dev rows (with the
+    transports ``processes`` and ``remote`` this process opens neither; with ``threads`` it loads
+    both, as the one process holding both parties); ``thresholds``' public criterion and reduce forms
+    fix the programs. Returns the cost per input, the batches' records (in dev order) and the leakage."""
+    from protocols.provision import ClientRequest
 
-    key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code)
-    chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
-    earlier = finished_records(ctx, key, method.value) if ctx.cfg.tracking.resume else {}
-    records = {k: v for k, v in earlier.items() if k in chunks}
-    todo = [chunk for chunk in chunks if chunk not in records]
-    method_run.set_tags({"resume_key": key, "inputs_reused_from": ",".join(r.run_id for r in records.values()) or "-"})
-    if records:
-        log.info(f"secure {method.value}: {sum(map(len, records))} input(s) FINISHED in an earlier launch, reused")
-    if todo:
-        release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method.value / "client"
-        with TwoPartySession(session_spec(ctx.cfg)) as session:
-            session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
-            spec = model_spec_of(release)            # the public architecture, from the release
-            session.provide("server", ServerRequest(str(checkpoint), method.value))
-            with tqdm(total=len(todo) * spec.layers, desc=f"secure {method.value}", unit="layer") as bar:
-                for chunk in todo:
-                    request = ClientRequest(manifest.splits["dev"], chunk, str(release))
-                    records[chunk] = run_input(method_run, method.value, key, list(chunk), partial(
-                        _run_batch, session, spec, request, method.value, thresholds, chunk), bar)
-    ordered = [records[chunk] for chunk in chunks]
-    sums: dict[str, float] = defaultdict(float)
-    for record in ordered:
-        for name, value in record.cost.items():
-            sums[name] += value / n          # the batch's cost, spread over its inputs
-    sums["examples/reused"] = float(sum(len(chunk) for chunk in chunks if chunk not in todo))
-    reveals = [{"examples": r.examples, **rev} for r in ordered for rev in r.reveals]
-    return dict(sums), ordered, {"reveals": reveals, "ownership": ordered[0].ownership}
+    return run_method(ctx, method_run, method.value, checkpoint, n,
+                      lambda chunk, release: ClientRequest(manifest.splits["dev"], chunk, release),
+                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
 
 
 def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, thresholds: Any, manifest: DatasetManifest,
@@ -144,11 +96,6 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, ru
     return metrics, leakage
 
 
-def _kernel_metrics(cost: Any) -> dict[str, float]:
-    """Executions of SPU's matmul kernels: ``mpc/mmul_sv`` (secret × private), ``mpc/mmul_aa`` (secret × secret)."""
-    return {f"mpc/{name}": float(count) for name, count in cost.kernel_counts().items() if name.startswith("mmul")}
-
-
 def secure_eval(ctx: StageContext) -> None:
     """Two-party secure inference of dev inputs for each method (see the module docstring)."""
     search_id = ctx.upstream["search"]
@@ -165,7 +112,7 @@ def secure_eval(ctx: StageContext) -> None:
         tags = {"kind": "method", "method": method.value, "checkpoint_run": run_id}
         with ctx.run.child(method.value, tags) as child:
             child.log_params({**curated_params(ctx.cfg), "method": method.value})
-            child.set_tags({"data_held_by": _DATA_HELD_BY[ctx.cfg.protocol.transport.value],
+            child.set_tags({"data_held_by": DATA_HELD_BY[ctx.cfg.protocol.transport.value],
                             "reference_step": "plaintext twin and torch emulation, in the coordinator after the "
                                               "two-party run (they need both parties' data)"})
             metrics, leakage = _evaluate_method(ctx, child, method, run_id, thresholds, manifest, dev, searched)

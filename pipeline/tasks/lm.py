@@ -3,7 +3,8 @@ and secure_eval do for it. Computation lives in ``models.lm`` / ``models.lm_prun
 the config onto it.
 
 - prepare: WikiText-2 (``data.wikitext_dir`` or the hub) → GPT-2 token blocks of
-  ``data.max_length`` tokens (``[N, max_length]`` int64, ``torch.save``), manifest as for GLUE.
+  ``data.max_length`` tokens (``[N, max_length]`` int64 ``.npy``, which the client's party reads
+  itself in secure_eval), manifest as for GLUE.
   A block is a context (its first ``max_length − 1`` tokens) and the next token.
 - finetune: the baseline LM (the checkpoint ``model.checkpoint`` or a random GPT-2 of the model
   config's shape, trained ``finetune.max_steps`` steps or ``finetune.epochs``), then, with
@@ -72,8 +73,8 @@ def _tokenizer_dir(cfg: PipelineConfig) -> Path:
 
 
 def prepare(ctx: StageContext) -> None:
-    """WikiText-2 → token blocks cached under ``outputs/cache/prepare/<hash>/{split}.pt``."""
-    import torch
+    """WikiText-2 → token blocks cached under ``outputs/cache/prepare/<hash>/{split}.npy``."""
+    import numpy as np
     from transformers import GPT2TokenizerFast
 
     from models.lm import load_lm_blocks
@@ -90,8 +91,8 @@ def prepare(ctx: StageContext) -> None:
     for split, b in blocks.items():
         if b.shape[0] == 0:
             raise ValueError(f"WikiText-2 {split}: fewer than data.max_length={d.max_length} tokens")
-        torch.save(b, cache / f"{split}.pt")
-        splits[split] = str(cache / f"{split}.pt")
+        np.save(cache / f"{split}.npy", b.numpy())
+        splits[split] = str(cache / f"{split}.npy")
     manifest = DatasetManifest(task=d.task.value, splits=splits, tokenizer_dir=str(tok_dir), num_labels=0,
                                max_length=d.max_length, vocab_size=len(tokenizer),
                                checkpoint=str(checkpoint_dir(cfg)) if cfg.model.checkpoint else None)
@@ -102,10 +103,11 @@ def prepare(ctx: StageContext) -> None:
 
 
 def load_blocks(manifest: DatasetManifest, split: str) -> Any:
-    """``[N, max_length]`` token blocks of ``split`` written by :func:`prepare`."""
+    """``[N, max_length]`` int64 token blocks (a torch tensor) of ``split`` written by :func:`prepare`."""
+    import numpy as np
     import torch
 
-    return torch.load(manifest.splits[split])
+    return torch.from_numpy(np.load(manifest.splits[split]))
 
 
 def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> tuple[Any, str]:

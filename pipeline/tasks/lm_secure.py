@@ -7,20 +7,23 @@ model (``models.gpt2.GPT2LM.pruned``, emulated ops, hard masks) on the same cont
 method: the cost meter's figures per context, ``agree/secure`` (same argmax as the reference, %),
 ``acc/secure_next_token`` (argmax = target, %), ``logits/max_abs_err``, ``kept_tokens/layer_{l}``
 (tokens entering layer l, secure) and ``kept_tokens/secure_vs_reference_max_abs_diff``, and the
-leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` its pick.
+leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` its pick. As for the
+classification tasks (``pipeline.tasks.secure_inputs``), the server's party loads the checkpoint and
+the client's party its own test contexts (the prepared ``.npy`` blocks, ``ContextRequest``), each
+context is its own resumable input run, and the torch reference runs after the two-party run.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pipeline.config import Method
 from pipeline.context import StageContext
-from pipeline.tasks.common import DatasetManifest, Selection, curated_params, session_spec
+from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params
+from pipeline.tasks.secure_inputs import run_method
+from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
 DECLARED = {"none": "final (last-position) logits to the client",
@@ -40,50 +43,40 @@ def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray
     return out.logits[0].double().numpy(), [float(len(context)), *kept[:-1]]
 
 
-def _evaluate(ctx: StageContext, method: Method, run_id: str, test: Any, n: int, seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """One method's secure run and reference check (module docstring); returns metrics and leakage."""
+def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, blocks: str, test: Any, n: int,
+              seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """One method's secure run, input by input (``secure_inputs.run_method``: the server's party
+    loads the checkpoint, the client's party its test contexts, ``ContextRequest``), then the
+    reference step in this process after the two-party run (it needs both parties' data): the torch
+    model on the same contexts. Returns metrics and leakage."""
     from models.config import OpsConfig
-    from models.weights import load_hf_gpt2, to_numpy_weights
-    from protocols.model_spec import PruningSpec, TransformerSpec
-    from protocols.secure_model import evaluate_batches
-    from protocols.session import TwoPartySession
+    from models.weights import load_hf_gpt2
+    from protocols.provision import ContextRequest
 
     ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
-    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))
+    sums, records, leakage = run_method(ctx, method_run, method.value, ckpt, n,
+                                        lambda chunk, release: ContextRequest(blocks, chunk, seq_len, release),
+                                        last_only=True)
+    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))           # reference step from here on
     model.eval()
-    spec = TransformerSpec.from_hf_config(json.loads((ckpt / "config.json").read_text()))
-    th = model.pruning
-    pruning = PruningSpec(method=method.value, theta=tuple(th.theta.tolist()), beta=tuple(th.beta.tolist()))
-    examples = [(test[i, :seq_len].numpy(), np.ones(seq_len), None) for i in range(n)]
-    batch = ctx.cfg.secure_eval.batch_size
-    sums: dict[str, float] = {}
     agree = hits = 0
     max_err = gap = 0.0
-    entering = []
-    with TwoPartySession(session_spec(ctx.cfg)) as session:
-        batches = evaluate_batches(session, spec, to_numpy_weights(model), examples, pruning, batch_size=batch,
-                                   last_only=True)
-        for chunk, results, cost in tqdm(batches, total=-(-n // batch), desc=f"secure gpt2 {method.value}"):
-            for k, v in cost.to_metrics().items():
-                sums[k] = sums.get(k, 0.0) + v / n      # the batch's cost spread over its contexts
-            for i, result in zip(chunk, results):
-                ref, ref_entering = _reference(model, examples[i][0], method.value)
-                got = np.asarray(result.logits, dtype=np.float64).reshape(-1)
-                max_err = max(max_err, float(np.abs(got - ref).max()))
-                agree += int(np.argmax(got) == np.argmax(ref))
-                hits += int(np.argmax(got) == int(test[i, seq_len]))
-                entering.append(result.entering_per_layer)
-                gap = max(gap, float(np.abs(np.asarray(result.entering_per_layer) - ref_entering).max()))
-        leakage = {"declared": DECLARED[method.value], "reveals": [r.to_dict() for r in session.reveals],
-                   "ownership": dict(session.ownership)}
+    entering = [row for r in records for row in r.entering]
+    for i, (got, target, secure_entering) in enumerate(zip((np.asarray(x, dtype=np.float64) for r in records for x in r.logits),
+                                                           (t for r in records for t in r.labels), entering)):
+        ref, ref_entering = _reference(model, test[i, :seq_len].numpy(), method.value)
+        max_err = max(max_err, float(np.abs(got - ref).max()))
+        agree += int(np.argmax(got) == np.argmax(ref))
+        hits += int(np.argmax(got) == int(target))
+        gap = max(gap, float(np.abs(np.asarray(secure_entering) - ref_entering).max()))
     mean_entering = np.mean(np.asarray(entering, dtype=float), axis=0)
     metrics = {**sums, "agree/secure": 100.0 * agree / n, "acc/secure_next_token": 100.0 * hits / n,
-               "logits/max_abs_err": max_err, "examples/secure": float(n), "batch_size": float(batch),
+               "logits/max_abs_err": max_err, "examples/secure": float(n), "batch_size": float(ctx.cfg.secure_eval.batch_size),
                "seq_len": float(seq_len), "kept_tokens/secure_vs_reference_max_abs_diff": gap}
     metrics |= {f"kept_tokens/layer_{l}": float(k) for l, k in enumerate(mean_entering)}
     if gap > 0:
         log.warning(f"secure_eval {method.value}: secure schedule differs from the torch reference by up to {gap:g} tokens")
-    return metrics, leakage
+    return metrics, {"declared": DECLARED[method.value], **leakage}
 
 
 def secure_eval(ctx: StageContext) -> None:
@@ -91,9 +84,9 @@ def secure_eval(ctx: StageContext) -> None:
     cfg = ctx.cfg
     selection = Selection.from_run(ctx.tracker, ctx.upstream["search"])
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    import torch
+    from pipeline.tasks.lm import load_blocks
 
-    test = torch.load(manifest.splits["test"])
+    test = load_blocks(manifest, "test")
     seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
     n = min(cfg.secure_eval.num_examples, test.shape[0])
     for method in cfg.secure_eval.methods:
@@ -103,7 +96,10 @@ def secure_eval(ctx: StageContext) -> None:
                                "baseline (finetune.lambdas=[]): set finetune.lambdas or drop prune from the methods")
         with ctx.run.child(method.value, {"kind": "method", "method": method.value, "checkpoint_run": run_id}) as child:
             child.log_params({**curated_params(cfg), "method": method.value, "seq_len": seq_len})
-            metrics, leakage = _evaluate(ctx, method, run_id, test, n, seq_len)
+            child.set_tags({"data_held_by": DATA_HELD_BY[cfg.protocol.transport.value],
+                            "reference_step": "torch model, in the coordinator after the two-party run "
+                                              "(it needs both parties' data)"})
+            metrics, leakage = _evaluate(ctx, child, method, run_id, manifest.splits["test"], test, n, seq_len)
             child.log_metrics(metrics)
             child.log_dict(leakage, "leakage.json")
         ctx.run.log_metrics({f"time_s/lan/{method.value}": metrics.get("time_s/lan", 0.0),

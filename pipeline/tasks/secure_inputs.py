@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.config import Stage
 from pipeline.context import StageContext
-from pipeline.tracking import StageRun
+from pipeline.tasks.common import session_spec
+from pipeline.tracking import StageRun, resume_key
 
 INPUT_FILE = "input.json"
 log = logging.getLogger(__name__)
@@ -98,3 +106,65 @@ def run_input(method_run: StageRun, method: str, key: str, examples: list[int], 
         run.log_metrics(record.cost)
         run.log_dict({k: v for k, v in asdict(record).items() if k != "run_id"}, INPUT_FILE)
     return record
+
+
+def _kernel_metrics(cost: Any) -> dict[str, float]:
+    """Executions of SPU's matmul kernels: ``mpc/mmul_sv`` (secret × private), ``mpc/mmul_aa`` (secret × secret)."""
+    return {f"mpc/{name}": float(count) for name, count in cost.kernel_counts().items() if name.startswith("mmul")}
+
+
+def _run_batch(session: Any, spec: Any, request: Any, method: str, chunk: tuple[int, ...], options: dict[str, Any],
+               on_layer: Any) -> InputRecord:
+    """One batch of the client's inputs through the secure forward (``evaluate_request``), as a record."""
+    from protocols.secure_model import evaluate_request
+
+    before = len(session.reveals)
+    results, cost, public = evaluate_request(session, spec, request, method, on_layer=on_layer, **options)
+    return InputRecord(examples=list(chunk), logits=[np.asarray(r.logits).reshape(-1).tolist() for r in results],
+                       entering=[list(r.entering_per_layer) for r in results],
+                       kept=[list(r.kept_per_layer) for r in results], labels=list(public["labels"]),
+                       cost={**cost.to_metrics(), **_kernel_metrics(cost)},
+                       reveals=[r.to_dict() for r in session.reveals[before:]], ownership=dict(session.ownership))
+
+
+def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint: Path, n: int,
+               request_for: Callable[[tuple[int, ...], str], Any], **options: Any,
+               ) -> tuple[dict[str, float], list[InputRecord], dict[str, Any]]:
+    """``method`` on the client's first ``n`` inputs, ``secure_eval.batch_size`` to a program, each
+    batch in its own input run (``run_input``; FINISHED batches of an earlier launch with the same
+    ``resume_key`` are reused, not run). The server's party releases the embedding tables and loads
+    ``checkpoint`` itself (``ServerRequest``); the client's party loads each batch itself from
+    ``request_for(indices, release directory)`` (a ``ClientRequest`` or ``ContextRequest``);
+    ``options``: ``evaluate_request``'s (criterion, reduce forms, last_only). Returns the cost per
+    input (each batch's cost spread over its inputs, plus ``examples/reused``), the batches' records
+    in input order and the leakage record (every value revealed, and who held each input)."""
+    from protocols.provision import ReleaseEmbeddings, ServerRequest, model_spec_of
+    from protocols.secure_model import batch_ranges
+    from protocols.session import TwoPartySession
+
+    key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code)
+    chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
+    earlier = finished_records(ctx, key, method) if ctx.cfg.tracking.resume else {}
+    records = {k: v for k, v in earlier.items() if k in chunks}
+    todo = [chunk for chunk in chunks if chunk not in records]
+    method_run.set_tags({"resume_key": key, "inputs_reused_from": ",".join(r.run_id for r in records.values()) or "-"})
+    if records:
+        log.info(f"secure {method}: {sum(map(len, records))} input(s) FINISHED in an earlier launch, reused")
+    if todo:
+        release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method / "client"
+        with TwoPartySession(session_spec(ctx.cfg)) as session:
+            session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
+            spec = model_spec_of(release)            # the public architecture, from the release
+            session.provide("server", ServerRequest(str(checkpoint), method))
+            with tqdm(total=len(todo) * spec.layers, desc=f"secure {method}", unit="layer") as bar:
+                for chunk in todo:
+                    compute = partial(_run_batch, session, spec, request_for(chunk, str(release)), method, chunk, options)
+                    records[chunk] = run_input(method_run, method, key, list(chunk), compute, bar)
+    ordered = [records[chunk] for chunk in chunks]
+    sums: dict[str, float] = defaultdict(float)
+    for record in ordered:
+        for name, value in record.cost.items():
+            sums[name] += value / n
+    sums["examples/reused"] = float(sum(len(chunk) for chunk in chunks if chunk not in todo))
+    reveals = [{"examples": r.examples, **rev} for r in ordered for rev in r.reveals]
+    return dict(sums), ordered, {"reveals": reveals, "ownership": ordered[0].ownership}

@@ -82,6 +82,30 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert table.loc["none", "speedup_vs_none"] == 1.0
     assert pd.isna(table.loc["prune", "paper_speedup"])       # the paper reports GPT-2 at 128 and 512 tokens only
     assert table.loc["none", "kept_after"] == "15.0-15.0" and table.loc["bolt_we", "kept_after"] == "8.0-8.0"
+    _check_parties_load_their_own(tmp_path, lm_assets, method)
+
+
+def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], threads: pd.DataFrame) -> None:
+    """secure_eval with one process per party (the server's loads the checkpoint, the client's its
+    test contexts): the same agreement and schedule as in one process; relaunched with a third
+    context, it reuses the two FINISHED contexts of every method and runs only the third."""
+    args = [*_lm_overrides(*lm_assets), "stage=secure_eval", "protocol.transport=processes"]
+    for launch in (1, 2):
+        out = _run(tmp_path, *args, f"secure_eval.num_examples={launch + 1}")
+        assert out.returncode == 0, out.stderr[-4000:]
+        runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
+        newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
+        for _, m in newest.set_index("tags.method").iterrows():
+            assert "each party process loads its own data" in m["tags.data_held_by"]
+            assert m["metrics.agree/secure"] == 100.0 and m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0
+            assert m["metrics.examples/reused"] == (0 if launch == 1 else 2)
+            assert m["metrics.examples/secure"] == launch + 1
+        inputs = runs[runs["tags.kind"] == "input"]
+        assert len(inputs[inputs["tags.examples"] == "1"]) == 3           # each method ran context 1 once
+    assert len(inputs[inputs["tags.examples"] == "2"]) == 3
+    processes = newest.set_index("tags.method")
+    assert processes.loc["prune", "metrics.comm_mb/total"] < processes.loc["none", "metrics.comm_mb/total"]
+    assert processes.loc["bolt_we", "metrics.kept_tokens/layer_1"] == threads.loc["bolt_we", "metrics.kept_tokens/layer_1"]
 
 
 def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
