@@ -86,6 +86,13 @@ def _link_desc(spec: SessionSpec, hosts: list[str]) -> Any:
     return desc
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (bytes; ``getrusage``, Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 class ThreadParties:
     """All parties in this process, one thread each, on an in-memory link."""
 
@@ -122,6 +129,10 @@ class ThreadParties:
         for fut in futures:
             fut.result()
         return self._tail.read_new()
+
+    def peak_rss(self) -> list[int]:
+        """Peak RSS per party (bytes): both parties are this process."""
+        return [peak_rss_bytes()] * 2
 
     def close(self) -> None:
         self._rts = []
@@ -180,6 +191,8 @@ class PartyRuntime:
             return metas, peer, provided.public
         elif cmd == "job":
             arg.run()
+        elif cmd == "peak_rss":
+            return peak_rss_bytes()
         elif cmd == "placeholder":
             metas, owner_rank = arg
             for name, shape, dtype in metas:
@@ -299,6 +312,10 @@ class ConnectedParties:
     def job(self, rank: int, job: Any) -> None:
         """Party ``rank`` runs ``job.run()`` on its own host (e.g. the server's embeddings release)."""
         self._send({rank: ("job", job)})
+
+    def peak_rss(self) -> list[int]:
+        """Peak RSS of each party's process so far (bytes, rank order)."""
+        return [int(v) for v in self._send_all([("peak_rss", None)] * len(self._conns))]
 
     def _kill(self) -> None:
         for conn in self._conns:

@@ -213,6 +213,12 @@ class SecureSession(Session):
                                                                      "; the peer's shares relayed by the coordinator")
         return dict(public)
 
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory of each party's process so far, MiB, by owner (``client``,
+        ``server``; with the ``threads`` transport both are this one process)."""
+        values = self._parties.peak_rss()
+        return {owner: values[rank] / 2**20 for owner, rank in OWNER_RANK.items()}
+
     def run_on(self, owner: str, job: Any) -> None:
         """``job.run()`` in ``owner``'s party process where the parties hold their own data."""
         if hasattr(self._parties, "job"):

@@ -137,7 +137,9 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     ``request_for(indices, release directory)`` (a ``ClientRequest`` or ``ContextRequest``);
     ``options``: ``evaluate_request``'s (criterion, reduce forms, last_only). Returns the cost per
     input (each batch's cost spread over its inputs, plus ``examples/reused``), the batches' records
-    in input order and the leakage record (every value revealed, and who held each input)."""
+    in input order and the leakage record (every value revealed, and who held each input). Also
+    ``memory/peak_rss_mb/{client,server}``: each party process's peak RSS in this launch (MiB;
+    with ``threads`` both are the one process)."""
     from protocols.provision import ReleaseEmbeddings, ServerRequest, model_spec_of
     from protocols.secure_model import batch_ranges
     from protocols.session import TwoPartySession
@@ -160,11 +162,14 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
                 for chunk in todo:
                     compute = partial(_run_batch, session, spec, request_for(chunk, str(release)), method, chunk, options)
                     records[chunk] = run_input(method_run, method, key, list(chunk), compute, bar)
+            memory = {f"memory/peak_rss_mb/{owner}": mb for owner, mb in session.peak_rss_mb().items()}
     ordered = [records[chunk] for chunk in chunks]
     sums: dict[str, float] = defaultdict(float)
     for record in ordered:
         for name, value in record.cost.items():
             sums[name] += value / n
     sums["examples/reused"] = float(sum(len(chunk) for chunk in chunks if chunk not in todo))
+    if todo:
+        sums.update(memory)      # each party's peak RSS over this launch's inputs
     reveals = [{"examples": r.examples, **rev} for r in ordered for rev in r.reveals]
     return dict(sums), ordered, {"reveals": reveals, "ownership": ordered[0].ownership}

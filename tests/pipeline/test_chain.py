@@ -44,6 +44,7 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
         assert ops == pytest.approx(row["metrics.comm_mb/total"], rel=1e-9)
         assert row["metrics.kept_tokens/layer_0"] == 32
         assert row["metrics.kept_tokens/secure_vs_emulated_max_abs_diff"] == 0, method   # torch twin agrees
+        assert row["metrics.memory/peak_rss_mb/server"] > 100, method                    # SPU runtime resident
     assert methods.loc["none", "metrics.kept_tokens/layer_1"] == 32
     assert methods.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 16
     assert methods.loc["prune", "metrics.kept_tokens/layer_1"] < 16  # learned thresholds prune hard here

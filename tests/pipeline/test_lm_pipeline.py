@@ -100,6 +100,8 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
             assert m["metrics.agree/secure"] == 100.0 and m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0
             assert m["metrics.examples/reused"] == (0 if launch == 1 else 2)
             assert m["metrics.examples/secure"] == launch + 1
+            for owner in ("client", "server"):        # each party process's own peak RSS (an SPU runtime)
+                assert 100 < m[f"metrics.memory/peak_rss_mb/{owner}"] < 24 * 1024, owner
         inputs = runs[runs["tags.kind"] == "input"]
         assert len(inputs[inputs["tags.examples"] == "1"]) == 3           # each method ran context 1 once
     assert len(inputs[inputs["tags.examples"] == "2"]) == 3
