@@ -2,7 +2,8 @@
 ``secure_eval.batch_size=1``) is a nested MLflow run under the method's run (tag ``kind=input``,
 ``examples`` = its dev indices) that logs, as the secure run goes, each layer's cost and token counts
 with MLflow ``step`` = layer (``layer/time_s``, ``layer/time_s_lan``, ``layer/time_s_wan``,
-``layer/comm_mb``, ``layer/tokens_entering``, ``layer/tokens_kept``; batch means over its inputs),
+``layer/comm_mb``, ``layer/tokens_entering``, ``layer/tokens_kept`` (batch means over its inputs) and
+``layer/time_s_lan/{op}`` per op class),
 then the batch's totals and its outcome (``input.json``: logits, tokens per layer, labels, reveals,
 cost) and ends FINISHED. A progress bar counts layers over the whole method, with an ETA.
 
@@ -79,13 +80,15 @@ def finished_records(ctx: StageContext, key: str, method: str) -> dict[tuple[int
 
 
 def layer_metrics(done: Any) -> dict[str, float]:
-    """One layer's figures (``LayerDone``): its cost and the batch's mean tokens entering and kept."""
-    from protocols.meter import NETWORKS
+    """One layer's figures (``LayerDone``): its cost (also per op class, LAN) and the batch's mean
+    tokens entering and kept."""
+    from protocols.meter import LAN, NETWORKS
 
     batch = len(done.entering)
     out = {"layer/time_s": done.cost.wall_s, "layer/comm_mb": done.cost.bytes_total / 2**20,
            "layer/tokens_entering": sum(done.entering) / batch, "layer/tokens_kept": sum(done.kept) / batch}
     out.update({f"layer/time_s_{net.name}": done.cost.network_time(net) for net in NETWORKS})
+    out.update({f"layer/time_s_lan/{op}": part.network_time(LAN) for op, part in done.cost.by_op().items()})
     return out
 
 

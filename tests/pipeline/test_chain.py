@@ -96,6 +96,10 @@ def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame) -> None:
         record = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/input.json")
         assert entering == record["entering"][0] and kept == record["kept"][0]
         assert entering[0] == 32 and kept[:-1] == entering[1:], (row["tags.method"], entering, kept)
+        lan = {m.step: m.value for m in client.get_metric_history(row["run_id"], "layer/time_s_lan")}
+        by_op = [{m.step: m.value for m in client.get_metric_history(row["run_id"], f"layer/time_s_lan/{op}")}
+                 for op in ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other")]
+        assert all(sum(part[step] for part in by_op) == pytest.approx(lan[step], rel=1e-9) for step in lan)
         layer_mb = sum(m.value for m in client.get_metric_history(row["run_id"], "layer/comm_mb"))
         assert 0 < layer_mb < row["metrics.comm_mb/total"]   # the embedding LayerNorm and the head are outside
     batch2 = runs[(runs["tags.kind"] == "method") & (runs["metrics.batch_size"] == 2.0)]
