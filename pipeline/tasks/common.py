@@ -81,7 +81,8 @@ def checkpoint_dir(cfg: PipelineConfig) -> Optional[Path]:
 
 @dataclass
 class DatasetManifest:
-    """What prepare produced: tokenised splits saved with ``datasets.save_to_disk``."""
+    """What prepare produced: tokenised GLUE splits saved with ``datasets.save_to_disk``, or
+    WikiText-2 token blocks saved as ``.npy`` (GPT-2)."""
 
     task: str
     splits: dict[str, str]
@@ -109,6 +110,13 @@ class DatasetManifest:
         ds = datasets.load_from_disk(self.splits[split])
         ds.set_format("torch", columns=["input_ids", "attention_mask", "token_type_ids", "label"])
         return ds
+
+    def load_blocks(self, split: str) -> Any:
+        """``[N, max_length]`` int64 token blocks (a torch tensor) of an LM ``split``."""
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.load(self.splits[split]))
 
 
 def session_spec(cfg: PipelineConfig) -> Any:

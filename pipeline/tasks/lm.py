@@ -37,7 +37,7 @@ from pipeline.tasks.common import (
 from pipeline.tasks.lm_secure import secure_eval
 from pipeline.tracking import sections_hash
 
-__all__ = ["params", "prepare", "finetune", "search", "secure_eval", "load_blocks", "next_token_flat"]
+__all__ = ["params", "prepare", "finetune", "search", "secure_eval", "next_token_flat"]
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,6 @@ def prepare(ctx: StageContext) -> None:
     ctx.run.log_artifact(cache / MANIFEST)
     ctx.run.log_metrics({f"blocks/{s}": float(b.shape[0]) for s, b in blocks.items()}
                         | {f"tokens/{s}": float(b.numel()) for s, b in blocks.items()})
-
-
-def load_blocks(manifest: DatasetManifest, split: str) -> Any:
-    """``[N, max_length]`` int64 token blocks (a torch tensor) of ``split`` written by :func:`prepare`."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.load(manifest.splits[split]))
 
 
 def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> tuple[Any, str]:
@@ -179,7 +171,7 @@ def finetune(ctx: StageContext) -> None:
     cfg, f = ctx.cfg, ctx.cfg.finetune
     torch.set_num_threads(f.torch_threads)
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    train, dev, test = (load_blocks(manifest, s) for s in ("train", "dev", "test"))
+    train, dev, test = (manifest.load_blocks(s) for s in ("train", "dev", "test"))
     n_eval, bs = f.eval_blocks, f.batch_size
     model, port_report = _initial_model(cfg, manifest)
     steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / bs))
@@ -285,7 +277,7 @@ def search(ctx: StageContext) -> None:
             pruned[cols].to_csv(Path(tmp) / "front.csv", index=False)
             ctx.run.log_artifact(Path(tmp) / "front.csv")
     manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
-    test = load_blocks(manifest, "test")[: cfg.finetune.eval_blocks]
+    test = manifest.load_blocks("test")[: cfg.finetune.eval_blocks]
     metrics = {"selection/within_max_drop": within, "test/blocks": float(test.shape[0])}
     plan = [("none", baseline_id), ("bolt_we", baseline_id)] + ([("prune", selected)] if selected != baseline_id else [])
     for method, run_id in plan:

@@ -84,9 +84,7 @@ def secure_eval(ctx: StageContext) -> None:
     cfg = ctx.cfg
     selection = Selection.from_run(ctx.tracker, ctx.upstream["search"])
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    from pipeline.tasks.lm import load_blocks
-
-    test = load_blocks(manifest, "test")
+    test = manifest.load_blocks("test")
     seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
     n = min(cfg.secure_eval.num_examples, test.shape[0])
     for method in cfg.secure_eval.methods:
