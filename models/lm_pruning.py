@@ -7,6 +7,10 @@ learned with the recipe of ``models.training`` for BERT: a soft phase (``loss = 
 λ · mean_l keep_ratio_l``, θ at its own learning rate, LTP soft mask at temperature ``T``) then a
 hard phase (θ frozen, straight-through gradients for the model). θ_l starts at the
 ``theta_quantile·(l+1)/L`` quantile of the context tokens' scores (the last position excluded).
+With ``method="prune_reduce"`` Π_reduce's β_l starts at ``beta_factor·θ_l`` and is learned in the
+soft phase too (its soft high/low mix, ``models.token_pruning``), with ``beta_lambda`` times the
+high group's share added to the loss: the split between the cheap and the accurate forms is where
+next-token accuracy and cost trade.
 The loss is on the last position only: the only one whose logits survive pruning.
 No Hydra/MLflow here.
 """
@@ -31,8 +35,9 @@ LogFn = Callable[[dict[str, float], int], None]
 class LMPruneConfig:
     """``soft_steps`` / ``hard_steps`` optimizer steps of ``batch_size`` blocks; ``lambda_`` the
     kept-share penalty; ``temperature`` the soft mask's (in units of the score S); ``lr`` for the
-    model, ``threshold_lr`` for θ; ``method``: ``prune`` (or ``prune_reduce``, torch only), or
-    ``none``: the unpruned baseline trained on for as many steps on the same loss (same budget)."""
+    model, ``threshold_lr`` for θ (and β); ``method``: ``prune``, ``prune_reduce`` (β learned from
+    ``beta_factor·θ`` with the penalty ``beta_lambda`` on the high group's share), or ``none``: the
+    unpruned baseline trained on for as many steps on the same loss (same budget)."""
 
     lambda_: float = 0.1
     temperature: float = 0.01
@@ -45,6 +50,8 @@ class LMPruneConfig:
     method: str = "prune"
     seed: int = 0
     grad_clip: float = 1.0
+    beta_factor: float = 2.0
+    beta_lambda: float = 0.05
 
 
 @dataclass
@@ -68,41 +75,45 @@ def last_token_loss(model: GPT2LM, blocks: torch.Tensor, settings: PruneSettings
 
 
 @torch.no_grad()
-def init_lm_thresholds(model: GPT2LM, blocks: torch.Tensor, quantile: float) -> None:
+def init_lm_thresholds(model: GPT2LM, blocks: torch.Tensor, quantile: float, beta_factor: float = 1.0) -> None:
     """θ_l ← the ``quantile·(l+1)/L`` quantile of the unpruned model's layer-l scores of the context
-    tokens (the forced last position excluded); β_l ← θ_l."""
+    tokens (the forced last position excluded); β_l ← ``beta_factor``·θ_l (at least θ_l, at most 1)."""
     model.eval()
     scores = model.pruned(blocks[:, :-1], PruneSettings("none")).scores
     L = len(scores)
     for l, s in enumerate(scores):
         q = quantile * (l + 1) / L
         model.pruning.theta.data[l] = float(torch.quantile(s[:, :-1].reshape(-1), q)) if q > 0 else 0.0
-    model.pruning.beta.data.copy_(model.pruning.theta.data)
+    model.pruning.beta.data.copy_((model.pruning.theta.data * max(beta_factor, 1.0)).clamp(max=1.0))
 
 
 def train_lm_thresholds(model: GPT2LM, train_blocks: torch.Tensor, cfg: LMPruneConfig,
                         log: LogFn | None = None) -> float:
-    """Learn θ (and fine-tune the model) in place: soft phase then hard phase (module doc); with
-    ``method="none"`` only the model trains, unpruned, for the same steps. Returns the wall seconds.
-    ``log(metrics, step)`` gets ``train/{phase}_loss`` and ``train/{phase}_keep_ratio``."""
+    """Learn θ (``prune_reduce``: and β; and fine-tune the model) in place: soft phase then hard phase
+    (module doc); with ``method="none"`` only the model trains, unpruned, for the same steps. Returns
+    the wall seconds. ``log(metrics, step)`` gets ``train/{phase}_loss``, ``train/{phase}_keep_ratio``
+    and, for ``prune_reduce``, ``train/{phase}_high_ratio``."""
     if cfg.method not in ("none", "prune", "prune_reduce"):
         raise ValueError(f"LMPruneConfig.method={cfg.method!r}: expected 'none', 'prune' or 'prune_reduce'")
     if train_blocks.shape[0] < cfg.batch_size:
         raise ValueError(f"{train_blocks.shape[0]} training blocks < batch_size={cfg.batch_size}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    learn = cfg.method != "none"
+    learn, reduce = cfg.method != "none", cfg.method == "prune_reduce"
     if learn:
-        init_lm_thresholds(model, train_blocks[: 4 * cfg.batch_size], cfg.theta_quantile)
+        init_lm_thresholds(model, train_blocks[: 4 * cfg.batch_size], cfg.theta_quantile,
+                           cfg.beta_factor if reduce else 1.0)
     emit = log or (lambda m, s: None)
     t0, step = time.time(), 0
     weights = [p for name, p in model.named_parameters() if not name.startswith("pruning.")]
     for phase, steps in (("soft", cfg.soft_steps), ("hard", cfg.hard_steps)):
         soft = phase == "soft"
-        model.pruning.theta.requires_grad_(soft and learn)
+        learned = [model.pruning.theta] + ([model.pruning.beta] if reduce else []) if soft and learn else []
+        for p in (model.pruning.theta, model.pruning.beta):
+            p.requires_grad_(any(p is q for q in learned))
         groups = [{"params": weights, "lr": cfg.lr}]
-        if soft and learn:
-            groups.append({"params": [model.pruning.theta], "lr": cfg.threshold_lr})
+        if learned:
+            groups.append({"params": learned, "lr": cfg.threshold_lr})
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         settings = PruneSettings(cfg.method, "soft" if soft else "hard", cfg.temperature, straight_through=not soft)
         model.train()
@@ -110,16 +121,20 @@ def train_lm_thresholds(model: GPT2LM, train_blocks: torch.Tensor, cfg: LMPruneC
             batch = train_blocks[torch.randint(0, train_blocks.shape[0], (cfg.batch_size,), generator=gen)]
             ce, out = last_token_loss(model, batch, settings)
             loss = ce + cfg.lambda_ * out.keep_ratio.mean() if soft and learn else ce
+            if soft and reduce:
+                loss = loss + cfg.beta_lambda * out.high_ratio.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             with torch.no_grad():
                 model.pruning.theta.clamp_(0.0, 1.0)
+                model.pruning.beta.copy_(torch.maximum(model.pruning.beta, model.pruning.theta).clamp(max=1.0))
             step += 1
-            emit({f"train/{phase}_loss": ce.item(),
-                  f"train/{phase}_keep_ratio": out.keep_ratio.mean().item()}, step)
+            emit({f"train/{phase}_loss": ce.item(), f"train/{phase}_keep_ratio": out.keep_ratio.mean().item()}
+                 | ({f"train/{phase}_high_ratio": out.high_ratio.mean().item()} if reduce else {}), step)
     model.pruning.theta.requires_grad_(False)
+    model.pruning.beta.requires_grad_(False)
     model.eval()
     return time.time() - t0
 

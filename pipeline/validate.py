@@ -178,16 +178,15 @@ def _validate_lm(cfg: PipelineConfig) -> None:
                 raise ConfigError(f"data.{name}={value!r} is not a directory; run `make lm-data` "
                                   "(writes outputs/assets/wikitext-2 and outputs/assets/gpt2_tokenizer)"
                                   + (" or set data.wikitext_dir=null for the Hugging Face hub" if name == "wikitext_dir" else ""))
-    from protocols.secure_model import CAUSAL_METHODS  # the engine's list (imports JAX: LM configs only)
-
-    refused = [x.value for x in cfg.secure_eval.methods if x.value not in CAUSAL_METHODS]
-    if refused and cfg.stage in (Stage.all, Stage.secure_eval):
-        raise ConfigError(f"secure_eval.methods contains {refused}: not defined for the causal LM (data.task=wikitext2): "
-                          "Π_reduce reorders kept tokens by group, which breaks the public causal mask; "
-                          f"use methods from {list(CAUSAL_METHODS)}")
-    if Method.prune in cfg.secure_eval.methods and not cfg.finetune.lambdas and cfg.stage is Stage.all:
-        raise ConfigError("secure_eval.methods contains 'prune' but finetune.lambdas=[] trains no pruned candidate; "
-                          "set finetune.lambdas (e.g. [0.1]) or drop prune")
+    pruned = [x.value for x in cfg.secure_eval.methods if x in (Method.prune, Method.prune_reduce)]
+    if pruned and not cfg.finetune.lambdas and cfg.stage is Stage.all:
+        raise ConfigError(f"secure_eval.methods contains {pruned} but finetune.lambdas=[] trains no pruned candidate; "
+                          "set finetune.lambdas (e.g. [0.1]) or drop them")
+    if (Method.prune_reduce in cfg.secure_eval.methods and cfg.finetune.candidate_method is not Method.prune_reduce
+            and cfg.stage is Stage.all):
+        raise ConfigError(f"secure_eval.methods contains 'prune_reduce' but finetune.candidate_method="
+                          f"{cfg.finetune.candidate_method.value} learns no β; set finetune.candidate_method=prune_reduce "
+                          "or drop prune_reduce")
     if cfg.secure_eval.seq_len is not None and not 2 <= cfg.secure_eval.seq_len <= d.max_length - 1:
         raise ConfigError(f"secure_eval.seq_len={cfg.secure_eval.seq_len}: must be in 2..data.max_length-1={d.max_length - 1} "
                           "(a context and its next token)")

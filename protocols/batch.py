@@ -9,7 +9,10 @@ its own tokens; its kept count ``k_b`` is its own), so the decisions are exactly
 running the inputs one at a time.
 
 ``Layout`` is the static (public) row layout: input b owns rows ``[offset_b, offset_b +
-sizes[b])``; with Π_reduce the first ``high[b]`` of them are its high group. Inputs of equal
+sizes[b])``; with Π_reduce the first ``high[b]`` of them are its high group. A causal model's
+rows after Π_reduce (``shuffled``) are in an order only a secret *visibility* matrix knows:
+``vis`` flat ``[Σ_b n_b²]`` int (input b's ``[n_b, n_b]`` block in batch order, ``vis[j, i] = 1``
+when query row j may attend to key row i), which replaces the public causal mask. Inputs of equal
 ``(size, high)`` form one group whose attention runs as one batched op (``[g, H, n, n]``):
 the same number of SPU ops, hence rounds, as a single input. Every row movement here is a
 static slice or concatenation: local on shares, no communication.
@@ -35,6 +38,7 @@ class Layout:
 
     sizes: tuple[int, ...]
     high: Optional[tuple[int, ...]] = None
+    shuffled: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
@@ -79,16 +83,25 @@ class Layout:
 
     def row_scale(self, heads: int, causal: bool = False) -> np.ndarray:
         """``R = S·scale``, public ``[total]``: ``H·n_b`` on each row of input b, or (``causal``) on
-        its row i ``H·(n_b − i)``, the heads times the query rows that can see token i."""
+        its row i ``H·(n_b − i)``, the heads times the query rows that can see token i. A shuffled
+        causal layout's scale is secret (``visible_scale``)."""
+        if causal and self.shuffled:
+            raise ValueError("Layout.row_scale: a shuffled causal layout's scale is secret (visible_scale)")
         if causal:
             return np.concatenate([heads * np.arange(n, 0, -1, dtype=np.float32) for n in self.sizes])
         return np.concatenate([np.full(n, float(heads * n), np.float32) for n in self.sizes])
 
+    def forced_offsets(self, causal: bool = False) -> list[int]:
+        """Row of each input's always-kept token: its first ([CLS]), or, ``causal``, the position
+        whose logits predict the next token: its last row, or its first once Π_reduce has moved it
+        there (``shuffled``)."""
+        last = causal and not self.shuffled
+        return [o + n - 1 if last else o for o, n in zip(self.offsets, self.sizes)]
+
     def forced_rows(self, causal: bool = False) -> np.ndarray:
-        """1 on each input's always-kept row (its first, [CLS]; ``causal``: its last, the position
-        whose logits predict the next token), else 0: ``[total]`` public."""
+        """1 on each input's always-kept row (``forced_offsets``), else 0: ``[total]`` public."""
         out = np.zeros(self.total, bool)
-        out[[o + n - 1 for o, n in zip(self.offsets, self.sizes)] if causal else list(self.offsets)] = True
+        out[self.forced_offsets(causal)] = True
         return out
 
 
@@ -107,14 +120,38 @@ def segment_sums(x: jnp.ndarray, layout: Layout) -> jnp.ndarray:
     return jnp.stack([jnp.sum(part) for part in layout.split(x)])
 
 
+def visibility_blocks(vis: jnp.ndarray, layout: Layout) -> list[jnp.ndarray]:
+    """Input b's ``[n_b, n_b]`` block of the flat visibility ``vis`` (module doc), in batch order."""
+    out, start = [], 0
+    for n in layout.sizes:
+        out.append(vis[start:start + n * n].reshape(n, n))
+        start += n * n
+    return out
+
+
+def visible_scale(vis: jnp.ndarray, layout: Layout, heads: int) -> jnp.ndarray:
+    """A shuffled causal layout's ``scale`` ``[total]`` int: ``H·Σ_j vis[j, i]``, the heads times
+    the rows that see token i (``Layout.row_scale``'s ``H·(n − i)`` in the original order).
+    Cost: local (sums of shares)."""
+    return jnp.concatenate([heads * jnp.sum(v, axis=0) for v in visibility_blocks(vis, layout)])
+
+
+def _scale(layout: Layout, heads: int, causal: bool, vis: Optional[jnp.ndarray]) -> Any:
+    """``Layout.row_scale`` (public), or ``visible_scale`` (secret) when ``vis`` is given."""
+    return layout.row_scale(heads, causal) if vis is None else visible_scale(vis, layout, heads)
+
+
 def _above(received: jnp.ndarray, threshold: jnp.ndarray, member: jnp.ndarray, layout: Layout,
-           heads: int, causal: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``[R_i > t·scale_i] ∧ member_i`` (``Layout.row_scale``) with each input's forced row in:
-    exact 0/1 ``[total]`` and the per-input counts ``[B]``. Ties ``S_i == t`` are dropped (strict
-    ``>``), as in ``models.token_pruning.hard_prune_mask``. ``R`` is an exact sum of shares and
-    ``t·scale`` a secret × public integer (exact), so no truncation decides a tie. Cost: ``total``
-    comparisons (n·O(ℓ) OT bits, O(log ℓ) rounds); boolean logic after them, no fixed-point product."""
-    bound = threshold * layout.row_scale(heads, causal)
+           heads: int, causal: bool, vis: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``[R_i > t·scale_i] ∧ member_i`` (``_scale``) with each input's forced row in: exact 0/1
+    ``[total]`` and the per-input counts ``[B]``. Ties ``S_i == t`` are dropped (strict ``>``), as
+    in ``models.token_pruning.hard_prune_mask``. ``R`` is an exact sum of shares and, with a public
+    scale, ``t·scale`` a secret × public integer (exact), so no truncation decides a tie; with a
+    secret scale (shuffled causal rows) ``t·scale`` is one secret product per row, whose
+    truncation (±1 ulp = 2^-18) may flip a score within that of the bound.
+    Cost: ``total`` comparisons (n·O(ℓ) OT bits, O(log ℓ) rounds), + ``total`` secret products
+    with ``vis``; boolean logic after them."""
+    bound = threshold * _scale(layout, heads, causal, vis)
     mb = jnp.logical_or(jnp.logical_and(received > bound, member > 0.5), layout.forced_rows(causal))
     m = mb.astype(received.dtype)
     return m, segment_sums(m, layout)
@@ -149,9 +186,9 @@ def _as_flat(probs: jnp.ndarray, layout: Optional[Layout], heads: Optional[int])
     return probs, layout, heads
 
 
-def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, layout: Optional[Layout] = None,
-               heads: Optional[int] = None, relative: bool = False, all_valid: bool = False,
-               causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *,
+               layout: Optional[Layout] = None, heads: Optional[int] = None, relative: bool = False,
+               all_valid: bool = False, causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Π_prune's scores and mask: ``R`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
     ``probs`` flat (a batch) or ``[H, n, n]`` (one input).
 
@@ -161,15 +198,16 @@ def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, *, la
     drops padding) ``c = n`` is public and the scaling exact; otherwise ``c = Σ valid`` is the
     client's secret count and ``R·c`` one secret product per row (a fixed-point truncation:
     scores within an ulp of θ may fall either way).
-    Cost: ``total`` comparisons (+ ``total`` products when ``relative`` and not ``all_valid``).
-    Reveals: nothing (the runner reveals ``k``)."""
+    ``vis``: a shuffled causal layout's visibility (module doc), the scale then secret.
+    Cost: ``total`` comparisons (+ ``total`` products when ``relative`` and not ``all_valid``, or
+    with ``vis``). Reveals: nothing (the runner reveals ``k``)."""
     if relative and causal:
         raise ValueError("prune_step: the relative criterion is not defined for causal models")
     probs, layout, heads = _as_flat(probs, layout, heads)
     r = received_rows(probs, layout, heads)
     if relative:
         r = r * (layout.row_scale(1) if all_valid else _row_counts(valid, layout))
-    m, k = _above(r, theta[0], valid, layout, heads, causal)
+    m, k = _above(r, theta[0], valid, layout, heads, causal, vis)
     return r, m, k
 
 
@@ -179,20 +217,23 @@ def _row_counts(valid: jnp.ndarray, layout: Layout) -> jnp.ndarray:
     return jnp.concatenate([jnp.broadcast_to(sums[b], (n,)) for b, n in enumerate(layout.sizes)])
 
 
-def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, *, layout: Layout,
-                heads: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *,
+                layout: Layout, heads: int, causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Π_reduce's grouping ``high = [S > β] ∧ M`` ``[total]`` and ``k_high`` ``[B]`` (``received`` as
-    ``prune_step`` returns it, so β compares with what θ did: S or c·S; ``layout`` as entering the
-    layer). Cost: ``total`` comparisons."""
-    return _above(received, beta[0], keep, layout, heads, causal=False)
+    ``prune_step`` returns it, so β compares with what θ did: S or c·S; ``layout``, ``causal`` and
+    ``vis`` as for ``prune_step``; the forced row is always high). Cost: ``total`` comparisons
+    (+ ``total`` secret products with ``vis``)."""
+    return _above(received, beta[0], keep, layout, heads, causal, vis)
 
 
-def score_step(probs: jnp.ndarray, *, layout: Optional[Layout] = None, heads: Optional[int] = None,
-               causal: bool = False) -> jnp.ndarray:
+def score_step(probs: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *, layout: Optional[Layout] = None,
+               heads: Optional[int] = None, causal: bool = False) -> jnp.ndarray:
     """Importance ``S = R / scale`` ``[total]`` (BOLT WE; ``Layout.row_scale``). Cost: local (one
-    public scaling)."""
+    public scaling); with ``vis`` (shuffled causal rows: the plaintext reference's scores only) a
+    secret division per row."""
     probs, layout, heads = _as_flat(probs, layout, heads)
-    return received_rows(probs, layout, heads) * (1.0 / layout.row_scale(heads, causal))
+    scale = _scale(layout, heads, causal, vis)
+    return received_rows(probs, layout, heads) * (1.0 / scale if vis is None else 1.0 / scale.astype(probs.dtype))
 
 
 def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,
@@ -216,6 +257,40 @@ def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: j
              for b, (hb, mb, gb, vb) in enumerate(zip(layout.split(h), layout.split(keep), layout.split(high),
                                                       layout.split(valid)))]
     return jnp.concatenate([p[0] for p in parts], axis=0), jnp.concatenate([p[1] for p in parts])
+
+
+def causal_reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: jnp.ndarray,
+                         vis: Optional[jnp.ndarray] = None, *, layout: Layout, k: tuple[int, ...],
+                         k_high: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Π_reduce's compaction for a causal model: per input the high group (the forced last position
+    first, then the other high rows in their current order), then the low group, as for BERT
+    (``pr.reduce_select``), and the visibility of the new order ``vis' = P·V·Pᵀ`` ``[k_b, k_b]``
+    (``P`` the one-hot selection, ``V`` the public causal mask while the rows are in their original
+    order, else input b's block of ``vis``). Before the first Π_reduce (``layout.shuffled`` False)
+    the rows are first rotated by one (a public permutation: the last row first), so the forced
+    position leads its high group and stays at row 0 from then on (``Layout.forced_offsets``).
+    Returns ``h'`` ``[Σ k_b, d]``, ``valid'`` ``[Σ k_b]`` and the flat ``vis'`` ``[Σ k_b²]`` int.
+    Cost per input beyond ``pr.reduce_select``: k·n bit-to-integer conversions of ``P``, the
+    product ``P·V`` (local for the public ``V``; a k×n×n secret integer matmul otherwise) and one
+    k×n×k secret integer matmul (exact: no truncation). Reveals: nothing."""
+    blocks = None if vis is None else visibility_blocks(vis, layout)
+    hs, vs, viss = [], [], []
+    for b, (hb, mb, gb, vb) in enumerate(zip(layout.split(h), layout.split(keep), layout.split(high),
+                                             layout.split(valid))):
+        n = layout.sizes[b]
+        seen: Any
+        if blocks is None:                                 # original order: rotate the last row first
+            hb, mb, gb, vb = (jnp.roll(x, 1, axis=0) for x in (hb, mb, gb, vb))
+            seen = np.roll(np.tril(np.ones((n, n), np.int32)), (1, 1), axis=(0, 1))
+        else:
+            seen = blocks[b]
+        hits = pr.reduce_hits(mb, gb, k=k[b], k_high=k_high[b])
+        h2, v2 = pr.compact(hits.astype(hb.dtype), hb, vb)
+        p = hits.astype(jnp.int32)
+        hs.append(h2)
+        vs.append(v2)
+        viss.append(((p @ seen) @ p.T).reshape(-1))
+    return jnp.concatenate(hs, axis=0), jnp.concatenate(vs), jnp.concatenate(viss)
 
 
 def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,

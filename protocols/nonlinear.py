@@ -102,11 +102,14 @@ def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None,
 
 def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None, forms: str) -> jnp.ndarray:
     """Query rows (axis −2) ``[0:k_high]`` with ``EXP_HIGH``, the rest with the low exp of
-    ``REDUCE_FORMS[forms]``."""
+    ``REDUCE_FORMS[forms]``; a ``bias`` with query rows (a causal mask) is split with them."""
     if k_high is None or k_high >= x.shape[-2]:
         return softmax(x, bias, EXP_HIGH)
-    high = softmax(x[..., :k_high, :], bias, EXP_HIGH)
-    low = softmax(x[..., k_high:, :], bias, REDUCE_FORMS[forms].exp)
+    bias_high = bias_low = bias
+    if bias is not None and bias.shape[-2] > 1:
+        bias_high, bias_low = bias[..., :k_high, :], bias[..., k_high:, :]
+    high = softmax(x[..., :k_high, :], bias_high, EXP_HIGH)
+    low = softmax(x[..., k_high:, :], bias_low, REDUCE_FORMS[forms].exp)
     return jnp.concatenate([high, low], axis=-2)
 
 

@@ -100,16 +100,20 @@ def destinations(keep: jnp.ndarray) -> jnp.ndarray:
     return jnp.cumsum(keep) - keep
 
 
-def selection(keep: jnp.ndarray, dest: jnp.ndarray, *, k: int, offset: int = 0) -> jnp.ndarray:
-    """One-hot ``P[r, i] = M_i · [dest_i = r]`` ``[k, n]`` (each kept token to its row).
+def selection_hits(keep: jnp.ndarray, dest: jnp.ndarray, *, k: int, offset: int = 0) -> jnp.ndarray:
+    """One-hot ``P[r, i] = M_i ∧ [dest_i = r]`` ``[k, n]`` bool (each kept token to its row).
 
     ``dest`` must be an exact integer (a prefix sum of exact 0/1 values: no fixed-point
     product, whose truncation error would break the equality test).
     Cost: k·n equality tests (≈ comparisons) + k·n AND gates. Reveals: nothing.
     """
     rows = np.arange(offset, offset + k, dtype=np.float32)[:, None]
-    hit = jnp.logical_and(dest[None, :] == rows, jnp.asarray(keep)[None, :] > 0.5)
-    return hit.astype(dest.dtype)
+    return jnp.logical_and(dest[None, :] == rows, jnp.asarray(keep)[None, :] > 0.5)
+
+
+def selection(keep: jnp.ndarray, dest: jnp.ndarray, *, k: int, offset: int = 0) -> jnp.ndarray:
+    """``selection_hits`` as 0/1 of ``dest``'s dtype ``[k, n]``."""
+    return selection_hits(keep, dest, k=k, offset=offset).astype(dest.dtype)
 
 
 def compact(p: jnp.ndarray, h: jnp.ndarray, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -126,13 +130,18 @@ def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, k: in
     return compact(selection(keep, destinations(keep), k=k), h, valid)
 
 
+def reduce_hits(keep: jnp.ndarray, high: jnp.ndarray, *, k: int, k_high: int) -> jnp.ndarray:
+    """Π_reduce's one-hot selection ``[k, n]`` bool: the high group's rows (in order, row 0 first
+    when it is high) above the low group's. Cost: k·n equality tests. Reveals: nothing."""
+    low = jnp.asarray(keep) - high                       # exact 0/1 (difference of exact 0/1)
+    return jnp.concatenate([selection_hits(high, destinations(high), k=k_high),
+                            selection_hits(low, destinations(low), k=k - k_high)], axis=0)
+
+
 def reduce_select(h: jnp.ndarray, keep: jnp.ndarray, high: jnp.ndarray, valid: jnp.ndarray, *,
                   k: int, k_high: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Π_reduce's compaction: high group (original order, [CLS] first) then low group."""
-    low = jnp.asarray(keep) - high                       # exact 0/1 (difference of exact 0/1)
-    p = jnp.concatenate([selection(high, destinations(high), k=k_high),
-                         selection(low, destinations(low), k=k - k_high)], axis=0)
-    return compact(p, h, valid)
+    return compact(reduce_hits(keep, high, k=k, k_high=k_high).astype(h.dtype), h, valid)
 
 
 def bolt_we_select(h: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray, *, keep: int,

@@ -69,12 +69,13 @@ def _counts(session: Session, name: str, purpose: str, layer: int) -> list[int]:
 
 
 def _select(s: Session, fn: Any, inputs: list[str], *, op: str, layer: int, static: dict[str, Any],
-            trace: bool) -> None:
+            trace: bool, outputs: tuple[str, ...] = ("h", "valid")) -> None:
     """Run a compaction program on ``h`` (and, when tracing, first on the original positions ``pos``)."""
     if trace:
-        s.run(fn, ["pos", *inputs[1:]], ["pos", "_pos_valid"], op="Other", layer=layer, static=static)
-        s.delete("_pos_valid")
-    s.run(fn, inputs, ["h", "valid"], op=op, layer=layer, static=static)
+        extra = [f"_pos_{o}" for o in outputs[1:]]
+        s.run(fn, ["pos", *inputs[1:]], ["pos", *extra], op="Other", layer=layer, static=static)
+        s.delete(*extra)
+    s.run(fn, inputs, list(outputs), op=op, layer=layer, static=static)
 
 
 def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
@@ -84,9 +85,12 @@ def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, re
     (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
     one the attention ran with (its groups order the flat ``A``). ``criterion``: what θ/β compare
     with (``PruningSpec``); after layer 0's Π_prune every row is a real token (padding dropped).
-    ``causal`` (GPT-2): scores average over the rows that see each token, the last row is forced
-    and the kept rows keep their order, so the public causal mask still applies."""
+    ``causal`` (GPT-2): scores average over the rows that see each token and the last position is
+    forced; ``prune`` and ``bolt_we`` keep the rows' order, so the public causal mask still applies;
+    ``prune_reduce`` reorders them (high group first) and carries the secret visibility ``vis``
+    (``batch.causal_reduce_select``) that replaces the mask from the next layer on."""
     st = {"layout": layout, "heads": heads}
+    vis = ["vis"] if layout.shuffled else []
     if method == "bolt_we":
         s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static={**st, "causal": causal})
         if record:
@@ -96,23 +100,31 @@ def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, re
                 static={"layout": layout, "keep": keep, "causal": causal}, trace=trace)
         s.delete("S")
         return Layout(keep)
-    s.run(bt.prune_step, ["A", f"theta{l}", "valid"], ["R", "M", "k"], op="Prune", layer=l,
+    s.run(bt.prune_step, ["A", f"theta{l}", "valid", *vis], ["R", "M", "k"], op="Prune", layer=l,
           static={**st, "relative": criterion == "relative", "all_valid": l > 0, "causal": causal})
-    if record:
+    if record and layout.shuffled:                         # the scale is secret: S from the visibility
+        s.run(bt.score_step, ["A", *vis], ["S"], op="Other", layer=l, static={**st, "causal": causal})
+        _record_scores(s, "S", layout, scores_out, l)
+    elif record:
         _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads, causal))
     k = tuple(_counts(s, "k", "kept count", l))
     if method == "prune":
         if k != layout.sizes:
             _select(s, bt.prune_select, ["h", "M", "valid"], op="Prune", layer=l,
                     static={"layout": layout, "k": k}, trace=trace)
-        s.delete("R", "M", "k")
+        s.delete("R", "M", "k", "S")
         return Layout(k)
-    s.run(bt.reduce_step, ["R", f"beta{l}", "M"], ["high", "kh"], op="Reduce", layer=l, static=st)
+    s.run(bt.reduce_step, ["R", f"beta{l}", "M", *vis], ["high", "kh"], op="Reduce", layer=l,
+          static={**st, "causal": causal})
     k_high = tuple(_counts(s, "kh", "high-group count", l))
-    _select(s, bt.reduce_select, ["h", "M", "high", "valid"], op="Reduce", layer=l,
-            static={"layout": layout, "k": k, "k_high": k_high}, trace=trace)
-    s.delete("R", "M", "k", "high", "kh")
-    return Layout(k, k_high)
+    static = {"layout": layout, "k": k, "k_high": k_high}
+    if causal:
+        _select(s, bt.causal_reduce_select, ["h", "M", "high", "valid", *vis], op="Reduce", layer=l, static=static,
+                trace=trace, outputs=("h", "valid", "vis"))
+    else:
+        _select(s, bt.reduce_select, ["h", "M", "high", "valid"], op="Reduce", layer=l, static=static, trace=trace)
+    s.delete("R", "M", "k", "high", "kh", "S")
+    return Layout(k, k_high, shuffled=causal)
 
 
 def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndarray]], layer: int,
@@ -151,9 +163,9 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
                    trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms)
 
 
-# What a causal model (GPT-2) runs securely: Π_reduce's high-then-low compaction reorders the
-# tokens, and the public causal mask would then no longer be the right one.
-CAUSAL_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune")
+# What a causal model (GPT-2) runs securely: all four (Π_reduce carries a secret visibility
+# matrix once it has reordered the tokens, ``_prune_layer``).
+CAUSAL_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
 
 
 @dataclass(frozen=True)
@@ -176,8 +188,7 @@ def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute"
     """Raise ValueError for a pruning method (or criterion) the model family does not define."""
     if spec.causal and method not in CAUSAL_METHODS:
         raise ValueError(f"pruning method {method!r} is not defined for causal (GPT-2) models in the secure "
-                         f"engine (Π_reduce's compaction reorders tokens: the public causal mask would no longer "
-                         f"apply); expected one of {list(CAUSAL_METHODS)}")
+                         f"engine; expected one of {list(CAUSAL_METHODS)}")
     if spec.causal and method in ("prune", "prune_reduce") and criterion != "absolute":
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
@@ -216,7 +227,8 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
         st = {"heads": heads, "layout": layout}
         s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
         s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static=st)
-        s.run(tf.attention_probs, ["sc", "valid"], ["A"], op="Softmax", layer=l, static={**st, "causal": spec.causal, "forms": reduce_forms})
+        s.run(tf.attention_probs, ["sc", "valid"] + (["vis"] if layout.shuffled else []), ["A"], op="Softmax",
+              layer=l, static={**st, "causal": spec.causal, "forms": reduce_forms})
         s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static=st)
         if spec.causal:
             s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
@@ -261,6 +273,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     else:
         s.run(tf.pool_classify, ["h", "pool.w", "pool.b", "cls.w", "cls.b"], ["logits"], op="Other",
               static={"layout": layout})
+    s.delete("vis")
     logits = np.asarray(s.reveal("logits", to="client", purpose="final logits"))
     per_input = logits if (last_only or not spec.causal) else layout.split(logits)
     cost = s.meter.report()

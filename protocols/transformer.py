@@ -31,8 +31,11 @@ import numpy as np
 
 from models.approx import ATTENTION_MASK_BIAS, GELU_HIGH, REDUCE_FORMS
 from protocols import nonlinear
-from protocols.batch import Layout, iter_groups, stack_group, unstack_groups
+from protocols.batch import Layout, iter_groups, stack_group, unstack_groups, visibility_blocks
 from protocols.model_spec import TransformerSpec
+
+if ATTENTION_MASK_BIAS != int(ATTENTION_MASK_BIAS):      # attention_probs builds the secret causal bias in integers
+    raise ValueError(f"models.approx.ATTENTION_MASK_BIAS={ATTENTION_MASK_BIAS}: expected an integer value")
 
 
 # ----------------------------------------------------------------------------- client / server side (plaintext)
@@ -127,19 +130,25 @@ def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layo
     return jnp.concatenate(parts)
 
 
-def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, *, heads: int, layout: Layout, causal: bool,
-                    forms: str) -> jnp.ndarray:
+def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, vis: jnp.ndarray | None = None, *, heads: int,
+                    layout: Layout, causal: bool, forms: str) -> jnp.ndarray:
     """Softmax of each input's scores (flat, as ``attention_scores``), padding keys biased by
     ``ATTENTION_MASK_BIAS`` (from the client's secret ``valid`` ``[total]``: bias is linear in
-    it, local) and, if ``causal``, a public causal mask. Query rows ``[0:high_b]`` use
-    EXP_HIGH, the rest the low exp of ``REDUCE_FORMS[forms]`` (``layout.high`` None: all high).
+    it, local) and, if ``causal``, a causal mask: public while the rows are in their original
+    order, the secret visibility ``vis`` once Π_reduce has reordered them (``Layout.shuffled``;
+    its bias is an exact integer product, local). Query rows ``[0:high_b]`` use EXP_HIGH, the rest
+    the low exp of ``REDUCE_FORMS[forms]`` (``layout.high`` None: all high).
     Cost: Σ_b H·n_b rows of n_b (see ``nonlinear.softmax``), one softmax per group.
     """
+    seen = None if vis is None else visibility_blocks(vis, layout)
     parts = []
     for (n, high, members), (_, _, x) in zip(layout.groups(), iter_groups(scores, layout, heads)):
         bias = ((1.0 - stack_group(valid, layout, members)) * ATTENTION_MASK_BIAS)[:, None, None, :]
-        if causal:
+        if causal and seen is None:
             bias = bias + jnp.asarray((1.0 - np.tril(np.ones((n, n), np.float32))) * ATTENTION_MASK_BIAS)[None, None]
+        elif causal and seen is not None:
+            hidden = jnp.stack([(1 - seen[b]) * int(ATTENTION_MASK_BIAS) for b in members])
+            bias = bias + hidden.astype(scores.dtype)[:, None]
         parts.append(nonlinear.softmax_split(x, bias, high, forms).reshape(-1))
     return jnp.concatenate(parts)
 
@@ -208,6 +217,8 @@ def pool_classify(h: jnp.ndarray, wp: jnp.ndarray, bp: jnp.ndarray, wc: jnp.ndar
 
 def lm_logits(h: jnp.ndarray, g: jnp.ndarray, b: jnp.ndarray, w: jnp.ndarray, *, eps: float,
               last_only: bool, layout: Layout) -> jnp.ndarray:
-    """GPT-2 final LN and LM head: ``[total, V]``, or ``[B, V]`` for each input's last position."""
-    x = jnp.concatenate([h[o + n - 1:o + n] for o, n in zip(layout.offsets, layout.sizes)], axis=0) if last_only else h
+    """GPT-2 final LN and LM head: ``[total, V]`` (rows in the layout's order), or ``[B, V]`` for
+    each input's last position (``Layout.forced_offsets``: its last row, or its first once Π_reduce
+    has reordered the rows)."""
+    x = jnp.concatenate([h[o:o + 1] for o in layout.forced_offsets(causal=True)], axis=0) if last_only else h
     return nonlinear.layernorm(x, g, b, eps) @ w

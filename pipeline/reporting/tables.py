@@ -126,7 +126,9 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values([*keys, "method"], key=in_method_order).reset_index(drop=True)
 
 
-LM_METHODS = ("none", "bolt_we", "prune")
+LM_METHODS = ("none", "bolt_we", "prune", "prune_reduce")
+# The row the rebuttal's GPT-2 speed-up stands beside: CipherPrune (prune_reduce) when the search scored it.
+PAPER_LM_ROW = {True: "prune_reduce", False: "prune"}
 
 
 def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +164,8 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     "comm_gb": float(run.get("comm_mb/total", math.nan)) / 1024.0,
                     "agree_secure": float(run.get("agree/secure", math.nan)),
                     "secure_contexts": float(run.get("examples/secure", math.nan)),
-                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == "prune" else math.nan,
+                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == PAPER_LM_ROW[
+                        bool(pd.notna(s.get("test/prune_reduce/next_token_ppl", math.nan)))] else math.nan,
                     "search_run": s["run_id"], "secure_run": str(run.get("run_id", MISSING))})
     out = pd.DataFrame.from_records(records)
     if out.empty:

@@ -8,10 +8,12 @@ the config onto it.
   A block is a context (its first ``max_length − 1`` tokens) and the next token.
 - finetune: the baseline LM (the checkpoint ``model.checkpoint`` or a random GPT-2 of the model
   config's shape, trained ``finetune.max_steps`` steps or ``finetune.epochs``), then, with
-  ``finetune.lambdas``, causal Π_prune candidates learned on the next-token loss (``finetune``).
+  ``finetune.lambdas``, causal candidates (``finetune.candidate_method``: ``prune``, or
+  ``prune_reduce``, which learns β too and whose model serves ``prune`` as well) learned on the
+  next-token loss (``finetune``).
 - search: select on WikiText-2 dev, score the picks on test once (``search``).
-- secure_eval (``pipeline.tasks.lm_secure``): ``none``, ``bolt_we`` and ``prune`` as two-party
-  computations on test contexts, checked against the torch model.
+- secure_eval (``pipeline.tasks.lm_secure``): ``none``, ``bolt_we``, ``prune`` and ``prune_reduce``
+  as two-party computations on test contexts, checked against the torch model.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                  "warmup_ratio": f.warmup_ratio, "eval_blocks": f.eval_blocks, "lambdas": f.lambdas,
                                  "temperatures": f.temperatures, "theta_quantiles": f.theta_quantiles,
                                  "prune_epochs": f.prune_epochs, "hard_epochs": f.hard_epochs, "prune_lr": f.prune_lr,
-                                 "threshold_lr": f.threshold_lr},
+                                 "threshold_lr": f.threshold_lr, "candidate_method": f.candidate_method.value,
+                                 "beta_factor": f.beta_factor, "beta_lambda": f.beta_lambda},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "eval_blocks": f.eval_blocks},
         Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "seq_len": s.seq_len,
@@ -125,7 +128,7 @@ def _prune_config(cfg: PipelineConfig, train_blocks: int, method: str, **overrid
     steps = {name: max(1, math.ceil(epochs * train_blocks / f.batch_size))
              for name, epochs in (("soft_steps", f.prune_epochs), ("hard_steps", f.hard_epochs))}
     return LMPruneConfig(lr=f.prune_lr, threshold_lr=f.threshold_lr, batch_size=f.batch_size, seed=f.seed,
-                         method=method, **steps, **overrides)
+                         method=method, beta_factor=f.beta_factor, beta_lambda=f.beta_lambda, **steps, **overrides)
 
 
 def next_token_flat(model: Any, blocks: Any, method: str, prefix: str, batch_size: int) -> dict[str, float]:
@@ -207,9 +210,10 @@ def finetune(ctx: StageContext) -> None:
 
 def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: DatasetManifest, baseline_id: str,
                 baseline_acc: float) -> None:
-    """One crypto-aware causal Π_prune candidate per (λ, T, θ-init), each from ``start`` (the baseline
-    before its continuation), a nested run with ``dev/prune/*`` next-token metrics on the dev
-    contexts ``dev``, its checkpoint and ``thresholds.json``."""
+    """One crypto-aware causal candidate of ``finetune.candidate_method`` per (λ, T, θ-init), each from
+    ``start`` (the baseline before its continuation), a nested run with ``dev/prune/*`` (and, for
+    ``prune_reduce``, ``dev/prune_reduce/*``) next-token metrics on the dev contexts ``dev``, its
+    checkpoint and ``thresholds.json``."""
     import copy
 
     from models.config import OpsConfig
@@ -217,34 +221,40 @@ def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: D
     from models.weights import get_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
+    method = f.candidate_method.value
+    if method not in ("prune", "prune_reduce"):
+        raise ValueError(f"finetune.candidate_method={method!r}: a GPT-2 candidate is 'prune' or 'prune_reduce'")
     grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
     for lam, temp, quantile in grid:
         candidate = copy.deepcopy(start)
         candidate.ops_cfg = OpsConfig("emulated")
-        prune_cfg = _prune_config(cfg, train.shape[0], "prune", lambda_=lam, temperature=temp, theta_quantile=quantile)
-        tags = {"kind": "candidate", "method": "prune", "lambda": lam, "temperature": temp, "theta_quantile": quantile,
+        prune_cfg = _prune_config(cfg, train.shape[0], method, lambda_=lam, temperature=temp, theta_quantile=quantile)
+        tags = {"kind": "candidate", "method": method, "lambda": lam, "temperature": temp, "theta_quantile": quantile,
                 "seed": f.seed, "baseline_run": baseline_id, "upstream_prepare": ctx.upstream["prepare"]}
         with ctx.run.child(f"lambda_{lam:g}_T_{temp:g}_q_{quantile:g}", tags) as run:
-            run.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": "prune",
+            run.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": method,
                             "soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
             seconds = train_lm_thresholds(candidate, train, prune_cfg, log=run.log_metrics)
-            found = next_token_flat(candidate, dev, "prune", "dev/", f.batch_size) | {"train/seconds": seconds}
+            found = {"train/seconds": seconds}
+            for scored in dict.fromkeys(("prune", method)):
+                found |= next_token_flat(candidate, dev, scored, "dev/", f.batch_size)
             run.log_metrics(found)
             save_model(run, candidate, "checkpoint", manifest.tokenizer_dir, get_thresholds(candidate, temp, lam))
-        log.info(f"finetune: λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
-                 f"{found['dev/prune/next_token_acc']:.2f} % (unpruned {baseline_acc:.2f} %), "
-                 f"mean kept {found['dev/prune/kept_mean']:.1f} of {dev.shape[1] - 1}")
+        log.info(f"finetune: {method} λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
+                 f"{found[f'dev/{method}/next_token_acc']:.2f} % (unpruned {baseline_acc:.2f} %), "
+                 f"mean kept {found[f'dev/{method}/kept_mean']:.1f} of {dev.shape[1] - 1}")
 
 
 def search(ctx: StageContext) -> None:
     """Select on WikiText-2 dev, report on test once.
 
-    The unpruned baseline of the upstream finetune run and its pruned candidates (``method=prune``,
-    tag ``baseline_run``); the pick is the one with the fewest mean kept tokens whose dev next-token
-    accuracy is within ``search.max_drop`` points of the baseline's (none within: the most accurate,
-    ``selection/within_max_drop = 0``). Without candidates (``finetune.lambdas=[]``) the baseline is
-    selected. Then the test contexts (``finetune.eval_blocks``) are scored once: ``none`` and
-    ``bolt_we`` on the baseline, ``prune`` on the pick (``test/{method}/next_token_ppl|acc``,
+    The unpruned baseline of the upstream finetune run and its pruned candidates (``method`` prune or
+    prune_reduce, tag ``baseline_run``), each judged by its own method's dev metrics; the pick is the
+    one with the fewest mean kept tokens whose dev next-token accuracy is within ``search.max_drop``
+    points of the baseline's (none within: the most accurate, ``selection/within_max_drop = 0``).
+    Without candidates (``finetune.lambdas=[]``) the baseline is selected. Then the test contexts
+    (``finetune.eval_blocks``) are scored once: ``none`` and ``bolt_we`` on the baseline, ``prune``
+    (and ``prune_reduce`` for a prune_reduce pick) on the pick (``test/{method}/next_token_ppl|acc``,
     ``…/kept/layer_{l}``); ``front.csv`` lists every candidate."""
     import pandas as pd
 
@@ -258,34 +268,36 @@ def search(ctx: StageContext) -> None:
         raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
     runs = ctx.tracker.candidate_runs(prepare_id)
     trained_from = runs["tags.baseline_run"] if "tags.baseline_run" in runs else pd.Series(None, index=runs.index)
-    pruned = runs[(runs["tags.method"] == "prune") & (trained_from == baseline_id)]
+    pruned = runs[runs["tags.method"].isin(["prune", "prune_reduce"]) & (trained_from == baseline_id)].copy()
     base = ctx.tracker.run_metrics(baseline_id)
-    selected, within = baseline_id, 1.0
+    selected, selected_method, within = baseline_id, "none", 1.0
     if not pruned.empty:
-        acc = pruned["metrics.dev/prune/next_token_acc"]
-        ok = pruned[acc >= base["dev/none/next_token_acc"] - cfg.search.max_drop]
+        for name in ("next_token_acc", "next_token_ppl", "kept_mean"):
+            pruned[name] = [float(r[f"metrics.dev/{r['tags.method']}/{name}"]) for _, r in pruned.iterrows()]
+        ok = pruned[pruned["next_token_acc"] >= base["dev/none/next_token_acc"] - cfg.search.max_drop]
         within = float(not ok.empty)
-        pick = (ok.sort_values("metrics.dev/prune/kept_mean") if not ok.empty else pruned.sort_values(
-            "metrics.dev/prune/next_token_acc", ascending=False)).iloc[0]
-        selected = str(pick["run_id"])
+        pick = (ok.sort_values("kept_mean") if not ok.empty else pruned.sort_values(
+            "next_token_acc", ascending=False)).iloc[0]
+        selected, selected_method = str(pick["run_id"]), str(pick["tags.method"])
         if ok.empty:
             log.warning(f"search: no candidate within search.max_drop={cfg.search.max_drop} of the baseline's dev "
                         f"next-token accuracy {base['dev/none/next_token_acc']:.2f} %; picking the most accurate")
-        cols = ["run_id", "tags.lambda", "tags.temperature", "tags.theta_quantile", "metrics.dev/prune/next_token_acc",
-                "metrics.dev/prune/next_token_ppl", "metrics.dev/prune/kept_mean"]
+        cols = ["run_id", "tags.method", "tags.lambda", "tags.temperature", "tags.theta_quantile", "next_token_acc",
+                "next_token_ppl", "kept_mean"]
         with tempfile.TemporaryDirectory() as tmp:
             pruned[cols].to_csv(Path(tmp) / "front.csv", index=False)
             ctx.run.log_artifact(Path(tmp) / "front.csv")
     manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
     test = manifest.load_blocks("test")[: cfg.finetune.eval_blocks]
     metrics = {"selection/within_max_drop": within, "test/blocks": float(test.shape[0])}
-    plan = [("none", baseline_id), ("bolt_we", baseline_id)] + ([("prune", selected)] if selected != baseline_id else [])
+    picked = {"none": [], "prune": ["prune"], "prune_reduce": ["prune", "prune_reduce"]}[selected_method]
+    plan = [("none", baseline_id), ("bolt_we", baseline_id)] + [(m, selected) for m in picked]
     for method, run_id in plan:
         model, _ = load_hf_gpt2(ctx.tracker.artifact_location(run_id, "checkpoint"), OpsConfig("emulated"))
         metrics |= next_token_flat(model, test, method, "test/", cfg.finetune.batch_size)
     ctx.run.log_metrics(metrics)
     selection = Selection(baseline_id, selected, prepare_id)
     ctx.run.log_dict(selection.to_dict(), SELECTION)
-    ctx.run.set_tags(selection.to_dict())
+    ctx.run.set_tags({**selection.to_dict(), "selected_method": selected_method})
     log.info(f"search: selected {selected}; test next-token acc " + ", ".join(
         f"{m} {metrics[f'test/{m}/next_token_acc']:.2f} % (kept {metrics[f'test/{m}/kept_mean']:.1f})" for m, _ in plan))

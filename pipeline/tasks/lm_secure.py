@@ -1,4 +1,5 @@
-"""The causal-LM task's secure_eval stage: for every method (``none``, ``bolt_we``, ``prune``) a
+"""The causal-LM task's secure_eval stage: for every method (``none``, ``bolt_we``, ``prune``,
+``prune_reduce``) a
 nested run (tag ``kind=method``) runs the next-token prediction of the first
 ``secure_eval.num_examples`` WikiText-2 *test* contexts (``block[:seq_len]``, target
 ``block[seq_len]``; ``seq_len`` defaults to ``data.max_length − 1``, the length the thresholds were
@@ -7,7 +8,8 @@ model (``models.gpt2.GPT2LM.pruned``, emulated ops, hard masks) on the same cont
 method: the cost meter's figures per context, ``agree/secure`` (same argmax as the reference, %),
 ``acc/secure_next_token`` (argmax = target, %), ``logits/max_abs_err``, ``kept_tokens/layer_{l}``
 (tokens entering layer l, secure) and ``kept_tokens/secure_vs_reference_max_abs_diff``, and the
-leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` its pick. As for the
+leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` and ``prune_reduce`` its pick
+(``prune_reduce`` only a pick trained with it, whose β was learned). As for the
 classification tasks (``pipeline.tasks.secure_inputs``), the server's party loads the checkpoint and
 the client's party its own test contexts (the prepared ``.npy`` blocks, ``ContextRequest``), each
 context is its own resumable input run, and the torch reference runs after the two-party run.
@@ -28,7 +30,9 @@ from pipeline.tracking import StageRun
 log = logging.getLogger(__name__)
 DECLARED = {"none": "final (last-position) logits to the client",
             "bolt_we": "the kept count after layer 0 (n/2 + the forced last position, public); final logits to the client",
-            "prune": "per layer: the kept token count; final (last-position) logits to the client"}
+            "prune": "per layer: the kept token count; final (last-position) logits to the client",
+            "prune_reduce": "per layer: the kept token count and the high-group count; final (last-position) "
+                            "logits to the client"}
 
 
 def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray, list[float]]:
@@ -88,10 +92,16 @@ def secure_eval(ctx: StageContext) -> None:
     seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
     n = min(cfg.secure_eval.num_examples, test.shape[0])
     for method in cfg.secure_eval.methods:
-        run_id = selection.selected_run_id if method is Method.prune else selection.baseline_run_id
-        if method is Method.prune and run_id == selection.baseline_run_id:
-            raise RuntimeError("secure_eval: method prune needs a pruned candidate; the search selected the "
-                               "baseline (finetune.lambdas=[]): set finetune.lambdas or drop prune from the methods")
+        pruned = method in (Method.prune, Method.prune_reduce)
+        run_id = selection.selected_run_id if pruned else selection.baseline_run_id
+        if pruned and run_id == selection.baseline_run_id:
+            raise RuntimeError(f"secure_eval: method {method.value} needs a pruned candidate; the search selected the "
+                               f"baseline (finetune.lambdas=[]): set finetune.lambdas or drop {method.value} from the methods")
+        trained = ctx.tracker.run_tags(run_id).get("method")
+        if method is Method.prune_reduce and trained != "prune_reduce":
+            raise RuntimeError(f"secure_eval: method prune_reduce needs a candidate trained with it (β learned); the "
+                               f"search's pick {run_id} was trained with {trained!r}: set "
+                               "finetune.candidate_method=prune_reduce or drop prune_reduce from the methods")
         with ctx.run.child(method.value, {"kind": "method", "method": method.value, "checkpoint_run": run_id}) as child:
             child.log_params({**curated_params(cfg), "method": method.value, "seq_len": seq_len})
             child.set_tags({"data_held_by": DATA_HELD_BY[cfg.protocol.transport.value],

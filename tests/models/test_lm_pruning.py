@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.config import GPT2Config
+from models.config import GPT2Config, OpsConfig
 from models.gpt2 import GPT2LM
 from models.lm_pruning import LMPruneConfig, init_lm_thresholds, next_token_metrics, train_lm_thresholds
 from models.token_pruning import PruneSettings
@@ -43,6 +43,33 @@ def test_penalty_lowers_the_kept_share() -> None:
         train_lm_thresholds(m, _blocks(), cfg)
         kept[lam] = sum(next_token_metrics(m, _blocks(), "prune").kept)
     assert kept[2.0] < kept[0.0]
+
+
+def _high_share(m: GPT2LM) -> float:
+    with torch.no_grad():
+        return float(m.pruned(_blocks()[:, :-1], PruneSettings("prune_reduce")).high_ratio.mean())
+
+
+def test_prune_reduce_learns_beta_and_its_penalty_shrinks_the_high_group() -> None:
+    """β starts at beta_factor·θ, moves by gradient in the soft phase (staying in [θ, 1]) and a
+    larger β penalty ends with a smaller high group than none, same steps and data (emulated ops,
+    whose low forms differ from the high ones: with exact ops β gets no gradient from the loss)."""
+    share, logged = {}, []
+    for beta_lambda in (0.0, 2.0):
+        m = _model()
+        m.ops_cfg = OpsConfig("emulated")
+        cfg = LMPruneConfig(method="prune_reduce", lambda_=0.0, soft_steps=15, hard_steps=2, batch_size=8,
+                            theta_quantile=0.2, threshold_lr=5e-2, beta_factor=1.5, beta_lambda=beta_lambda)
+        start = _model()
+        init_lm_thresholds(start, _blocks()[:32], 0.2, beta_factor=1.5)
+        train_lm_thresholds(m, _blocks(), cfg, log=lambda metrics, step: logged.append(metrics))
+        theta, beta = m.pruning.theta.detach(), m.pruning.beta.detach()
+        assert torch.all(beta >= theta) and torch.all(beta <= 1.0)
+        assert not torch.allclose(beta, start.pruning.beta)
+        assert not m.pruning.beta.requires_grad
+        share[beta_lambda] = _high_share(m)
+    assert share[2.0] < share[0.0]
+    assert "train/soft_high_ratio" in logged[0]
 
 
 def test_next_token_metrics_unpruned_and_fully_pruned() -> None:

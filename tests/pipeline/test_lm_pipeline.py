@@ -36,9 +36,10 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
-    """The whole chain with one pruned candidate: a trained baseline, a candidate that prunes, the
-    search's pick scored on test, and all three causal methods run securely, each agreeing with the
-    torch model on the logits' argmax and on the tokens entering every layer."""
+    """The whole chain with one pruned candidate: a trained baseline, a Π_prune + Π_reduce candidate
+    that prunes and learned β, the search's pick scored on test, and all four causal methods run
+    securely, each agreeing with the torch model on the logits' argmax and on the tokens entering
+    every layer."""
     out = _run(tmp_path, *_lm_overrides(*lm_assets))
     assert out.returncode == 0, out.stderr[-4000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -47,8 +48,8 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert set(stages.index) == {"prepare", "finetune", "search", "secure_eval", "report"}
     assert set(stages["status"]) == {"FINISHED"}
     cand = runs[runs["tags.kind"] == "candidate"].set_index("tags.method")
-    assert sorted(cand.index) == ["none", "prune"]
-    base, pruned = cand.loc["none"], cand.loc["prune"]
+    assert sorted(cand.index) == ["none", "prune_reduce"]
+    base, pruned = cand.loc["none"], cand.loc["prune_reduce"]
     vocab = 300
     assert 1 < base["metrics.dev/perplexity"] < vocab / 4  # trained: far below a uniform model's 300
     assert 1 < base["metrics.test/perplexity"] < vocab / 4
@@ -60,11 +61,15 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert base["metrics.dev/none/kept_mean"] == context          # unpruned: every context token
     assert base["metrics.dev/bolt_we/kept/layer_0"] == 8           # top half of 15 (7) + the last position
     assert 1 <= pruned["metrics.dev/prune/kept/layer_1"] <= pruned["metrics.dev/prune/kept/layer_0"] < context
+    assert pruned["metrics.dev/prune_reduce/kept/layer_0"] == pruned["metrics.dev/prune/kept/layer_0"]
+    highs = [m.value for m in client.get_metric_history(pruned["run_id"], "train/soft_high_ratio")]
+    assert len(highs) > 1 and 0 < min(highs) and max(highs) <= 1
     search = stages.loc["search"]
     assert search["tags.selected_run_id"] == pruned["run_id"] and search["tags.baseline_run_id"] == base["run_id"]
     assert search["metrics.test/prune/kept_mean"] < search["metrics.test/none/kept_mean"] == context
+    assert search["metrics.test/prune_reduce/kept/layer_0"] == search["metrics.test/prune/kept/layer_0"]
     method = runs[runs["tags.kind"] == "method"].set_index("tags.method")
-    assert sorted(method.index) == ["bolt_we", "none", "prune"]
+    assert sorted(method.index) == ["bolt_we", "none", "prune", "prune_reduce"]
     for name, m in method.iterrows():
         assert m["metrics.agree/secure"] == 100.0 and m["metrics.comm_mb/total"] > 0, name
         assert m["metrics.logits/max_abs_err"] < 0.5, name
@@ -74,7 +79,8 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert method.loc["prune", "metrics.kept_tokens/layer_1"] < context
     assert method.loc["prune", "metrics.comm_mb/total"] < method.loc["none", "metrics.comm_mb/total"]
     table = pd.read_csv(tmp_path / "reports" / "lm" / "lm.csv").set_index("method")   # report=lm, from these runs
-    assert list(table.index) == ["none", "bolt_we", "prune"]
+    assert method.loc["prune_reduce", "metrics.kept_tokens/layer_1"] == method.loc["prune", "metrics.kept_tokens/layer_1"]
+    assert list(table.index) == ["none", "bolt_we", "prune", "prune_reduce"]
     for name in table.index:
         assert table.loc[name, "test_ppl"] == pytest.approx(search[f"metrics.test/{name}/next_token_ppl"])
         assert table.loc[name, "secure_run"] == method.loc[name, "run_id"]
@@ -103,8 +109,8 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
             for owner in ("client", "server"):        # each party process's own peak RSS (an SPU runtime)
                 assert 100 < m[f"metrics.memory/peak_rss_mb/{owner}"] < 24 * 1024, owner
         inputs = runs[runs["tags.kind"] == "input"]
-        assert len(inputs[inputs["tags.examples"] == "1"]) == 3           # each method ran context 1 once
-    assert len(inputs[inputs["tags.examples"] == "2"]) == 3
+        assert len(inputs[inputs["tags.examples"] == "1"]) == 4           # each method ran context 1 once
+    assert len(inputs[inputs["tags.examples"] == "2"]) == 4
     processes = newest.set_index("tags.method")
     assert processes.loc["prune", "metrics.comm_mb/total"] < processes.loc["none", "metrics.comm_mb/total"]
     assert processes.loc["bolt_we", "metrics.kept_tokens/layer_1"] == threads.loc["bolt_we", "metrics.kept_tokens/layer_1"]
@@ -132,9 +138,10 @@ def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple
     [
         (["experiment=gpt2_wikitext2", "model=tiny_bert"], "needs model.family=gpt2, got model.family=bert"),
         (["model=gpt2_tiny"], "supports only data.task=wikitext2, got data.task=synthetic"),
-        (["experiment=gpt2_wikitext2", "secure_eval.methods=[none,prune_reduce]"],
-         "secure_eval.methods contains ['prune_reduce']: not defined for the causal LM"),
-        (["experiment=gpt2_wikitext2", "finetune.lambdas=[]"], "finetune.lambdas=[] trains no pruned candidate"),
+        (["experiment=gpt2_wikitext2", "finetune.candidate_method=prune"],
+         "secure_eval.methods contains 'prune_reduce' but finetune.candidate_method=prune learns no β"),
+        (["experiment=gpt2_wikitext2", "finetune.lambdas=[]"],
+         "secure_eval.methods contains ['prune', 'prune_reduce'] but finetune.lambdas=[] trains no pruned candidate"),
         (["experiment=gpt2_wikitext2", "secure_eval.seq_len=128"], "must be in 2..data.max_length-1=127"),
         (["experiment=gpt2_wikitext2", "data=wikitext2", "secure_eval.methods=[none]", "data.wikitext_dir=/nonexistent/wt"],
          "data.wikitext_dir='/nonexistent/wt' is not a directory; run `make lm-data`"),
@@ -162,9 +169,9 @@ def test_lm_experiment_is_valid(compose_cfg, lm_assets):
 def test_config_error_without_traceback(tmp_path: Path, lm_assets):
     wt, tok = lm_assets
     out = _run(tmp_path, "experiment=gpt2_wikitext2", f"data.wikitext_dir={wt}", f"data.tokenizer_dir={tok}",
-               "secure_eval.methods=[none,prune_reduce]")
+               "finetune.lambdas=[]")
     assert out.returncode != 0
-    assert "secure_eval.methods contains ['prune_reduce']" in out.stderr and "Traceback" not in out.stderr
+    assert "finetune.lambdas=[] trains no pruned candidate" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_lm_table_joins_search_and_secure_runs() -> None:
@@ -190,3 +197,8 @@ def test_lm_table_joins_search_and_secure_runs() -> None:
     assert table.loc["prune", "test_ppl"] == 910.0 and table.loc["prune", "kept_mean"] == 45.0
     alone = lm_table(pd.DataFrame([search]), pd.DataFrame()).set_index("method")   # no secure run yet: no cost
     assert alone.loc["prune", "protocol"] == "—" and pd.isna(alone.loc["prune", "time_lan_s"])
+    search |= {"test/prune_reduce/next_token_ppl": 915.0, "test/prune_reduce/next_token_acc": 11.4,
+               "test/prune_reduce/kept_mean": 45.0, "test/prune_reduce/kept/layer_0": 60.0}
+    full = lm_table(pd.DataFrame([search]), secure).set_index("method")   # the paper's figure moves to CipherPrune
+    assert list(full.index) == ["none", "bolt_we", "prune", "prune_reduce"]
+    assert full.loc["prune_reduce", "paper_speedup"] == 5.3 and pd.isna(full.loc["prune", "paper_speedup"])

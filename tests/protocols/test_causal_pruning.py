@@ -1,5 +1,6 @@
-"""Causal (GPT-2) Π_prune and BOLT WE: scores against a numpy reference, the JAX engine (physical
-compaction) against the torch model (masking), and SEMI2K against the plaintext run."""
+"""Causal (GPT-2) Π_prune, Π_reduce and BOLT WE: scores against a numpy reference, the JAX engine
+(physical compaction; Π_reduce's reordering with the secret visibility matrix) against the torch
+model (masking in the original order), and SEMI2K against the plaintext run."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +29,20 @@ def gpt() -> tuple[TransformerSpec, dict[str, np.ndarray], PruningSpec]:
     t0 = _mid_gap(s0[:-1], 3)                                     # prune 4 of the 9 non-forced tokens
     s1 = plaintext_forward(spec, w, IDS, pruning=PruningSpec("prune", (t0, 0.0)), last_only=True).scores[1]
     return spec, w, PruningSpec("prune", (t0, _mid_gap(s1[:-1], 1)))
+
+
+@pytest.fixture(scope="module")
+def reduce_spec(gpt: tuple) -> PruningSpec:
+    """Π_prune's θ and a β that puts 2 of layer 0's 5 kept context tokens in the low group and every
+    kept context token of layer 1 (β_1 = 1): both of its compactions reorder the rows."""
+    spec, w, pruning = gpt
+    s0 = plaintext_forward(spec, w, IDS, last_only=True).scores[0][:-1]
+    kept = np.sort(s0[s0 > pruning.theta[0]])
+    return PruningSpec("prune_reduce", pruning.theta, (float((kept[1] + kept[2]) / 2), 1.0))
+
+
+def _spec_of(method: str, pruning: PruningSpec, reduce_spec: PruningSpec) -> PruningSpec:
+    return {"prune": pruning, "prune_reduce": reduce_spec}.get(method, PruningSpec(method))
 
 
 def test_causal_scores_average_over_the_rows_that_see_each_token(gpt: tuple) -> None:
@@ -60,44 +75,90 @@ def test_causal_prune_keeps_order_and_the_last_position(gpt: tuple) -> None:
     assert everything.kept_positions == [[9], [9]]
 
 
-@pytest.mark.parametrize("method", ["none", "bolt_we", "prune"])
-def test_causal_engine_matches_the_torch_masked_model(gpt: tuple, method: str) -> None:
-    """Physical compaction (JAX) == present masks over the full sequence (torch): same counts and
-    next-token logits."""
+def test_causal_prune_reduce_reorders_with_the_forced_position_first(gpt: tuple, reduce_spec: PruningSpec) -> None:
+    """After each Π_reduce the rows are: the last position, the other high rows, then the low rows,
+    each group in the order the rows entered; layer 0 keeps what Π_prune keeps."""
+    spec, w, pruning = gpt
+    ours = plaintext_forward(spec, w, IDS, pruning=reduce_spec, last_only=True)
+    pruned = plaintext_forward(spec, w, IDS, pruning=pruning, last_only=True)
+    assert ours.kept_per_layer[0] == 6 and ours.high_per_layer == [4, 1]
+    assert sorted(ours.kept_positions[0]) == pruned.kept_positions[0]
+    entering = list(range(len(IDS)))
+    for kept, high in zip(ours.kept_positions, ours.high_per_layer):
+        assert kept[0] == len(IDS) - 1
+        for group in (kept[1:high], kept[high:]):
+            assert group == sorted(group, key=entering.index)
+        entering = kept
+    assert ours.kept_positions[0] != sorted(ours.kept_positions[0])      # the reordering did happen
+
+
+def test_causal_scores_after_reordering_match_the_original_order(gpt: tuple, reduce_spec: PruningSpec) -> None:
+    """Layer 1's scores, normalised by the secret visibility's column sums in the shuffled order, equal
+    the torch model's scores (original order, causal mask) of the same tokens."""
     torch = pytest.importorskip("torch")
+    spec, w, _ = gpt
+    ours = plaintext_forward(spec, w, IDS, pruning=reduce_spec, last_only=True)
+    ref = _torch_model(torch, w, reduce_spec).pruned(torch.from_numpy(IDS)[None], _settings("prune_reduce"))
+    np.testing.assert_allclose(ours.scores[1], ref.scores[1][0].detach().numpy()[ours.kept_positions[0]], atol=1e-4)
+
+
+def _torch_model(torch: object, w: dict[str, np.ndarray], pruning: PruningSpec) -> object:
     from models.config import GPT2Config, OpsConfig
     from models.gpt2 import GPT2LM
-    from models.token_pruning import PruneSettings
 
-    spec, w, pruning = gpt
-    spec_m = pruning if method == "prune" else PruningSpec(method)
-    ours = plaintext_forward(spec, w, IDS, pruning=spec_m, last_only=True)
     model = GPT2LM(GPT2Config(**TINY), OpsConfig(mode="emulated")).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
-    model.pruning.theta.data = torch.tensor(pruning.theta)
+    if pruning.theta:
+        model.pruning.theta.data = torch.tensor(pruning.theta)
+    if pruning.beta:
+        model.pruning.beta.data = torch.tensor(pruning.beta)
+    return model
+
+
+def _settings(method: str) -> object:
+    from models.token_pruning import PruneSettings
+
+    return PruneSettings(method)
+
+
+@pytest.mark.parametrize("method", ["none", "bolt_we", "prune", "prune_reduce"])
+def test_causal_engine_matches_the_torch_masked_model(gpt: tuple, reduce_spec: PruningSpec, method: str) -> None:
+    """Physical compaction (JAX) == present masks over the full sequence (torch): same counts, same
+    high-group shares and next-token logits."""
+    torch = pytest.importorskip("torch")
+    spec, w, pruning = gpt
+    spec_m = _spec_of(method, pruning, reduce_spec)
+    ours = plaintext_forward(spec, w, IDS, pruning=spec_m, last_only=True)
     with torch.no_grad():
-        ref = model.pruned(torch.from_numpy(IDS)[None], PruneSettings(method))
+        ref = _torch_model(torch, w, spec_m).pruned(torch.from_numpy(IDS)[None], _settings(method))
     assert ref.kept_tokens[0].tolist() == ours.kept_per_layer
+    if method == "prune_reduce":
+        shares = [h / k for h, k in zip(ours.high_per_layer, ours.kept_per_layer)]
+        np.testing.assert_allclose(ref.high_ratio.numpy(), shares, rtol=1e-6)
     np.testing.assert_allclose(ours.logits, ref.logits[0].numpy(), atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["bolt_we", "prune"])
-def test_causal_semi2k_matches_plaintext(gpt: tuple, method: str) -> None:
+@pytest.mark.parametrize(("protocol", "method"), [("SEMI2K", "bolt_we"), ("SEMI2K", "prune"), ("SEMI2K", "prune_reduce"),
+                                                  ("CHEETAH", "prune_reduce")])
+def test_causal_secure_matches_plaintext(gpt: tuple, reduce_spec: PruningSpec, protocol: str, method: str) -> None:
+    """Same counts, groups, row order and logits; under CHEETAH too (the visibility's integer
+    matmuls run as HE products there)."""
     spec, w, pruning = gpt
-    spec_m = pruning if method == "prune" else PruningSpec(method)
+    spec_m = _spec_of(method, pruning, reduce_spec)
     plain = plaintext_forward(spec, w, IDS, pruning=spec_m, last_only=True)
-    with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+    with TwoPartySession(SessionSpec(protocol=protocol)) as s:
         secure = run_forward(s, spec, w, IDS, pruning=spec_m, last_only=True, trace_positions=True)
     assert secure.kept_per_layer == plain.kept_per_layer
+    assert secure.high_per_layer == plain.high_per_layer
     assert secure.kept_positions == plain.kept_positions
     assert np.max(np.abs(secure.logits - plain.logits)) < TOL
-    assert {r.purpose for r in s.reveals} <= {"kept count", "final logits", "test only: kept positions"}
+    declared = {"kept count", "final logits", "test only: kept positions"} | (
+        {"high-group count"} if method == "prune_reduce" else set())
+    assert {r.purpose for r in s.reveals} <= declared
 
 
-def test_causal_prune_reduce_and_relative_are_refused(gpt: tuple) -> None:
-    spec, w, pruning = gpt
-    with pytest.raises(ValueError, match="prune_reduce.*causal"):
-        plaintext_forward(spec, w, IDS, pruning=PruningSpec("prune_reduce", pruning.theta), last_only=True)
+def test_causal_relative_criterion_is_refused(gpt: tuple) -> None:
+    spec, w, _ = gpt
     with pytest.raises(ValueError, match="relative.*causal"):
         plaintext_forward(spec, w, IDS, pruning=PruningSpec("prune", (1.0, 1.0), criterion="relative"),
                           last_only=True)
