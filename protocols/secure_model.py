@@ -163,11 +163,6 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
                    trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms)
 
 
-# What a causal model (GPT-2) runs securely: all four (Π_reduce carries a secret visibility
-# matrix once it has reordered the tokens, ``_prune_layer``).
-CAUSAL_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
-
-
 @dataclass(frozen=True)
 class LayerDone:
     """Progress of a forward pass, reported after each layer (``forward(on_layer=...)``).
@@ -185,10 +180,8 @@ class LayerDone:
 
 
 def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute") -> None:
-    """Raise ValueError for a pruning method (or criterion) the model family does not define."""
-    if spec.causal and method not in CAUSAL_METHODS:
-        raise ValueError(f"pruning method {method!r} is not defined for causal (GPT-2) models in the secure "
-                         f"engine; expected one of {list(CAUSAL_METHODS)}")
+    """Raise ValueError for a criterion the model family does not define (every method is defined
+    for both families; a causal model's ``prune_reduce`` carries a secret visibility, ``_prune_layer``)."""
     if spec.causal and method in ("prune", "prune_reduce") and criterion != "absolute":
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
