@@ -170,6 +170,13 @@ class CostReport:
         layers = sorted({p.layer for p in self.programs}, key=lambda v: -1 if v is None else v)
         return {layer: CostReport([p for p in self.programs if p.layer == layer]) for layer in layers}
 
+    def reducible(self) -> "CostReport":
+        """The programs Π_reduce can make cheaper: every layer's GELU (it runs after the layer's
+        decision) and the Softmax of layers ≥ 1 (layer 0's attention is what the first decision is
+        made from, so its softmax runs at full precision on every token)."""
+        return CostReport([p for p in self.programs
+                           if p.op == "GELU" or (p.op == "Softmax" and p.layer is not None and p.layer >= 1)])
+
     def kernel_counts(self) -> dict[str, int]:
         """Executions of each SPU MPC kernel over these programs (e.g. ``mmul_sv``, ``mmul_aa``)."""
         out: dict[str, int] = {}
@@ -187,13 +194,19 @@ class CostReport:
         return sum(p.network_time(net, rtt_s) for p in self.programs)
 
     def to_metrics(self) -> dict[str, float]:
-        """Stable names: ``comm_mb/{op}``, ``time_s/{op}``, ``time_s/{lan,wan}/{op}`` and totals."""
+        """Stable names: ``comm_mb/{op}``, ``time_s/{op}``, ``time_s/{lan,wan}/{op}``, totals, and
+        ``comm_mb/reducible`` / ``time_s/{lan,wan}/reducible`` (``reducible``: what Π_reduce can
+        touch; a ``prune`` run's ``time / (time − reducible)`` bounds any Π_reduce's speed-up over it)."""
         out: dict[str, float] = {}
         for op, part in self.by_op().items():
             out[f"comm_mb/{op}"] = part.bytes_total / 2**20
             out[f"time_s/{op}"] = part.wall_s
             for net in NETWORKS:
                 out[f"time_s/{net.name}/{op}"] = part.network_time(net)
+        reducible = self.reducible()
+        out["comm_mb/reducible"] = reducible.bytes_total / 2**20
+        for net in NETWORKS:
+            out[f"time_s/{net.name}/reducible"] = reducible.network_time(net)
         out["comm_mb/total"] = self.bytes_total / 2**20
         out["time_s/total"] = self.wall_s
         out["rounds/total"] = float(self.rounds)

@@ -58,7 +58,10 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     model, task and length divided by this row's LAN time; NaN where the reference is absent.
     ``ideal_vs_none``: Σ over layers of the tokens entering each layer under ``none`` over this
     row's (the speed-up if cost were linear in tokens); ``prune_share_pct``: Π_prune's and
-    Π_reduce's share of the LAN time. ``paper_model``: the paper's model whose numbers stand
+    Π_reduce's share of the LAN time; ``reduce_ceiling``: ``T / (T − T_reducible)`` of the row's own
+    run (LAN), the speed-up Π_reduce would give over it if every low-group GELU and layer ≥ 1
+    softmax cost nothing (``CostReport.reducible``; on the ``prune`` row it bounds ``prune_reduce``'s
+    gain over ``prune`` for any cheaper form). ``paper_model``: the paper's model whose numbers stand
     beside the row (the row's own where the paper has it, else BERT-base; 128 tokens only).
     """
     rows = newest(runs, GROUP + ["method"]).copy()
@@ -71,6 +74,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "kept_tokens_sum": rows.apply(kept_tokens_sum, axis=1), "inputs": _metric(rows, "examples/secure"),
         "prune_share_pct": 100.0 * (_metric(rows, "time_s/lan/Prune").fillna(0.0) + _metric(rows, "time_s/lan/Reduce")
                                     .fillna(0.0)) / _metric(rows, "time_s/lan"),
+        "reduce_ceiling": _metric(rows, "time_s/lan") / (_metric(rows, "time_s/lan") - _metric(rows, "time_s/lan/reducible")),
         "run_id": rows["run_id"],
     })
     keyed = pd.MultiIndex.from_frame(out[GROUP])
@@ -163,6 +167,7 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     "time_lan_s": float(run.get("time_s/lan", math.nan)), "time_wan_s": float(run.get("time_s/wan", math.nan)),
                     "comm_gb": float(run.get("comm_mb/total", math.nan)) / 1024.0,
                     "agree_secure": float(run.get("agree/secure", math.nan)),
+                    "reduce_ceiling": _ceiling(run),
                     "secure_contexts": float(run.get("examples/secure", math.nan)),
                     "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == PAPER_LM_ROW[
                         bool(pd.notna(s.get("test/prune_reduce/next_token_ppl", math.nan)))] else math.nan,
@@ -176,6 +181,12 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys, key=in_method_order).reset_index(drop=True)
 
 
+def _ceiling(run: pd.Series) -> float:
+    """``T / (T − T_reducible)`` (LAN) of a method run (``table1``'s ``reduce_ceiling``), NaN without one."""
+    total, reducible = float(run.get("time_s/lan", math.nan)), float(run.get("time_s/lan/reducible", math.nan))
+    return total / (total - reducible)
+
+
 def _fmt(value: object, digits: int) -> str:
     if isinstance(value, float):
         return MISSING if math.isnan(value) else f"{value:.{digits}f}"
@@ -187,7 +198,8 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "max_length": "len", "label": "method", "time_lan_s": "LAN (s)", "time_wan_s": "WAN (s)",
         "comm_gb": "comm (GB)", "acc_dev": "acc dev", "acc_secure": "acc secure",
         "kept_tokens_sum": "Σ kept", "speedup_vs_none": "× vs w/o WE", "speedup_vs_bolt_we": "× vs BOLT",
-        "inputs": "inputs", "prune_share_pct": "prune+reduce (% LAN)", "ideal_vs_none": "ideal × (Σ tokens)",
+        "inputs": "inputs", "prune_share_pct": "prune+reduce (% LAN)",
+        "reduce_ceiling": "Π_reduce ceiling ×", "ideal_vs_none": "ideal × (Σ tokens)",
         "paper_model": "paper model", "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",

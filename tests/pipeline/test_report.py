@@ -45,6 +45,7 @@ def fake_method_metrics(model: str, task: str, length: int, method: str, scale: 
         share = (i + 1) / 28.0
         m |= {f"time_s/lan/{op}": t * share, f"time_s/wan/{op}": 7 * t * share, f"comm_mb/{op}": 50 * t * share,
               f"time_s/{op}": t * share}
+    m["time_s/lan/reducible"] = 0.25 * t
     n = float(length)
     for layer in range(LAYERS[model]):
         m[f"kept_tokens/layer_{layer}"] = n
@@ -189,6 +190,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     assert pr["paper_speedup_vs_none"] == pytest.approx(484.5 / 79.1)
     assert row.loc["prune", "paper_time_lan_s"] == 115.3 and math.isnan(row.loc["prune", "paper_comm_gb"])
     assert pr["inputs"] == 2 and pr["prune_share_pct"] == pytest.approx(100.0 * (5 + 6) / 28)
+    assert pr["reduce_ceiling"] == pytest.approx(1 / 0.75)
     assert pr["ideal_vs_none"] == pytest.approx(row.loc["none", "kept_tokens_sum"] / pr["kept_tokens_sum"])
     assert row.loc["none", "ideal_vs_none"] == 1.0 and pr["paper_model"] == "BERT-base"
     tiny = t1[t1.model == "tiny_bert"]

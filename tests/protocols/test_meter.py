@@ -94,6 +94,20 @@ def test_time_model_and_metric_names() -> None:
     assert {"comm_mb/total", "time_s/total", "time_s/lan", "time_s/wan", "rounds/total"} <= set(m)
 
 
+def test_reducible_is_every_gelu_and_the_softmax_after_layer_0() -> None:
+    """What Π_reduce can make cheaper: layer 0's softmax is not (the first decision is made from
+    it), its GELU is; nothing else is."""
+    meter = CostMeter()
+    for op, layer, wall in (("Softmax", 0, 5.0), ("Softmax", 1, 2.0), ("GELU", 0, 1.5), ("GELU", 1, 0.5),
+                            ("Linear", 1, 4.0), ("Reduce", 0, 0.25), ("Other", None, 0.125)):
+        meter.record(ProgramCost(op, layer, wall_s=wall, sent=(1000, 0), messages=(1, 1), rounds=0))
+    r = meter.report()
+    assert r.reducible().wall_s == 4.0 and r.reducible().bytes_total == 3000
+    m = r.to_metrics()
+    assert m["time_s/lan/reducible"] == pytest.approx(4.0 + 8 * 3000 / 3e9, rel=1e-12)
+    assert m["comm_mb/reducible"] == pytest.approx(3000 / 2**20)
+
+
 def _mul(a, b):
     return a * b
 
