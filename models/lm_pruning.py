@@ -108,9 +108,9 @@ def train_lm_thresholds(model: GPT2LM, train_blocks: torch.Tensor, cfg: LMPruneC
     weights = [p for name, p in model.named_parameters() if not name.startswith("pruning.")]
     for phase, steps in (("soft", cfg.soft_steps), ("hard", cfg.hard_steps)):
         soft = phase == "soft"
-        learned = [model.pruning.theta] + ([model.pruning.beta] if reduce else []) if soft and learn else []
-        for p in (model.pruning.theta, model.pruning.beta):
-            p.requires_grad_(any(p is q for q in learned))
+        model.pruning.theta.requires_grad_(soft and learn)
+        model.pruning.beta.requires_grad_(soft and reduce)
+        learned = [p for p in (model.pruning.theta, model.pruning.beta) if p.requires_grad]
         groups = [{"params": weights, "lr": cfg.lr}]
         if learned:
             groups.append({"params": learned, "lr": cfg.threshold_lr})

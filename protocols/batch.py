@@ -232,8 +232,8 @@ def score_step(probs: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *, layout:
     public scaling); with ``vis`` (shuffled causal rows: the plaintext reference's scores only) a
     secret division per row."""
     probs, layout, heads = _as_flat(probs, layout, heads)
-    scale = _scale(layout, heads, causal, vis)
-    return received_rows(probs, layout, heads) * (1.0 / scale if vis is None else 1.0 / scale.astype(probs.dtype))
+    scale = layout.row_scale(heads, causal) if vis is None else visible_scale(vis, layout, heads).astype(probs.dtype)
+    return received_rows(probs, layout, heads) * (1.0 / scale)
 
 
 def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,

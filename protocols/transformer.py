@@ -146,8 +146,8 @@ def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, vis: jnp.ndarray | 
         bias = ((1.0 - stack_group(valid, layout, members)) * ATTENTION_MASK_BIAS)[:, None, None, :]
         if causal and seen is None:
             bias = bias + jnp.asarray((1.0 - np.tril(np.ones((n, n), np.float32))) * ATTENTION_MASK_BIAS)[None, None]
-        elif causal and seen is not None:
-            hidden = jnp.stack([(1 - seen[b]) * int(ATTENTION_MASK_BIAS) for b in members])
+        elif causal:
+            hidden = jnp.stack([(1 - seen[b]) * int(ATTENTION_MASK_BIAS) for b in members])  # type: ignore[index]
             bias = bias + hidden.astype(scores.dtype)[:, None]
         parts.append(nonlinear.softmax_split(x, bias, high, forms).reshape(-1))
     return jnp.concatenate(parts)

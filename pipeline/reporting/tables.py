@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import pandas as pd
 from tabulate import LATEX_ESCAPE_RULES, tabulate
@@ -74,7 +74,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "kept_tokens_sum": rows.apply(kept_tokens_sum, axis=1), "inputs": _metric(rows, "examples/secure"),
         "prune_share_pct": 100.0 * (_metric(rows, "time_s/lan/Prune").fillna(0.0) + _metric(rows, "time_s/lan/Reduce")
                                     .fillna(0.0)) / _metric(rows, "time_s/lan"),
-        "reduce_ceiling": _metric(rows, "time_s/lan") / (_metric(rows, "time_s/lan") - _metric(rows, "time_s/lan/reducible")),
+        "reduce_ceiling": reduce_ceiling(_metric(rows, "time_s/lan"), _metric(rows, "time_s/lan/reducible")),
         "run_id": rows["run_id"],
     })
     keyed = pd.MultiIndex.from_frame(out[GROUP])
@@ -131,8 +131,6 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
 
 
 LM_METHODS = ("none", "bolt_we", "prune", "prune_reduce")
-# The row the rebuttal's GPT-2 speed-up stands beside: CipherPrune (prune_reduce) when the search scored it.
-PAPER_LM_ROW = {True: "prune_reduce", False: "prune"}
 
 
 def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +146,8 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     keyed = secure.set_index(keys)
     records: list[dict[str, object]] = []
     for _, s in newest(done, ["model", "max_length"]).iterrows():
+        # the rebuttal's GPT-2 speed-up stands beside CipherPrune (prune_reduce) when the search scored it
+        paper_row = "prune_reduce" if pd.notna(s.get("test/prune_reduce/next_token_ppl", math.nan)) else "prune"
         same = secure[(secure["model"] == s["model"]) & (secure["max_length"] == s["max_length"])]
         for protocol in sorted(set(same["protocol"])) or [MISSING]:
             for method in LM_METHODS:
@@ -167,10 +167,10 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     "time_lan_s": float(run.get("time_s/lan", math.nan)), "time_wan_s": float(run.get("time_s/wan", math.nan)),
                     "comm_gb": float(run.get("comm_mb/total", math.nan)) / 1024.0,
                     "agree_secure": float(run.get("agree/secure", math.nan)),
-                    "reduce_ceiling": _ceiling(run),
+                    "reduce_ceiling": reduce_ceiling(float(run.get("time_s/lan", math.nan)),
+                                                     float(run.get("time_s/lan/reducible", math.nan))),
                     "secure_contexts": float(run.get("examples/secure", math.nan)),
-                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == PAPER_LM_ROW[
-                        bool(pd.notna(s.get("test/prune_reduce/next_token_ppl", math.nan)))] else math.nan,
+                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == paper_row else math.nan,
                     "search_run": s["run_id"], "secure_run": str(run.get("run_id", MISSING))})
     out = pd.DataFrame.from_records(records)
     if out.empty:
@@ -181,9 +181,9 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys, key=in_method_order).reset_index(drop=True)
 
 
-def _ceiling(run: pd.Series) -> float:
-    """``T / (T − T_reducible)`` (LAN) of a method run (``table1``'s ``reduce_ceiling``), NaN without one."""
-    total, reducible = float(run.get("time_s/lan", math.nan)), float(run.get("time_s/lan/reducible", math.nan))
+def reduce_ceiling(total: Any, reducible: Any) -> Any:
+    """``T / (T − T_reducible)``: a run's speed-up if every program Π_reduce can touch cost nothing
+    (``protocols.meter.CostReport.reducible``); floats or Series, NaN where either is missing."""
     return total / (total - reducible)
 
 
