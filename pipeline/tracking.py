@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -172,11 +172,16 @@ def client_run(client: MlflowClient, experiment_id: str, name: str, tags: Mappin
 
 @dataclass
 class StageRun:
-    """Handle given to a stage: log to its run (by id), read its id, open child runs."""
+    """Handle given to a stage: log to its run (by id), read its id, open child runs.
+
+    ``inherited_tags`` (the stage's ``git_sha`` and ``git_dirty``) go on every nested run too, so a
+    method, input or candidate run found alone in the MLflow UI still names the code that made it.
+    """
 
     run_id: str
     client: MlflowClient
     experiment_id: str
+    inherited_tags: Mapping[str, str] = field(default_factory=dict)
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         now = int(time.time() * 1000)
@@ -204,8 +209,9 @@ class StageRun:
     @contextmanager
     def child(self, name: str, tags: Mapping[str, Any]) -> Iterator["StageRun"]:
         """A nested run (e.g. one fine-tuning candidate, one secure-eval method)."""
-        with client_run(self.client, self.experiment_id, name, {**tags, MLFLOW_PARENT_RUN_ID: self.run_id}) as run_id:
-            yield StageRun(run_id, self.client, self.experiment_id)
+        run_tags = {**tags, **self.inherited_tags, MLFLOW_PARENT_RUN_ID: self.run_id}
+        with client_run(self.client, self.experiment_id, name, run_tags) as run_id:
+            yield StageRun(run_id, self.client, self.experiment_id, self.inherited_tags)
 
 
 def _param(value: Any) -> str:
@@ -392,7 +398,8 @@ class Tracker:
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         with client_run(self.client, self.experiment_id, stage.value, tags) as run_id:
-            handle = StageRun(run_id, self.client, self.experiment_id)
+            code_tags = {"git_sha": tags["git_sha"], "git_dirty": tags["git_dirty"]}
+            handle = StageRun(run_id, self.client, self.experiment_id, code_tags)
             handle.log_params(params)
             handle.log_dict(plain(self.cfg), "config/resolved.json")
             handle.log_dict({"overrides": overrides}, "config/overrides.json")

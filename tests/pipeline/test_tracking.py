@@ -59,6 +59,24 @@ def test_chain_groups_stages_under_parent_and_resumes(tracker, monkeypatch):
     assert second == first and len(calls) == 2
 
 
+def test_nested_runs_carry_the_code_version_of_their_stage(tracker, monkeypatch):
+    nested: list[str] = []
+
+    def run(ctx) -> None:
+        with ctx.run.child("prune", {"kind": "method"}) as method:
+            with method.child("prune/0", {"kind": "input", "git_sha": "not-this"}) as one:
+                nested.extend([method.run_id, one.run_id])
+
+    monkeypatch.setitem(STAGES, Stage.prepare, SimpleNamespace(params=lambda cfg: {}, run=run))
+    ids = runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
+    stage_tags = tracker.client.get_run(ids[Stage.prepare]).data.tags
+    assert stage_tags["git_sha"] == tracker.code != ""
+    method, one = (tracker.client.get_run(i).data.tags for i in nested)
+    assert method["git_sha"] == one["git_sha"] == tracker.code      # a run's own tag cannot override it
+    assert method["git_dirty"] == one["git_dirty"] == str(tracker.dirty)
+    assert one["mlflow.parentRunId"] == nested[0] and one["kind"] == "input"
+
+
 def test_failed_run_is_rerun_not_reused(tracker, monkeypatch):
     calls: list[str] = []
     monkeypatch.setitem(STAGES, Stage.prepare, _fake_stage(calls, fail=True))
