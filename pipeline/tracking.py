@@ -230,6 +230,7 @@ class Tracker:
             self.client = MlflowClient(self.uri)   # a new sqlite store runs its migrations here
             self.experiment_id = self._experiment(cfg.tracking.experiment)
         self.code, self.dirty = code_version(cfg.paths.root)
+        self.code_tags = {"git_sha": self.code, "git_dirty": str(self.dirty)}
         self.parent_run_id = parent_run_id
         self._downloads = tempfile.TemporaryDirectory(prefix="cipherprune-downloads-")
         self.reap_dead_runs()
@@ -273,7 +274,7 @@ class Tracker:
     def parent(self, name: str, tags: Mapping[str, Any]) -> Iterator[str]:
         """A parent run grouping a chain; FAILED if the body raises."""
         run_tags = {k: str(v) for k, v in tags.items()}
-        run_tags.update({"git_sha": self.code, "git_dirty": str(self.dirty)})
+        run_tags.update(self.code_tags)
         if self.parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         with client_run(self.client, self.experiment_id, name, run_tags) as run_id:
@@ -389,8 +390,7 @@ class Tracker:
         """
         tags = {
             "stage": stage.value,
-            "git_sha": self.code,
-            "git_dirty": str(self.dirty),
+            **self.code_tags,
             "sections_hash": sections_hash(self.cfg, stage),
             "config_hash": _config_hash(self.cfg, stage, upstream, self.code),
         }
@@ -398,8 +398,7 @@ class Tracker:
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         with client_run(self.client, self.experiment_id, stage.value, tags) as run_id:
-            code_tags = {"git_sha": tags["git_sha"], "git_dirty": tags["git_dirty"]}
-            handle = StageRun(run_id, self.client, self.experiment_id, code_tags)
+            handle = StageRun(run_id, self.client, self.experiment_id, self.code_tags)
             handle.log_params(params)
             handle.log_dict(plain(self.cfg), "config/resolved.json")
             handle.log_dict({"overrides": overrides}, "config/overrides.json")
