@@ -104,24 +104,47 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 CODE_DIRS = ("protocols", "models", "pipeline", "conf", "pyproject.toml")
 
 
-def code_version(root: str) -> tuple[str, bool]:
-    """Git sha of the project and whether its code (``CODE_DIRS``) differs from it.
+@dataclass(frozen=True)
+class CodeVersion:
+    """Which code produced a run.
 
-    A dirty tree gets ``<sha>+<hash of the diff>``, so resumed sweeps never mix code versions.
+    ``sha`` is the commit checked out (``<sha>+<hash of the diff>`` when ``CODE_DIRS`` differ
+    from it), tagged ``git_sha`` so a run names its commit. ``tree`` hashes the content of
+    ``CODE_DIRS`` only (their git tree ids, the uncommitted diff and untracked files in them),
+    tagged ``code_tree`` and used in the resume key: a commit touching only docs, results or
+    tests keeps ``tree``, so a relaunch resumes the finished (config, input) pairs instead of
+    recomputing hours of secure runs; any change to code or config changes it.
     """
+
+    sha: str
+    dirty: bool
+    tree: str
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"git_sha": self.sha, "git_dirty": str(self.dirty), "code_tree": self.tree}
+
+
+def _git(root: str, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def code_version(root: str) -> CodeVersion:
+    """The ``CodeVersion`` of the checkout at ``root`` (``unknown``, dirty, outside git)."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", *CODE_DIRS],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        trees = _git(root, "rev-parse", *(f"HEAD:{path}" for path in CODE_DIRS))
+        diff = _git(root, "diff", "HEAD", "--", *CODE_DIRS)
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_DIRS)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown", True
-    if diff:
-        return f"{sha}+{hashlib.sha256(diff.encode()).hexdigest()[:10]}", True
-    return sha, False
+        return CodeVersion("unknown", True, "unknown")
+    digest = hashlib.sha256((trees + diff).encode())
+    for name in sorted(filter(None, untracked.split("\0"))):
+        digest.update(name.encode() + b"\0" + (Path(root) / name).read_bytes())
+    dirty = bool(diff or untracked)
+    if dirty:
+        sha = f"{sha}+{hashlib.sha256((diff + untracked).encode()).hexdigest()[:10]}"
+    return CodeVersion(sha, dirty, digest.hexdigest()[:16])
 
 
 def sections_hash(cfg: PipelineConfig, stage: Stage) -> str:
@@ -229,8 +252,8 @@ class Tracker:
         with quiet_store_setup():
             self.client = MlflowClient(self.uri)   # a new sqlite store runs its migrations here
             self.experiment_id = self._experiment(cfg.tracking.experiment)
-        self.code, self.dirty = code_version(cfg.paths.root)
-        self.code_tags = {"git_sha": self.code, "git_dirty": str(self.dirty)}
+        self.code = code_version(cfg.paths.root)
+        self.code_tags = self.code.tags
         self.parent_run_id = parent_run_id
         self._downloads = tempfile.TemporaryDirectory(prefix="cipherprune-downloads-")
         self.reap_dead_runs()
@@ -377,7 +400,7 @@ class Tracker:
         """
         if not self.cfg.tracking.resume or stage in (Stage.report, Stage.benchmark):
             return None
-        return self.finished_match(stage, _config_hash(self.cfg, stage, upstream, self.code))
+        return self.finished_match(stage, _config_hash(self.cfg, stage, upstream, self.code.tree))
 
     @contextmanager
     def stage_run(
@@ -392,7 +415,7 @@ class Tracker:
             "stage": stage.value,
             **self.code_tags,
             "sections_hash": sections_hash(self.cfg, stage),
-            "config_hash": _config_hash(self.cfg, stage, upstream, self.code),
+            "config_hash": _config_hash(self.cfg, stage, upstream, self.code.tree),
         }
         tags.update({f"upstream_{k}": v for k, v in upstream.items()})
         if self.parent_run_id:

@@ -174,7 +174,7 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
     from models.training import finetune as train
     from models.weights import load_checkpoint
 
-    key = baseline_key(ctx.cfg, ctx.upstream["prepare"], ctx.tracker.code)
+    key = baseline_key(ctx.cfg, ctx.upstream["prepare"], ctx.tracker.code.tree)
     found = ctx.tracker.runs_frame([ctx.tracker.experiment_id],
                                    f"tags.baseline_key = '{key}' and attributes.status = 'FINISHED'")
     if ctx.cfg.tracking.resume and not found.empty:

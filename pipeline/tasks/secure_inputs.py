@@ -147,7 +147,7 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     from protocols.secure_model import batch_ranges
     from protocols.session import TwoPartySession
 
-    key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code)
+    key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code.tree)
     chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
     earlier = finished_records(ctx, key, method) if ctx.cfg.tracking.resume else {}
     records = {k: v for k, v in earlier.items() if k in chunks}

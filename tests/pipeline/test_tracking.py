@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import runner
 from pipeline.config import Stage
 from pipeline.stages import STAGES
-from pipeline.tracking import Tracker, UpstreamMissing
+from pipeline.tracking import CODE_DIRS, Tracker, UpstreamMissing, code_version
 from tests.pipeline.conftest import mlflow_server
 
 
@@ -70,11 +71,46 @@ def test_nested_runs_carry_the_code_version_of_their_stage(tracker, monkeypatch)
     monkeypatch.setitem(STAGES, Stage.prepare, SimpleNamespace(params=lambda cfg: {}, run=run))
     ids = runner.run_stages(tracker.cfg, tracker, (Stage.prepare,), [])
     stage_tags = tracker.client.get_run(ids[Stage.prepare]).data.tags
-    assert stage_tags["git_sha"] == tracker.code != ""
+    assert stage_tags["git_sha"] == tracker.code.sha != ""
     method, one = (tracker.client.get_run(i).data.tags for i in nested)
-    assert method["git_sha"] == one["git_sha"] == tracker.code      # a run's own tag cannot override it
-    assert method["git_dirty"] == one["git_dirty"] == str(tracker.dirty)
+    assert method["git_sha"] == one["git_sha"] == tracker.code.sha      # a run's own tag cannot override it
+    assert method["git_dirty"] == one["git_dirty"] == str(tracker.code.dirty)
+    assert method["code_tree"] == one["code_tree"] == stage_tags["code_tree"] == tracker.code.tree
     assert one["mlflow.parentRunId"] == nested[0] and one["kind"] == "input"
+
+
+def _git(root, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def test_code_tree_ignores_docs_commits_and_sees_every_code_change(tmp_path):
+    for path in CODE_DIRS:
+        target = tmp_path / path / "x.py" if "." not in path else tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"# {path}\n")
+    (tmp_path / "README.md").write_text("v1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "code")
+    first = code_version(str(tmp_path))
+    assert not first.dirty and first.sha != "unknown" and len(first.tree) == 16
+
+    (tmp_path / "README.md").write_text("v2: results\n")       # docs-only commit: new sha, same tree
+    _git(tmp_path, "commit", "-qam", "docs")
+    docs = code_version(str(tmp_path))
+    assert docs.sha != first.sha and docs.tree == first.tree and not docs.dirty
+
+    (tmp_path / "protocols" / "x.py").write_text("# edited\n")   # uncommitted code edit
+    edited = code_version(str(tmp_path))
+    assert edited.dirty and edited.sha.startswith(docs.sha + "+") and edited.tree != docs.tree
+    _git(tmp_path, "checkout", "--", "protocols")
+
+    (tmp_path / "models" / "new.py").write_text("# new module\n")  # untracked code file
+    untracked = code_version(str(tmp_path))
+    assert untracked.dirty and untracked.tree not in (docs.tree, edited.tree)
+    (tmp_path / "models" / "new.py").write_text("# other content\n")
+    assert code_version(str(tmp_path)).tree != untracked.tree
 
 
 def test_failed_run_is_rerun_not_reused(tracker, monkeypatch):
