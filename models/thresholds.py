@@ -1,5 +1,5 @@
 """Thresholds artifact (``thresholds.json``) I/O and validation, plus the search-stage helpers
-``pareto_front`` and ``select_thresholds``.
+``pareto_front``, ``select_thresholds`` and ``calibrate_beta_scale``.
 
 Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
 "temperature": float, "lambda": float, "criterion": "absolute" | "relative",
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from models.approx import DEFAULT_REDUCE_FORMS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
 
@@ -142,3 +142,32 @@ def select_thresholds(
     if not ok:
         return max(candidates, key=lambda c: (c.metric, -c.cost)), False
     return min(ok, key=lambda c: (c.cost, -c.metric)), True
+
+
+def with_beta_scale(a: ThresholdsArtifact, scale: float) -> ThresholdsArtifact:
+    """``a`` with ``β_l ← θ_l + scale·(β_l − θ_l)``: scale 0 puts every kept token in the high
+    group (Π_reduce then equals Π_prune), 1 is ``a`` itself, above 1 reduces more tokens."""
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"beta scale={scale}: must be finite and >= 0")
+    return replace(a, beta=[t + scale * (b - t) for t, b in zip(a.theta, a.beta)])
+
+
+def calibrate_beta_scale(
+    metric_at: Callable[[float], float], reference: float, scales: Sequence[float], max_drop: float
+) -> tuple[float, dict[float, float]]:
+    """The largest of ``scales`` (see :func:`with_beta_scale`) whose ``metric_at(scale)`` is
+    ≥ ``reference − max_drop``: Π_reduce's β on a validation split, given Π_prune's metric of the
+    same model as ``reference``, so that the cheaper non-linearities cost at most ``max_drop``
+    points. Scales are tried from the largest down, stopping at the first accepted (one
+    ``metric_at`` call each); none accepted gives 0 (no token reduced, metric = ``reference``
+    by construction, not evaluated). Returns ``(scale, {scale tried: metric})``."""
+    if any(not (math.isfinite(s) and s >= 0) for s in scales):
+        raise ValueError(f"beta scales={list(scales)}: each must be finite and >= 0")
+    tried: dict[float, float] = {}
+    for scale in sorted(set(scales), reverse=True):
+        if scale == 0:
+            break
+        tried[scale] = metric_at(scale)
+        if tried[scale] >= reference - max_drop:
+            return scale, tried
+    return 0.0, tried

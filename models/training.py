@@ -78,12 +78,14 @@ class FinetuneConfig:
 
 @dataclass
 class EvalResult:
-    """Dev metrics (percent), mean kept tokens per layer ``[L]`` (``k_l``) and keep ratio."""
+    """Dev metrics (percent), mean kept tokens per layer ``[L]`` (``k_l``), keep ratio ``[L]`` and
+    the high group's share of the kept real tokens ``[L]`` (``prune_reduce``; 0 otherwise)."""
 
     metrics: dict[str, float]
     kept_tokens: list[float]
     keep_ratio: list[float]
     n0: int
+    high_ratio: list[float] = field(default_factory=list)
 
     def flat(self, prefix: str = "dev/") -> dict[str, float]:
         """Stable metric names: ``{prefix}{metric}``, ``kept_tokens/layer_i``, ``keep_ratio/layer_i``."""
@@ -134,7 +136,7 @@ def evaluate(
     saved = model.ops_cfg
     if ops_cfg is not None:
         model.ops_cfg = ops_cfg
-    preds, labels, kept, ratio = [], [], [], []
+    preds, labels, kept, ratio, high = [], [], [], [], []
     for b in tqdm(DataLoader(ds, batch_size=batch_size), desc="eval", disable=not progress, leave=False):
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method=method, mask_mode="hard")
         lg = out.logits
@@ -142,11 +144,14 @@ def evaluate(
         labels.append(b["label"])
         kept.append(out.kept_tokens)
         ratio.append(out.keep_ratio * len(lg))
+        high.append(out.high_ratio * len(lg))
     k = torch.cat(kept).mean(0).tolist()
-    r = (torch.stack(ratio).sum(0) / sum(len(p) for p in preds)).tolist()
+    count = sum(len(p) for p in preds)
+    r = (torch.stack(ratio).sum(0) / count).tolist()
+    h = (torch.stack(high).sum(0) / count).tolist()
     m = compute_metrics(task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
     model.ops_cfg = saved
-    return EvalResult(m, k, r, int(ds[0]["input_ids"].shape[0]))
+    return EvalResult(m, k, r, int(ds[0]["input_ids"].shape[0]), h)
 
 
 @torch.no_grad()

@@ -185,9 +185,14 @@ class FinetuneConfig:
 
 @dataclass
 class SearchConfig:
-    """Pick the most aggressive candidate within ``max_drop`` points of the baseline."""
+    """Pick the most aggressive candidate within ``max_drop`` points of the baseline; then scale
+    the pick's β toward θ (largest of ``beta_scales`` first) until Π_reduce costs at most
+    ``reduce_max_drop`` validation points against Π_prune of the same model (classification
+    tasks; ``models.thresholds.calibrate_beta_scale``)."""
 
     max_drop: float = 0.5
+    reduce_max_drop: float = 0.3
+    beta_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
 
 
 @dataclass

@@ -5,6 +5,7 @@ Each problem raises ``ConfigError`` naming the bad value and what is allowed.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from models.approx import RING_BITS
@@ -132,6 +133,11 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
     if cfg.search.max_drop < 0:
         raise ConfigError(f"search.max_drop={cfg.search.max_drop}: must be >= 0 (accuracy points)")
+    if cfg.search.reduce_max_drop < 0:
+        raise ConfigError(f"search.reduce_max_drop={cfg.search.reduce_max_drop}: must be >= 0 (accuracy points)")
+    bad = [s for s in cfg.search.beta_scales if not (math.isfinite(s) and s >= 0)]
+    if bad:
+        raise ConfigError(f"search.beta_scales={list(cfg.search.beta_scales)}: {bad[0]} is not a finite number >= 0")
     if p.field not in RING_BITS:
         raise ConfigError(f"protocol.field={p.field!r}: expected one of {list(RING_BITS)}")
     ring = RING_BITS[p.field]

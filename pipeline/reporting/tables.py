@@ -100,8 +100,10 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     the search runs (newest per seed; the methods, then CipherPrune with SPU's fixed-point rounding
     emulated too, ``FIXED_POINT_ROW``): the dev metric's mean and standard deviation over seeds
     (``n_seeds``), its drop from unpruned (mean of the per-seed differences, and their std), the
-    mean tokens entering each layer (``schedule``, mean over seeds), the paper's BERT-base value
-    beside it, and the search runs it averages. Search runs without dev metrics (older layouts) are skipped."""
+    mean tokens entering each layer (``schedule``, mean over seeds), for Π_reduce rows the share of
+    kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
+    calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
+    averages. Search runs without dev metrics (older layouts) are skipped."""
     keys = ["model", "task", "max_length", "criterion", "reduce_forms"]
     rows = newest(searches.dropna(subset=["dev/none/metric"]), [*keys, "seed"])
     records: list[dict[str, object]] = []
@@ -113,6 +115,9 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
                 continue                                    # e.g. no fixed-point evaluation in older runs
             drop = values - base
             layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+            reduces = method.startswith("prune_reduce")
+            high = grp.get(f"dev/{method}/high_ratio/mean")
+            scales = grp.sort_values("seed").get("reduce/beta_scale")   # in the order of the seeds column
             records.append({
                 "model": model, "task": task, "max_length": int(length), "criterion": criterion,
                 "reduce_forms": forms, "method": method,
@@ -122,6 +127,9 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
                 "drop_std": float(drop.std(ddof=1)) if method != "none" and drop.notna().sum() > 1 else math.nan,
                 "n_seeds": int(values.notna().sum()),
                 "schedule": "-".join(f"{grp[c].astype(float).mean():.1f}" for c in layers),
+                "reduced_pct": 100 * (1 - float(high.astype(float).mean())) if reduces and high is not None else math.nan,
+                "beta_scales": ",".join(f"{v:g}" for v in scales.astype(float)) if reduces and scales is not None
+                and scales.notna().all() else "",
                 "paper_metric": paper.ABLATION_ACC.get(method, {}).get(task, math.nan) if int(length) == paper.PAPER_MAX_LENGTH
                 else math.nan,
                 "seeds": ",".join(str(s) for s in sorted(grp["seed"])), "run_id": ",".join(grp["run_id"]),
@@ -203,7 +211,8 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "paper_model": "paper model", "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
-        "n_seeds": "seeds", "schedule": "tokens entering each layer", "paper_metric": "paper (BERT-base)",
+        "n_seeds": "seeds", "schedule": "tokens entering each layer",
+        "reduced_pct": "kept tokens on cheap forms (%)", "beta_scales": "β scale per seed", "paper_metric": "paper (BERT-base)",
         "test_ppl": "test ppl (next token)", "test_acc": "test top-1 (%)", "kept_mean": "mean kept",
         "kept_after": "tokens left after each layer", "test_contexts": "test contexts", "agree_secure": "secure = torch (%)",
         "secure_contexts": "secure contexts", "paper_speedup": "paper GPT-2 ×", "search_run": "search run",

@@ -5,15 +5,21 @@ baseline (tag ``baseline_run``; a Hydra multirun over λ/T/θ-init accumulates t
 sweeper such as ``hydra/sweeper=pareto``). Their validation metric (``acc/val``, on the split
 carved from train) against mean kept tokens gives the Pareto front; the pick is the cheapest
 within ``search.max_drop`` points of the baseline's validation metric (none within: the most
-accurate, with a warning and ``selection/within_max_drop = 0``). Only then is the GLUE dev
+accurate, with a warning and ``selection/within_max_drop = 0``). The pick's β is then calibrated
+on val too: scaled toward θ (``search.beta_scales``, largest first) until Π_reduce costs at most
+``search.reduce_max_drop`` points against Π_prune of the same model (none: β = θ, nothing
+reduced); ``thresholds.json`` carries the calibrated β to secure_eval. Only then is the GLUE dev
 set (IMDB: the fixed test subset) evaluated, once per selected model and method, with the secure
 run's approximations (``OpsConfig("emulated")``): ``none`` and ``bolt_we`` on the baseline,
 ``prune`` and ``prune_reduce`` on the pick, plus the pick under fixed-point rounding
 (``prune_reduce_fixed_point``: whether SPU's 18-bit fixed point changes the result).
 
 Logged: ``pareto.csv``, ``pareto.png``, ``selection.json``, ``thresholds.json``; metrics
-``val/baseline``, ``val/selected``, ``dev/{method}/{metric}`` (the task's metrics: accuracy, F1,
-Pearson, ...), ``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i).
+``val/baseline``, ``val/selected``, ``val/prune``, ``val/prune_reduce/scale_<s>``,
+``val/high_ratio/scale_<s>``, ``reduce/beta_scale``, ``reduce/within_max_drop``,
+``dev/{method}/{metric}`` (the task's metrics: accuracy, F1, Pearson, ...),
+``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i), ``dev/{method}/high_ratio/mean``
+(share of kept tokens on the exact forms; 0 unless ``prune_reduce``).
 """
 from __future__ import annotations
 
@@ -46,24 +52,56 @@ def _candidates(ctx: StageContext) -> tuple[str, pd.Series, pd.DataFrame, str]:
     return baseline_id, pd.Series(ctx.tracker.run_metrics(baseline_id)), pruned, prepare_id
 
 
-def _dev_metrics(ctx: StageContext, manifest: DatasetManifest, baseline_id: str, selected_id: str) -> dict[str, float]:
+def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, thresholds: Any) -> tuple[Any, dict[str, float]]:
+    """The pick's thresholds with β scaled (``search.beta_scales``) so that Π_reduce costs at most
+    ``search.reduce_max_drop`` validation points against Π_prune of the same model, and the
+    metrics of the calibration: ``val/prune``, ``val/prune_reduce/scale_<s>`` per scale tried
+    (with ``val/high_ratio/scale_<s>``, the share of kept tokens that keep the exact forms),
+    ``reduce/beta_scale`` (the scale taken) and ``reduce/within_max_drop``. Cost: one plaintext
+    validation pass per scale tried, plus one for Π_prune."""
+    from models.config import OpsConfig
+    from models.thresholds import calibrate_beta_scale, with_beta_scale
+    from models.training import evaluate
+    from models.weights import set_thresholds
+
+    emulated = OpsConfig("emulated")
+    reference = evaluate(model, val, task, "prune", ops_cfg=emulated).metrics["metric"]
+    high: dict[float, float] = {}
+
+    def metric_at(scale: float) -> float:
+        set_thresholds(model, with_beta_scale(thresholds, scale))
+        ev = evaluate(model, val, task, "prune_reduce", ops_cfg=emulated)
+        high[scale] = sum(ev.high_ratio) / len(ev.high_ratio)
+        return ev.metrics["metric"]
+
+    scale, tried = calibrate_beta_scale(metric_at, reference, ctx.cfg.search.beta_scales, ctx.cfg.search.reduce_max_drop)
+    calibrated = with_beta_scale(thresholds, scale)
+    set_thresholds(model, calibrated)
+    if scale == 0:
+        log.warning(f"search: Π_reduce cost more than search.reduce_max_drop={ctx.cfg.search.reduce_max_drop} val points "
+                    f"at every beta scale tried ({tried}; Π_prune {reference:.2f}): β = θ, no token gets the cheap forms")
+    metrics = {"val/prune": reference, "reduce/beta_scale": scale, "reduce/within_max_drop": float(scale > 0)}
+    metrics.update({f"val/prune_reduce/scale_{s:g}": m for s, m in tried.items()})
+    metrics.update({f"val/high_ratio/scale_{s:g}": h for s, h in high.items()})
+    return calibrated, metrics
+
+
+def _dev_metrics(models: dict[str, Any], dev: Any, task: str, baseline_id: str, selected_id: str) -> dict[str, float]:
     """The dev evaluation of the picked models (see the module docstring), as metrics."""
     from models.config import OpsConfig
     from models.training import evaluate
-    from models.weights import load_checkpoint
 
-    dev = manifest.load("dev")
-    models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (baseline_id, selected_id)}
     emulated = OpsConfig("emulated")
     plan = [(m, baseline_id if m in ("none", "bolt_we") else selected_id, m, emulated) for m in DEV_METHODS]
     plan.append(("prune_reduce_fixed_point", selected_id, "prune_reduce", OpsConfig("emulated", fixed_point=True)))
     out: dict[str, float] = {"dev/examples": float(len(dev))}
     for name, run, method, ops in plan:
-        ev = evaluate(models[run], dev, manifest.task, method, ops_cfg=ops)
+        ev = evaluate(models[run], dev, task, method, ops_cfg=ops)
         out.update({f"dev/{name}/{k}": v for k, v in ev.metrics.items()})
         entering = [float(ev.n0), *ev.kept_tokens[:-1]]
         out.update({f"dev/{name}/entering/layer_{i}": k for i, k in enumerate(entering)})
         out[f"dev/{name}/entering/mean"] = sum(entering) / len(entering)
+        out[f"dev/{name}/high_ratio/mean"] = sum(ev.high_ratio) / len(ev.high_ratio)
     return out
 
 
@@ -115,7 +153,12 @@ def search(ctx: StageContext) -> None:
         table.to_csv(Path(tmp) / "pareto.csv", index=False)
         ctx.run.log_artifact(Path(tmp) / "pareto.csv")
         ctx.run.log_artifact(_pareto_figure(table, float(baseline["acc/val"]), Path(tmp) / "pareto.png"))
-    thresholds = thresholds_of(ctx.tracker, chosen.name)
+    from models.weights import load_checkpoint
+
+    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
+    models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (baseline_id, chosen.name)}
+    thresholds, reduce_metrics = _calibrated_thresholds(
+        ctx, models[chosen.name], manifest.load("val"), manifest.task, thresholds_of(ctx.tracker, chosen.name))
     ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
     selection = Selection(baseline_id, chosen.name, prepare_id)
     ctx.run.log_dict(selection.to_dict(), SELECTION)
@@ -124,5 +167,5 @@ def search(ctx: StageContext) -> None:
     metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
                                "kept_tokens/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
                                "selection/within_max_drop": float(within)}
-    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
-    ctx.run.log_metrics({**metrics, **_dev_metrics(ctx, manifest, baseline_id, chosen.name)})
+    dev = _dev_metrics(models, manifest.load("dev"), manifest.task, baseline_id, chosen.name)
+    ctx.run.log_metrics({**metrics, **reduce_metrics, **dev})

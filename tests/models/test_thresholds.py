@@ -8,9 +8,11 @@ import pytest
 from models.thresholds import (
     Candidate,
     ThresholdsArtifact,
+    calibrate_beta_scale,
     pareto_front,
     read_thresholds,
     select_thresholds,
+    with_beta_scale,
     write_thresholds,
 )
 
@@ -67,3 +69,32 @@ def test_pareto_and_select() -> None:
     assert select_thresholds(pts, baseline_metric=95.0) == (pts[0], False)   # none within: the most accurate
     with pytest.raises(ValueError, match="no candidates"):
         select_thresholds([], baseline_metric=95.0)
+
+
+def test_beta_scale_moves_beta_between_theta_and_beyond() -> None:
+    a = ThresholdsArtifact([0.5, 1.0], [1.5, 1.0], criterion="relative")
+    assert with_beta_scale(a, 0).beta == a.theta                      # no token reduced: Π_prune
+    assert with_beta_scale(a, 1).beta == a.beta
+    assert with_beta_scale(a, 0.5).beta == [1.0, 1.0] and with_beta_scale(a, 2).beta == [2.5, 1.0]
+    assert with_beta_scale(a, 0.5).theta == a.theta and a.beta == [1.5, 1.0]   # a itself unchanged
+    with pytest.raises(ValueError, match="beta scale=-0.5"):
+        with_beta_scale(a, -0.5)
+
+
+def test_calibration_takes_the_largest_scale_within_the_drop_and_stops_there() -> None:
+    val = {2.0: 80.0, 1.0: 84.5, 0.5: 85.0, 0.25: 85.2}
+    calls: list[float] = []
+
+    def metric_at(scale: float) -> float:
+        calls.append(scale)
+        return val[scale]
+
+    assert calibrate_beta_scale(metric_at, 85.0, [0.25, 1.0, 2.0, 0.5], max_drop=0.5) == (1.0, {2.0: 80.0, 1.0: 84.5})
+    assert calls == [2.0, 1.0]                                          # largest first, no call past the pick
+    calls.clear()
+    assert calibrate_beta_scale(metric_at, 85.0, [0.5, 1.0], max_drop=0.0) == (0.5, {1.0: 84.5, 0.5: 85.0})
+    calls.clear()
+    scale, tried = calibrate_beta_scale(metric_at, 90.0, [0.0, 0.5, 1.0], max_drop=0.3)
+    assert scale == 0.0 and tried == {1.0: 84.5, 0.5: 85.0} and 0.0 not in calls   # β = θ is never evaluated
+    with pytest.raises(ValueError, match="beta scales"):
+        calibrate_beta_scale(metric_at, 85.0, [1.0, float("nan")], max_drop=0.3)

@@ -120,6 +120,8 @@ def log_seed_searches(tracker: Tracker) -> dict[int, str]:
             metrics = {f"dev/{m}/metric": v for m, v in values.items()}
             for m in METHODS:
                 metrics |= {f"dev/{m}/entering/layer_0": 128.0, f"dev/{m}/entering/layer_1": 60.0 + seed}
+            if values is DEV.get(seed):      # Π_reduce calibrated on val: 40 / 30 / 20 % reduced at scale 1 / 0.5 / 0.25
+                metrics |= {"dev/prune_reduce/high_ratio/mean": 0.6 + 0.1 * seed, "reduce/beta_scale": (1, 0.5, 0.25)[seed]}
             run.log_metrics(metrics)
             ids[seed] = run.run_id
     with tracker.stage_run(Stage.search, {}, params, []) as run:     # other low forms: a table row group of its own
@@ -221,6 +223,10 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
         if method != "none":
             assert row2["drop_mean"] == pytest.approx(drops.mean()) and row2["drop_std"] == pytest.approx(drops.std())
         assert row2["schedule"] == "128.0-61.0"
+        if method == "prune_reduce":
+            assert row2["reduced_pct"] == pytest.approx(30.0) and row2["beta_scales"] == "1,0.5,0.25"
+        else:
+            assert pd.isna(row2["reduced_pct"]) and pd.isna(row2["beta_scales"])
         assert set(row2["run_id"].split(",")) == set(store["searches"].values())
     assert mrpc2.loc["prune", "paper_metric"] == paper.ABLATION_ACC["prune"]["mrpc"]
     assert "± std" in (out / "table2.md").read_text()

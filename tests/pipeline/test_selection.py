@@ -7,8 +7,10 @@ from typing import Callable
 import datasets
 import pytest
 
+from models.thresholds import with_beta_scale
 from pipeline.config import PipelineConfig, Stage
 from pipeline.runner import run_stages
+from pipeline.tasks.common import thresholds_of
 from pipeline.tasks.glue import _carve_val
 from pipeline.tracking import Tracker
 
@@ -57,3 +59,21 @@ def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
     assert m["dev/prune/entering/layer_1"] < 32
     assert m["val/baseline"] == tracker.run_metrics(tags[0]["baseline_run"])["acc/val"]
     assert {a.path for a in tracker.client.list_artifacts(searched)} >= {"pareto.csv", "pareto.png", "selection.json"}
+
+    # β calibrated on val: the largest scale within reduce_max_drop of Π_prune, every larger one tried and out
+    drop, scale = search_cfg.search.reduce_max_drop, m["reduce/beta_scale"]
+    tried = {float(k.rsplit("_", 1)[1]): v for k, v in m.items() if k.startswith("val/prune_reduce/scale_")}
+    assert tried and all(s in search_cfg.search.beta_scales for s in tried)
+    assert all(v < m["val/prune"] - drop for s, v in tried.items() if s > scale)
+    assert scale == 0 or tried[scale] >= m["val/prune"] - drop
+    assert m["dev/prune/high_ratio/mean"] == 0 and 0 <= m["dev/prune_reduce/high_ratio/mean"] <= 1
+    picked = tracker.run_tags(searched)["selected_run_id"]
+    learned = thresholds_of(tracker, picked)
+    assert thresholds_of(tracker, searched).beta == pytest.approx(with_beta_scale(learned, scale).beta)
+    # with room to spare the learned β is kept as is; a given scale lands where it says
+    loose = compose_cfg("stage=search", f"upstream.finetune={produced2[Stage.finetune]}", "search.reduce_max_drop=100",
+                        "search.beta_scales=[0.5]", *QUICK)
+    halfway = run_stages(loose, Tracker(loose), (Stage.search,), [])[Stage.search]
+    assert tracker.run_metrics(halfway)["reduce/beta_scale"] == 0.5
+    assert thresholds_of(tracker, halfway).beta == pytest.approx(
+        [t + 0.5 * (b - t) for t, b in zip(learned.theta, learned.beta)])

@@ -13,6 +13,8 @@ from pipeline.validate import ConfigError, validate
         (["model.heads=5"], "model.hidden=64 is not divisible by model.heads=5"),
         (["finetune.lambdas=[0.1,-1]"], "finetune.lambdas contains -1"),
         (["finetune.beta_factor=0.5"], "finetune.beta_factor=0.5"),
+        (["search.reduce_max_drop=-1"], "search.reduce_max_drop=-1"),
+        (["search.beta_scales=[1.0,-0.5]"], "-0.5 is not a finite number >= 0"),
         (["protocol.field=FM16"], "protocol.field='FM16'"),
         (["protocol.fraction_bits=40"], "protocol.fraction_bits=40"),
         (["data.synthetic.seq_len=40"], "data.synthetic.seq_len=40"),
