@@ -220,6 +220,11 @@ class SecureEvalConfig:
     batch_size: int = 1  # inputs per secure program (tokens stacked): the per-call cost paid once per batch
     random_weights: bool = False  # timing runs: cost does not depend on weight values
     seq_len: Optional[int] = None  # wikitext2: tokens per securely evaluated sequence (None: max_length)
+    # BERT's unpruned method (none) runs only its first unpruned_layers layers securely and its cost is
+    # composed with the last of them repeated (identical programs on identical shapes; layer 0 also
+    # carries the protocol's one-time setup, so at least 2): for 512-token runs that would take hours.
+    # None: every layer, end to end.
+    unpruned_layers: Optional[int] = None
 
 
 @dataclass

@@ -133,6 +133,13 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
     if cfg.search.max_drop < 0:
         raise ConfigError(f"search.max_drop={cfg.search.max_drop}: must be >= 0 (accuracy points)")
+    k = cfg.secure_eval.unpruned_layers
+    if k is not None and not 2 <= k <= cfg.model.layers:
+        raise ConfigError(f"secure_eval.unpruned_layers={k}: must be in [2, model.layers={cfg.model.layers}] (layer 0 "
+                          "also carries the protocol's one-time setup, so the repeated layer is one after it), or null")
+    if k is not None and cfg.model.family.value != "bert":
+        raise ConfigError(f"secure_eval.unpruned_layers={k}: composing the unpruned pass is implemented for BERT "
+                          f"(model.family=bert), not {cfg.model.family.value}; set it to null")
     if cfg.search.reduce_max_drop < 0:
         raise ConfigError(f"search.reduce_max_drop={cfg.search.reduce_max_drop}: must be >= 0 (accuracy points)")
     bad = [s for s in cfg.search.beta_scales if not (math.isfinite(s) and s >= 0)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -176,6 +176,21 @@ class CostReport:
         made from, so its softmax runs at full precision on every token)."""
         return CostReport([p for p in self.programs
                            if p.op == "GELU" or (p.op == "Softmax" and p.layer is not None and p.layer >= 1)])
+
+    def with_layers_repeated(self, measured: int, total: int) -> "CostReport":
+        """The cost of a ``total``-layer pass composed from a run of its first ``measured`` layers:
+        the programs outside layers (embedding, head) once, layers ``0..measured-1`` as run, and
+        for each layer ``measured..total-1`` a copy of layer ``measured-1``'s programs relabelled.
+        Only sound where the layers are identical programs on identical shapes (the unpruned pass);
+        bytes and rounds are then exact, times as noisy as the copied layer's."""
+        if not 1 <= measured <= total:
+            raise ValueError(f"layers measured={measured}: must be in [1, total={total}]")
+        ran = {p.layer for p in self.programs if p.layer is not None}
+        if ran != set(range(measured)):
+            raise ValueError(f"layers measured={measured} but the report has programs of layers {sorted(ran)}")
+        template = [p for p in self.programs if p.layer == measured - 1]
+        copies = [replace(p, layer=layer) for layer in range(measured, total) for p in template]
+        return CostReport([*self.programs, *copies])
 
     def kernel_counts(self) -> dict[str, int]:
         """Executions of each SPU MPC kernel over these programs (e.g. ``mmul_sv``, ``mmul_aa``)."""

@@ -139,7 +139,8 @@ def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndar
 # ----------------------------------------------------------------------------- runner
 def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
               pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-              record_scores: bool = False, trace_positions: bool = False) -> list[SecureResult]:
+              record_scores: bool = False, trace_positions: bool = False,
+              layers: Optional[int] = None) -> list[SecureResult]:
     """Run the model on ``session`` (secure or plain) for every example in one pass: their
     tokens stacked per layer (``protocols.batch``), one program per step for the whole batch.
 
@@ -151,7 +152,8 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     *batch's* cost report (``batch_size`` inputs): divide by it for the cost per input.
     ``trace_positions`` (tests and the plaintext reference only: it reveals which tokens were
     kept, beyond the declared leakage) carries each token's original index through every
-    compaction and opens it after each layer (``SecureResult.kept_positions``).
+    compaction and opens it after each layer (``SecureResult.kept_positions``). ``layers``: run
+    only the first ``layers`` (``forward``).
     """
     check_method(spec, pruning.method, pruning.criterion)
     client, sizes = client_inputs(spec, weights, examples, trace_positions)
@@ -160,7 +162,8 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
         for name, value in values.items():
             session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
-                   trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms)
+                   trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms,
+                   layers=layers)
 
 
 @dataclass(frozen=True)
@@ -189,14 +192,22 @@ def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute"
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
             record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute",
             reduce_forms: str = DEFAULT_REDUCE_FORMS,
-            on_layer: Optional[Callable[[LayerDone], None]] = None) -> list[SecureResult]:
+            on_layer: Optional[Callable[[LayerDone], None]] = None,
+            layers: Optional[int] = None) -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
     (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
     ``reduce_forms`` (both public: they fix the programs, not a value). Reveals only the declared
     counts and the logits (to the client). ``on_layer`` is called after each layer (``LayerDone``:
-    progress, the layer's cost)."""
+    progress, the layer's cost). ``layers``: run only the first ``layers`` layers, then the head
+    (``method="none"`` only, for cost: its layers are identical programs on identical shapes, so
+    ``CostReport.with_layers_repeated`` composes the whole pass; the logits are the truncated
+    model's); None runs them all."""
     check_method(spec, method, criterion)
+    run_layers = spec.layers if layers is None else layers
+    if not 1 <= run_layers <= spec.layers or (run_layers < spec.layers and method != "none"):
+        raise ValueError(f"layers={layers}: must be in [1, {spec.layers}], and below {spec.layers} only for "
+                         f"method 'none' (pruned layers differ), got method {method!r}")
     s = session
     layout = Layout(sizes)
     batch = layout.batch
@@ -208,7 +219,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     highs: list[list[Optional[int]]] = [[] for _ in range(batch)]
     scores: list[list[np.ndarray]] = [[] for _ in range(batch)]
     positions: list[list[list[int]]] = [[] for _ in range(batch)]
-    for l in range(spec.layers):
+    for l in range(run_layers):
         p = f"l{l}."
         layer_start, layer_entering = s.meter.mark(), tuple(layout.sizes)
         for b in range(batch):
@@ -259,7 +270,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                   static={"eps": eps})
         s.delete("f", "x")
         if on_layer is not None:
-            on_layer(LayerDone(l, spec.layers, layer_entering, tuple(layout.sizes), s.meter.since(layer_start)))
+            on_layer(LayerDone(l, run_layers, layer_entering, tuple(layout.sizes), s.meter.since(layer_start)))
     if spec.causal:
         s.run(tf.lm_logits, ["h", "lnf.g", "lnf.b", "lm.w"], ["logits"], op="Other",
               static={"eps": eps, "last_only": last_only, "layout": layout})
@@ -295,7 +306,7 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 
 def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
                      criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS, last_only: bool = False,
-                     on_layer: Optional[Callable[[LayerDone], None]] = None,
+                     on_layer: Optional[Callable[[LayerDone], None]] = None, layers: Optional[int] = None,
                      ) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
     """The owner-held counterpart of ``run_batch`` for one batch of the client's inputs: the client's
     party loads and shares them itself (``request``: a ``protocols.provision.ClientRequest`` or
@@ -303,22 +314,23 @@ def evaluate_request(session: Session, spec: TransformerSpec, request: Any, meth
     server's party provided its own inputs before, ``session.provide("server", ServerRequest(...))``),
     then ``forward``. Returns the per-example results, the batch's cost and the request's public part
     (token counts, the client's labels). ``criterion``, ``reduce_forms``: the thresholds'
-    (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``:
-    ``forward``'s progress callback."""
+    (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``,
+    ``layers``: ``forward``'s progress callback and layers run."""
     public = session.provide("client", request)
     with session.meter.measure() as m:
         results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
-                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer)
+                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer, layers=layers)
     return results, m.report, public
 
 
 def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
                 attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
                 pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-                record_scores: bool = False, trace_positions: bool = False) -> SecureResult:
+                record_scores: bool = False, trace_positions: bool = False, layers: Optional[int] = None) -> SecureResult:
     """Run the model on ``session`` (secure or plain). Single example: ``input_ids`` ``[n]``."""
     return run_batch(session, spec, weights, [(input_ids, attention_mask, token_type_ids)], pruning,
-                     last_only=last_only, record_scores=record_scores, trace_positions=trace_positions)[0]
+                     last_only=last_only, record_scores=record_scores, trace_positions=trace_positions,
+                     layers=layers)[0]
 
 
 def _add(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -328,14 +340,15 @@ def _add(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 def secure_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
                    attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
-                   pruning: PruningSpec = PruningSpec(), *, last_only: bool = False) -> SecureResult:
+                   pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
+                   layers: Optional[int] = None) -> SecureResult:
     """Private inference on an open ``TwoPartySession``; reveals only counts and the logits.
 
     Cost: see ``protocols.transformer`` / ``protocols.pruning``; measured in ``result.cost``
-    (the session meter's report, per op class and layer).
+    (the session meter's report, per op class and layer). ``layers``: see ``forward``.
     """
     return run_forward(session, spec, weights, input_ids, attention_mask, token_type_ids, pruning,
-                       last_only=last_only)
+                       last_only=last_only, layers=layers)
 
 
 def plaintext_forward(spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,

@@ -63,8 +63,11 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     softmax cost nothing (``CostReport.reducible``; on the ``prune`` row it bounds ``prune_reduce``'s
     gain over ``prune`` for any cheaper form). ``paper_model``: the paper's model whose numbers stand
     beside the row (the row's own where the paper has it, else BERT-base; 128 tokens only).
+    ``cost_basis``: "end to end", or for an unpruned run measured on its first layers only
+    (``secure_eval.unpruned_layers``) "k of L layers run, the rest repeated".
     """
     rows = newest(runs, GROUP + ["method"]).copy()
+    measured, total = _metric(rows, "layers/measured"), _metric(rows, "layers/total")
     out = pd.DataFrame({
         "model": rows["model"], "task": rows["task"], "max_length": rows["max_length"].astype(int),
         "protocol": rows["protocol"], "method": rows["method"], "label": rows["method"].map(lambda m: paper.METHOD_LABELS.get(m, m)),
@@ -75,6 +78,8 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "prune_share_pct": 100.0 * (_metric(rows, "time_s/lan/Prune").fillna(0.0) + _metric(rows, "time_s/lan/Reduce")
                                     .fillna(0.0)) / _metric(rows, "time_s/lan"),
         "reduce_ceiling": reduce_ceiling(_metric(rows, "time_s/lan"), _metric(rows, "time_s/lan/reducible")),
+        "cost_basis": [f"{k:.0f} of {t:.0f} layers run, the rest repeated" if pd.notna(k) and k < t else "end to end"
+                       for k, t in zip(measured, total)],
         "run_id": rows["run_id"],
     })
     keyed = pd.MultiIndex.from_frame(out[GROUP])
@@ -207,7 +212,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "comm_gb": "comm (GB)", "acc_dev": "acc dev", "acc_secure": "acc secure",
         "kept_tokens_sum": "Σ kept", "speedup_vs_none": "× vs w/o WE", "speedup_vs_bolt_we": "× vs BOLT",
         "inputs": "inputs", "prune_share_pct": "prune+reduce (% LAN)",
-        "reduce_ceiling": "Π_reduce ceiling ×", "ideal_vs_none": "ideal × (Σ tokens)",
+        "reduce_ceiling": "Π_reduce ceiling ×", "cost_basis": "cost", "ideal_vs_none": "ideal × (Σ tokens)",
         "paper_model": "paper model", "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",

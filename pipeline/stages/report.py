@@ -23,8 +23,9 @@ from pipeline.context import StageContext
 log = logging.getLogger(__name__)
 
 TABLES: dict[str, str] = {
-    "table1": "Table 1: secure inference cost per model and method, measured end to end (per input, averaged "
-              "over the inputs column), ours beside the paper's (BERT, 128 tokens, LAN)",
+    "table1": "Table 1: secure inference cost per model and method, measured end to end unless the cost column "
+              "says otherwise (per input, averaged over the inputs column), ours beside the paper's (BERT, 128 "
+              "tokens, LAN)",
     "table2": "Table 2: ablation, dev metric per task and method (mean ± std over seeds; models selected on a "
               "validation split carved from train, dev evaluated once), ours vs the paper (BERT-base)",
     "lm": "GPT-2 on WikiText-2: next-token prediction over a pruned context (test contexts; selected on dev), "

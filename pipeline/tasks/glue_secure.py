@@ -1,10 +1,11 @@
 """The classification tasks' secure_eval stage: for every method a nested run (tag
 ``kind=method``) logs the plaintext-emulated dev metric of that method on the whole dev set
 (torch, hard masks, the secure path's approximations; evaluated once, by the search stage, and
-copied from its run), the secure run's agreement with the JAX
-plaintext reference (run one input at a time) on the first ``secure_eval.num_examples`` dev
-inputs, the cost meter's figures per input (with ``secure_eval.batch_size`` > 1, inputs run
-``batch_size`` to a program and each batch's cost is spread over its inputs), SPU's matmul
+copied from its run), the secure run's agreement with the JAX plaintext reference (run one
+input at a time) on the first ``secure_eval.num_examples`` dev inputs (with
+``secure_eval.unpruned_layers``, ``none`` runs that many layers, its cost is composed and its
+agreement is with the model cut there; no ``acc/secure``), the cost meter's figures per input
+(with ``secure_eval.batch_size`` > 1, inputs run ``batch_size`` to a program and each batch's cost is spread over its inputs), SPU's matmul
 kernel counts, the kept tokens per layer and the leakage record (every value revealed, and who
 holds each input). The unpruned methods run the search's baseline, the pruned ones its pick.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,14 @@ def _secure_step(ctx: StageContext, method_run: StageRun, method: Method, checkp
     the server's party loads the checkpoint, the client's party the tokenised dev rows (with the
     transports ``processes`` and ``remote`` this process opens neither; with ``threads`` it loads
     both, as the one process holding both parties); ``thresholds``' public criterion and reduce forms
-    fix the programs. Returns the cost per input, the batches' records (in dev order) and the leakage."""
+    fix the programs; ``none`` runs ``secure_eval.unpruned_layers`` layers when set (its cost composed).
+    Returns the cost per input, the batches' records (in dev order) and the leakage."""
     from protocols.provision import ClientRequest
 
+    layers = ctx.cfg.secure_eval.unpruned_layers if method is Method.none else None
     return run_method(ctx, method_run, method.value, checkpoint, n,
                       lambda chunk, release: ClientRequest(manifest.splits["dev"], chunk, release),
-                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
+                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms, layers=layers)
 
 
 def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, thresholds: Any, manifest: DatasetManifest,
@@ -71,16 +75,20 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, ru
     labels = [label for r in records for label in r.labels]
     entering = [row for r in records for row in r.entering]
     model, spec, weights = _load(ctx, run_id)          # reference step from here on
+    ran = int(metrics.get("layers/measured", spec.layers))
+    cut = replace(spec, layers=ran)                    # the model the secure run ran (all of it unless composed)
     pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
                           criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
     agree = correct = 0
     for i, (result, label) in enumerate(zip(logits, labels)):
         example = tuple(np.asarray(dev[i][k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
         pred = int(np.argmax(result))
-        agree += pred == int(np.argmax(plaintext_forward(spec, weights, *example, pruning).logits))
+        agree += pred == int(np.argmax(plaintext_forward(cut, weights, *example, pruning).logits))
         correct += pred == int(label)
-    metrics.update({"acc/dev": searched[f"dev/{method.value}/metric"], "acc/secure": 100.0 * correct / n,
-                    "agree/secure": 100.0 * agree / n, "examples/secure": n, "batch_size": float(ctx.cfg.secure_eval.batch_size)})
+    metrics.update({"acc/dev": searched[f"dev/{method.value}/metric"], "agree/secure": 100.0 * agree / n,
+                    "examples/secure": n, "batch_size": float(ctx.cfg.secure_eval.batch_size)})
+    if ran == spec.layers:                             # a truncated model's predictions are not the model's
+        metrics["acc/secure"] = 100.0 * correct / n
     mean_kept = np.mean(np.asarray(entering, dtype=float), axis=0)
     metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
     prefix = f"dev/{method.value}/entering/layer_"                  # tokens entering each layer, whole dev

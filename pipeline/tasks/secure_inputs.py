@@ -123,10 +123,15 @@ def _run_batch(session: Any, spec: Any, request: Any, method: str, chunk: tuple[
 
     before = len(session.reveals)
     results, cost, public = evaluate_request(session, spec, request, method, on_layer=on_layer, **options)
+    ran = options.get("layers") or spec.layers
+    cost = cost.with_layers_repeated(ran, spec.layers)          # unchanged when every layer ran
+    missing = spec.layers - ran                                  # unpruned: every token enters every layer
     return InputRecord(examples=list(chunk), logits=[np.asarray(r.logits).reshape(-1).tolist() for r in results],
-                       entering=[list(r.entering_per_layer) for r in results],
-                       kept=[list(r.kept_per_layer) for r in results], labels=list(public["labels"]),
-                       cost={**cost.to_metrics(), **_kernel_metrics(cost)},
+                       entering=[list(r.entering_per_layer) + r.entering_per_layer[-1:] * missing for r in results],
+                       kept=[list(r.kept_per_layer) + r.kept_per_layer[-1:] * missing for r in results],
+                       labels=list(public["labels"]),
+                       cost={**cost.to_metrics(), **_kernel_metrics(cost), "layers/measured": float(ran),
+                             "layers/total": float(spec.layers)},
                        reveals=[r.to_dict() for r in session.reveals[before:]], ownership=dict(session.ownership))
 
 
@@ -138,7 +143,9 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     ``resume_key`` are reused, not run). The server's party releases the embedding tables and loads
     ``checkpoint`` itself (``ServerRequest``); the client's party loads each batch itself from
     ``request_for(indices, release directory)`` (a ``ClientRequest`` or ``ContextRequest``);
-    ``options``: ``evaluate_request``'s (criterion, reduce forms, last_only). Returns the cost per
+    ``options``: ``evaluate_request``'s (criterion, reduce forms, last_only, layers: with fewer
+    than the model's, the cost is composed, ``CostReport.with_layers_repeated``, and metrics
+    ``layers/measured`` < ``layers/total`` say so). Returns the cost per
     input (each batch's cost spread over its inputs, plus ``examples/reused``), the batches' records
     in input order and the leakage record (every value revealed, and who held each input). Also
     ``memory/peak_rss_mb/{client,server}``: each party process's peak RSS in this launch (MiB;
@@ -161,7 +168,8 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
             session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
             spec = model_spec_of(release)            # the public architecture, from the release
             session.provide("server", ServerRequest(str(checkpoint), method))
-            with tqdm(total=len(todo) * spec.layers, desc=f"secure {method}", unit="layer") as bar:
+            ran = options.get("layers") or spec.layers
+            with tqdm(total=len(todo) * ran, desc=f"secure {method}", unit="layer") as bar:
                 for chunk in todo:
                     compute = partial(_run_batch, session, spec, request_for(chunk, str(release)), method, chunk, options)
                     records[chunk] = run_input(method_run, method, key, list(chunk), compute, bar)

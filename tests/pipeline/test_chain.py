@@ -127,3 +127,27 @@ def test_embedded_default_chain_cheetah_processes(tmp_path):
         leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")
         assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)"
         assert row["metrics.mpc/mmul_sv"] > 0
+
+
+def test_unpruned_cost_composed_from_its_first_layers(tmp_path):
+    """``secure_eval.unpruned_layers=2`` on a 3-layer model: ``none`` runs 2 layers securely, its cost
+    is composed with layer 1 repeated and says so (``layers/measured``, the report's cost column),
+    within 0.1 % of the bytes of the same method run end to end; its agreement is with the model
+    cut after layer 1, and it claims no secure accuracy."""
+    args = ("protocol=semi2k", "model.layers=3", *SMALL, "secure_eval.methods=[none]")
+    out = _run(tmp_path, *args, "secure_eval.unpruned_layers=2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    full = _run(tmp_path, *args, "stage=secure_eval")
+    assert full.returncode == 0, full.stderr[-4000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["cipherprune"])
+    methods = runs[runs["tags.kind"] == "method"].set_index("metrics.layers/measured")
+    composed, whole = methods.loc[2.0], methods.loc[3.0]
+    assert composed["metrics.layers/total"] == whole["metrics.layers/total"] == 3
+    assert composed["metrics.comm_mb/total"] == pytest.approx(whole["metrics.comm_mb/total"], rel=1e-3)
+    assert composed["metrics.rounds/total"] == pytest.approx(whole["metrics.rounds/total"], rel=1e-3)
+    assert composed["metrics.kept_tokens/layer_2"] == whole["metrics.kept_tokens/layer_2"] == 32
+    assert composed["metrics.agree/secure"] == 100.0 and pd.isna(composed["metrics.acc/secure"])
+    assert pd.notna(whole["metrics.acc/secure"])
+    table = pd.read_csv(tmp_path / "reports" / "default" / "table1.csv")
+    assert list(table["cost_basis"]) == ["2 of 3 layers run, the rest repeated"]

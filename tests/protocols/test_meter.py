@@ -108,6 +108,23 @@ def test_reducible_is_every_gelu_and_the_softmax_after_layer_0() -> None:
     assert m["comm_mb/reducible"] == pytest.approx(3000 / 2**20)
 
 
+def test_layers_repeated_copies_the_last_measured_layer() -> None:
+    meter = CostMeter()
+    for op, layer, sent in (("Other", None, 7), ("Linear", 0, 100), ("Softmax", 0, 50), ("Linear", 1, 110),
+                            ("Softmax", 1, 60), ("Other", None, 3)):
+        meter.record(ProgramCost(op, layer, wall_s=sent / 10, sent=(sent, 1), messages=(2, 2), rounds=sent))
+    r = meter.report().with_layers_repeated(2, 4)
+    assert sorted(k for k in r.by_layer() if k is not None) == [0, 1, 2, 3]
+    assert [part.bytes_total for k, part in r.by_layer().items() if k is not None] == [152, 172, 172, 172]
+    assert r.bytes_total == 10 + 2 + 152 + 3 * 172 and r.rounds == 10 + 150 + 3 * 170
+    assert r.by_op()["Softmax"].wall_s == pytest.approx(5.0 + 3 * 6.0)
+    assert meter.report().with_layers_repeated(2, 2).bytes_total == meter.report().bytes_total
+    with pytest.raises(ValueError, match="layers measured=3 but the report has programs of layers \\[0, 1\\]"):
+        meter.report().with_layers_repeated(3, 4)
+    with pytest.raises(ValueError, match="layers measured=5: must be in \\[1, total=4\\]"):
+        meter.report().with_layers_repeated(5, 4)
+
+
 def _mul(a, b):
     return a * b
 

@@ -3,6 +3,8 @@ within fixed-point tolerance (|Δlogit| < 1e-2 at 18 fraction bits), same predic
 and nothing revealed but the counts and the client's logits."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -128,6 +130,35 @@ def test_cheetah_end_to_end_prune_reduce(model: tuple) -> None:
     assert plain.kept_per_layer == [4, 4] and plain.high_per_layer == [2, 1]
     assert plain.kept_positions[0][0] == 0 and len(set(plain.kept_positions[0])) == 4   # [CLS] first, 4 distinct
     assert secure.cost.bytes_total > 0
+
+
+def test_unpruned_layers_cost_the_same_so_two_layers_compose_the_pass() -> None:
+    """CHEETAH, 3 layers. Layer 0 also pays the protocol's one-time setup (base OTs, HE keys:
+    about 3x a later layer's bytes here), so it is no template; the later layers of the unpruned
+    pass are identical programs on identical shapes and cost the same bytes and rounds to within
+    0.1 % (OT/HE batching), so the pass composed from its first two layers (``forward(layers=2)`` +
+    ``with_layers_repeated``) costs what the whole pass costs to within 0.1 %; the truncated run's
+    logits are those of the plaintext model cut after layer 1."""
+    spec = TransformerSpec(**{**TINY, "layers": 3})
+    w = random_weights(spec, seed=9, scale=1.0)
+    ids, mask = IDS[:8], np.array([1] * 7 + [0])
+    with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
+        full = secure_forward(s, spec, w, ids, mask)
+    with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
+        two = secure_forward(s, spec, w, ids, mask, layers=2)
+    layer = full.cost.by_layer()
+    assert layer[0].bytes_total > 2 * layer[1].bytes_total                     # the setup, in layer 0
+    assert layer[2].bytes_total == pytest.approx(layer[1].bytes_total, rel=1e-3)
+    assert layer[2].rounds == pytest.approx(layer[1].rounds, rel=1e-3)
+    composed = two.cost.with_layers_repeated(2, spec.layers)
+    assert composed.bytes_total == pytest.approx(full.cost.bytes_total, rel=1e-3)
+    assert composed.rounds == pytest.approx(full.cost.rounds, rel=1e-3)
+    assert two.kept_per_layer == [8, 8]
+    cut = plaintext_forward(replace(spec, layers=2), w, ids, mask)
+    assert np.max(np.abs(two.logits - cut.logits)) < TOL
+    with pytest.raises(ValueError, match="below 3 only for method 'none'"):
+        with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+            secure_forward(s, spec, w, ids, mask, pruning=PruningSpec("prune", (0.1, 0.1, 0.1)), layers=2)
 
 
 @pytest.mark.slow
