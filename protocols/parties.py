@@ -8,8 +8,9 @@ Threads hold both parties in this process. ``ConnectedParties`` drive each party
 ``PartyRuntime`` over one ``Connection``: ``ProcessParties`` spawn them locally (brpc on free
 127.0.0.1 ports, pipes), ``protocols.remote.RemoteParties`` reach daemons on any hosts; both
 also let each party load and share its own data (``provide``). A party that dies, raises or
-exceeds ``recv_timeout_s`` makes every call raise ``PartyFailure`` at once; local processes
-are then killed and reaped.
+stays silent (no reply and no heartbeat) past ``SessionSpec.silence_limit_s`` makes every call
+raise ``PartyFailure`` at once; local processes are then killed and reaped. A busy
+party is not silent: it sends a heartbeat while a program runs, however long the program.
 """
 from __future__ import annotations
 
@@ -155,6 +156,7 @@ class PartyRuntime:
         from spu import api
 
         self.rank = rank
+        self.heartbeat_s = spec.heartbeat_every_s
         self._tail = LogTail(process_log())
         self.link = libspu.link.create_brpc(_link_desc(spec, hosts), rank)
         self.rt = api.Runtime(self.link, spec.runtime_config(rank == 0))
@@ -202,21 +204,42 @@ class PartyRuntime:
         return None
 
 
+def _beat(send: Any, done: threading.Event, every_s: float) -> None:
+    while not done.wait(every_s):
+        send(("alive", None))
+
+
 def serve_commands(party: PartyRuntime, conn: Connection) -> None:
     """Answer ``(cmd, arg)`` messages with ``("ok", reply)`` until ``stop``; an error is sent back
-    as ``("error", text)`` and ends the loop (the coordinator then fails the session)."""
+    as ``("error", text)`` and ends the loop (the coordinator then fails the session). While a
+    command runs, ``("alive", None)`` is sent every ``party.heartbeat_s``: a program may take far longer
+    than the coordinator's silence limit (``SessionSpec.silence_limit_s``) without being failed,
+    and a party that stops answering altogether still is."""
+    lock = threading.Lock()
+
+    def send(message: tuple[str, Any]) -> None:
+        with lock:
+            conn.send(message)
+
     while True:
         cmd, arg = conn.recv()
         if cmd == "stop":
             party.link.stop_link()
-            conn.send(("ok", None))
+            send(("ok", None))
             return
+        done = threading.Event()
+        beat = threading.Thread(target=_beat, args=(send, done, party.heartbeat_s), daemon=True)
+        beat.start()
         try:
             reply = party.handle(cmd, arg)
         except BaseException as err:  # noqa: BLE001 - reported to the coordinator, which fails the session
-            conn.send(("error", f"party {party.rank}: {err!r}\n{traceback.format_exc()}"))
+            done.set()
+            beat.join()
+            send(("error", f"party {party.rank}: {err!r}\n{traceback.format_exc()}"))
             return
-        conn.send(("ok", reply))
+        done.set()
+        beat.join()
+        send(("ok", reply))
 
 
 def _worker(rank: int, spec: SessionSpec, hosts: list[str], conn: Connection) -> None:
@@ -236,7 +259,7 @@ def _worker(rank: int, spec: SessionSpec, hosts: list[str], conn: Connection) ->
 class ConnectedParties:
     """Parties behind one ``Connection`` each (a pipe to a local process, or an authenticated
     socket to a party on another host): every call fails the whole session with ``PartyFailure``
-    when a party errs, goes away or does not answer within ``recv_timeout_s`` (+30 s)."""
+    when a party errs, goes away or sends nothing (reply or heartbeat) for ``spec.silence_limit_s``."""
 
     def __init__(self, spec: SessionSpec) -> None:
         self.spec = spec
@@ -248,8 +271,9 @@ class ConnectedParties:
         return None
 
     def _collect(self, ranks: list[int], timeout_s: float) -> list[Any]:
-        """The replies of ``ranks``, or PartyFailure (gone, error, timeout) after closing all."""
-        deadline = time.monotonic() + timeout_s
+        """The replies of ``ranks``, or PartyFailure (gone, error, or silent: no reply and no
+        heartbeat for ``timeout_s``) after closing all."""
+        deadlines = {rank: time.monotonic() + timeout_s for rank in ranks}
         replies: dict[int, Any] = {}
         pending = set(ranks)
         while pending:
@@ -260,14 +284,18 @@ class ConnectedParties:
                         status, value = conn.recv()
                     except (EOFError, OSError):
                         self._fail(f"party {rank} closed its connection ({self._gone(rank) or 'no reason given'})")
+                    if status == "alive":
+                        deadlines[rank] = time.monotonic() + timeout_s
+                        continue
                     if status == "error":
                         self._fail(value)
                     replies[rank] = value
                     pending.discard(rank)
                 elif (why := self._gone(rank)) is not None:
                     self._fail(f"party {rank} {why}")
-            if pending and time.monotonic() > deadline:
-                self._fail(f"parties {sorted(pending)} did not answer within {timeout_s:.0f} s")
+            silent = sorted(r for r in pending if time.monotonic() > deadlines[r])
+            if silent:
+                self._fail(f"parties {silent} did not answer within {timeout_s:.0f} s (no reply, no heartbeat)")
         return [replies[r] for r in ranks]
 
     def _fail(self, reason: str) -> None:
@@ -283,7 +311,7 @@ class ConnectedParties:
                 self._conns[rank].send(msg)
             except OSError:
                 self._fail(f"party {rank} is gone (connection closed)")
-        return self._collect(list(messages), self.spec.recv_timeout_s + 30.0)
+        return self._collect(list(messages), self.spec.silence_limit_s)
 
     def _send_all(self, messages: list[tuple[str, Any]]) -> list[Any]:
         return self._send(dict(enumerate(messages)))

@@ -83,7 +83,12 @@ class SessionSpec:
     fraction_bits: int = FIXED_POINT.fraction_bits
     transport: str = "threads"
     connect_timeout_s: float = 30.0
-    recv_timeout_s: float = 60.0
+    recv_timeout_s: float = 60.0   # SPU's link: a party waiting longer on its peer's message fails
+    # the coordinator fails a party that sends nothing (no reply, no heartbeat) for this long
+    # (None: recv_timeout_s + 30 s, so that SPU's own link timeout, more telling, fires first);
+    # a busy party sends a heartbeat every heartbeat_s (at most a quarter of that limit)
+    silence_timeout_s: Optional[float] = None
+    heartbeat_s: float = 5.0
     sort_method: str = "SORT_RADIX"
     private_owners: tuple[str, ...] = ("server", "client")
     # further SPU RuntimeConfig fields for experiments, e.g. (("experimental_disable_mmul_split", True),)
@@ -112,6 +117,18 @@ class SessionSpec:
             raise ValueError(f"fraction_bits={self.fraction_bits}: must be in 1..{ring // 2 - 1} for {self.field}")
         if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
             raise ValueError(f"timeouts must be > 0, got connect={self.connect_timeout_s}, recv={self.recv_timeout_s}")
+        if not self.heartbeat_s > 0 or (self.silence_timeout_s is not None and not self.silence_timeout_s > 0):
+            raise ValueError(f"heartbeat_s={self.heartbeat_s} and silence_timeout_s={self.silence_timeout_s} must be > 0")
+
+    @property
+    def silence_limit_s(self) -> float:
+        """Seconds the coordinator waits on a party that sends nothing before failing the session."""
+        return self.recv_timeout_s + 30.0 if self.silence_timeout_s is None else self.silence_timeout_s
+
+    @property
+    def heartbeat_every_s(self) -> float:
+        """How often a busy party reports: ``heartbeat_s``, at most a quarter of the silence limit."""
+        return min(self.heartbeat_s, self.silence_limit_s / 4)
 
     @property
     def world_size(self) -> int:

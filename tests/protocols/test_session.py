@@ -18,7 +18,8 @@ from protocols.session import PartyFailure, PlainSession, Session, SessionSpec, 
 
 @pytest.mark.parametrize("kwargs, bad", [({"protocol": "SPDZ"}, "SPDZ"), ({"field": "FM16"}, "FM16"),
                                          ({"transport": "tcp"}, "tcp"), ({"fraction_bits": 40}, "40"),
-                                         ({"recv_timeout_s": 0}, "0")])
+                                         ({"recv_timeout_s": 0}, "0"), ({"heartbeat_s": 0}, "heartbeat_s=0"),
+                                         ({"silence_timeout_s": -1.0}, "silence_timeout_s=-1.0")])
 def test_spec_validation_names_bad_value(kwargs: dict, bad: str) -> None:
     with pytest.raises(ValueError, match=bad):
         SessionSpec(**kwargs)
@@ -134,6 +135,30 @@ def test_killed_party_raises_party_failure_quickly() -> None:
     time.sleep(0.2)
     for pid in pids:
         assert not _alive(pid), f"party process {pid} left behind"
+
+
+class _Sleep:
+    """A party job (``run_on``) that keeps the party busy for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self) -> None:
+        time.sleep(self.seconds)
+
+
+def test_busy_party_outlives_the_silence_limit() -> None:
+    """A command may take far longer than the coordinator's silence limit (here 3 s) while the party
+    sends heartbeats; the session then goes on as usual."""
+    spec = SessionSpec(protocol="SEMI2K", transport="processes", silence_timeout_s=3.0, heartbeat_s=0.5)
+    assert (spec.silence_limit_s, spec.heartbeat_every_s) == (3.0, 0.5)
+    assert SessionSpec(recv_timeout_s=8.0).silence_limit_s == 38.0 and SessionSpec(silence_timeout_s=8.0).heartbeat_every_s == 2.0
+    with TwoPartySession(spec) as s:
+        start = time.monotonic()
+        s.run_on("server", _Sleep(8.0))
+        assert time.monotonic() - start >= 8.0
+        s.share("x", np.full((4,), 0.5, np.float32), "client")
+        np.testing.assert_allclose(s.reveal("x", purpose="after the long job"), 0.5, atol=1e-4)
 
 
 def test_aby3_three_parties() -> None:
