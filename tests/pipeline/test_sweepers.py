@@ -49,7 +49,8 @@ def _train_rows(runs):
 def test_submitit_local_jobs_run_in_own_processes_under_one_parent(tmp_path):
     done = _launch(tmp_path, "hydra/launcher=local_submitit", "data.synthetic.seed=0,1")
     assert done.returncode == 0, done.stderr[-3000:]
-    _, children = _parent_and_children(tmp_path)
+    parent, children = _parent_and_children(tmp_path)
+    assert parent["tags.pid"].isdigit() and parent["tags.host"]   # a killed launcher's parent can be reaped
     assert len(children) == 2 and children["run_id"].nunique() == 2
     assert children["tags.sections_hash"].nunique() == 2          # the two seeds: two datasets
     assert set(children["metrics.examples/dev"]) == {16.0}        # data.synthetic.n_dev=16
