@@ -33,6 +33,7 @@ from pipeline.tasks.common import session_spec
 from pipeline.tracking import StageRun, resume_key
 
 INPUT_FILE = "input.json"
+PER_RUN = ("layers/measured", "layers/total")   # a batch's figures that are not spread over its inputs
 log = logging.getLogger(__name__)
 
 
@@ -178,7 +179,9 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     sums: dict[str, float] = defaultdict(float)
     for record in ordered:
         for name, value in record.cost.items():
-            sums[name] += value / n
+            if name not in PER_RUN:
+                sums[name] += value / n
+    sums.update({name: ordered[0].cost[name] for name in PER_RUN if name in ordered[0].cost})
     sums["examples/reused"] = float(sum(len(chunk) for chunk in chunks if chunk not in todo))
     if todo:
         sums.update(memory)      # each party's peak RSS over this launch's inputs
