@@ -6,8 +6,9 @@ input at a time) on the first ``secure_eval.num_examples`` dev inputs (with
 ``secure_eval.unpruned_layers``, ``none`` runs that many layers, its cost is composed and its
 agreement is with the model cut there; no ``acc/secure``), the cost meter's figures per input
 (with ``secure_eval.batch_size`` > 1, inputs run ``batch_size`` to a program and each batch's
-cost is spread over its inputs), SPU's matmul kernel counts, the kept tokens per layer and the leakage record (every value revealed, and who
-holds each input). The unpruned methods run the search's baseline, the pruned ones its pick.
+cost is spread over its inputs), SPU's matmul kernel counts, the kept tokens per layer and the
+leakage record (every value revealed, and who holds each input). The unpruned methods run the
+search's baseline, the pruned ones its pick.
 """
 from __future__ import annotations
 
