@@ -34,7 +34,7 @@ class MlflowMultirunCallback(Callback):
         overrides = " ".join(config.hydra.overrides.task)
         run = self._tracker.client.create_run(
             self._tracker.experiment_id, run_name="multirun",
-            tags={"kind": "multirun", "overrides": overrides, **self._tracker.code_tags, **process_tags()},
+            tags={"kind": "multirun", "overrides": overrides, **self._tracker.code.tags, **process_tags()},
         )
         self._run_id = run.info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -253,7 +253,6 @@ class Tracker:
             self.client = MlflowClient(self.uri)   # a new sqlite store runs its migrations here
             self.experiment_id = self._experiment(cfg.tracking.experiment)
         self.code = code_version(cfg.paths.root)
-        self.code_tags = self.code.tags
         self.parent_run_id = parent_run_id
         self._downloads = tempfile.TemporaryDirectory(prefix="cipherprune-downloads-")
         self.reap_dead_runs()
@@ -297,7 +296,7 @@ class Tracker:
     def parent(self, name: str, tags: Mapping[str, Any]) -> Iterator[str]:
         """A parent run grouping a chain; FAILED if the body raises."""
         run_tags = {k: str(v) for k, v in tags.items()}
-        run_tags.update(self.code_tags)
+        run_tags.update(self.code.tags)
         if self.parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         with client_run(self.client, self.experiment_id, name, run_tags) as run_id:
@@ -413,7 +412,7 @@ class Tracker:
         """
         tags = {
             "stage": stage.value,
-            **self.code_tags,
+            **self.code.tags,
             "sections_hash": sections_hash(self.cfg, stage),
             "config_hash": _config_hash(self.cfg, stage, upstream, self.code.tree),
         }
@@ -421,7 +420,7 @@ class Tracker:
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         with client_run(self.client, self.experiment_id, stage.value, tags) as run_id:
-            handle = StageRun(run_id, self.client, self.experiment_id, self.code_tags)
+            handle = StageRun(run_id, self.client, self.experiment_id, self.code.tags)
             handle.log_params(params)
             handle.log_dict(plain(self.cfg), "config/resolved.json")
             handle.log_dict({"overrides": overrides}, "config/overrides.json")
