@@ -225,6 +225,10 @@ class SecureEvalConfig:
     # carries the protocol's one-time setup, so at least 2): for 512-token runs that would take hours.
     # None: every layer, end to end.
     unpruned_layers: Optional[int] = None
+    # wikitext2: after scoring the test contexts, each method generates this many tokens greedily from
+    # the first test context, every token a full secure forward over the last seq_len tokens (no KV
+    # cache; the client appends its own argmax): the latency per generated token. 0: none.
+    generate_tokens: int = 0
 
 
 @dataclass

@@ -159,7 +159,7 @@ def _config_hash(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str],
 
 
 RESUME_IGNORED: dict[Stage, dict[str, tuple[str, ...]]] = {
-    Stage.secure_eval: {"secure_eval": ("num_examples", "methods")},
+    Stage.secure_eval: {"secure_eval": ("num_examples", "methods", "generate_tokens")},
 }
 """Per stage, the config keys that only say how many or which units are run: a unit's result does
 not depend on them, so a relaunch with other values still reuses the units that FINISHED."""

@@ -171,8 +171,13 @@ def _validate_lm(cfg: PipelineConfig) -> None:
     if not lm_task and m.family is Family.gpt2:
         raise ConfigError(f"model.family=gpt2 (model={m.name}) is a causal LM and supports only data.task=wikitext2, "
                           f"got data.task={d.task.value}; GLUE classification uses a BERT model")
+    if not lm_task and cfg.secure_eval.generate_tokens:
+        raise ConfigError(f"secure_eval.generate_tokens={cfg.secure_eval.generate_tokens}: generation is defined for "
+                          f"causal language modelling (data.task=wikitext2), not data.task={d.task.value}; set it to 0")
     if not lm_task:
         return
+    if cfg.secure_eval.generate_tokens < 0:
+        raise ConfigError(f"secure_eval.generate_tokens={cfg.secure_eval.generate_tokens}: must be >= 0")
     if d.max_length < 2:
         raise ConfigError(f"data.max_length={d.max_length}: an LM block needs >= 2 tokens")
     for name in ("train_limit", "dev_limit", "test_limit"):

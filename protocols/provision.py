@@ -153,16 +153,21 @@ class ClientRequest:
 class ContextRequest:
     """The client's inputs for causal next-token prediction: of its token blocks (``blocks``: a
     ``.npy`` file ``[N, L]`` of token ids on its own host), the rows ``indices``, each cut to its
-    first ``seq_len`` tokens (the context), embedded with the released tables in ``embeddings``."""
+    first ``seq_len`` tokens (the context), embedded with the released tables in ``embeddings``.
+    ``appended``: tokens the client generated after that context (argmaxes of its own revealed
+    logits); the context is then the last ``seq_len`` tokens of the first ``seq_len`` and
+    ``appended`` (a sliding window: every step the same shapes and positions 0..seq_len−1)."""
 
     blocks: str
     indices: tuple[int, ...]
     seq_len: int
     embeddings: str
+    appended: tuple[int, ...] = ()
 
     def load(self) -> Provided:
         """The values; public: each context's token count (``sizes``) and, as the client's own
-        labels, the token that follows each context (``labels``; the client scores its predictions)."""
+        labels, the token that follows each context in its text (``labels``; the client scores its
+        predictions; ``None`` after generated tokens, which have no such token)."""
         from safetensors.numpy import load_file
 
         spec = model_spec_of(self.embeddings)
@@ -170,6 +175,12 @@ class ContextRequest:
         rows = np.load(self.blocks, mmap_mode="r")[list(self.indices)]
         if not 1 <= self.seq_len < rows.shape[1]:
             raise ValueError(f"seq_len={self.seq_len}: expected 1 <= seq_len < {rows.shape[1]} (the block length)")
-        examples: list[Example] = [(np.asarray(r[: self.seq_len]), None, None) for r in rows]
+        examples: list[Example] = [(self.context(r), None, None) for r in rows]
         values, sizes = client_inputs(spec, tables, examples)
-        return Provided(values, {"sizes": sizes, "labels": [int(r[self.seq_len]) for r in rows]})
+        labels = [None if self.appended else int(r[self.seq_len]) for r in rows]
+        return Provided(values, {"sizes": sizes, "labels": labels})
+
+    def context(self, block: np.ndarray) -> np.ndarray:
+        """The context ``[seq_len]`` this request makes of one ``block`` (class docstring)."""
+        head = np.asarray(block[: self.seq_len])
+        return np.concatenate([head, np.asarray(self.appended, head.dtype)])[-self.seq_len:]

@@ -151,8 +151,9 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     run's test next-token perplexity and top-1 accuracy, mean kept tokens and the tokens left after
     each layer (``kept_after``), joined with the newest secure_eval method run of the same model,
     length and protocol (LAN/WAN seconds, GB per context, the ratio to ``none``, the secure argmax
-    agreement and how many contexts it averages; protocol ``—`` and no cost without one), the
-    paper's GPT-2 speed-up beside the pruned row."""
+    agreement and how many contexts it averages; protocol ``—`` and no cost without one; with
+    ``secure_eval.generate_tokens``, the tokens generated and the LAN/WAN seconds per generated
+    token), the paper's GPT-2 speed-up beside the pruned row."""
     done = searches.dropna(subset=["test/none/next_token_ppl"]) if "test/none/next_token_ppl" in searches else searches.iloc[0:0]
     keys = ["model", "max_length", "protocol", "method"]
     secure = newest(methods, keys) if not methods.empty else pd.DataFrame(columns=[*keys, "run_id"])
@@ -183,6 +184,9 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     "reduce_ceiling": reduce_ceiling(float(run.get("time_s/lan", math.nan)),
                                                      float(run.get("time_s/lan/reducible", math.nan))),
                     "secure_contexts": float(run.get("examples/secure", math.nan)),
+                    "generated_tokens": float(run.get("generate/tokens", math.nan)),
+                    "generate_lan_s_per_token": float(run.get("generate/time_s/lan_per_token", math.nan)),
+                    "generate_wan_s_per_token": float(run.get("generate/time_s/wan_per_token", math.nan)),
                     "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == paper_row else math.nan,
                     "search_run": s["run_id"], "secure_run": str(run.get("run_id", MISSING))})
     out = pd.DataFrame.from_records(records)
@@ -221,7 +225,8 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "test_ppl": "test ppl (next token)", "test_acc": "test top-1 (%)", "kept_mean": "mean kept",
         "kept_after": "tokens left after each layer", "test_contexts": "test contexts", "agree_secure": "secure = torch (%)",
         "secure_contexts": "secure contexts", "paper_speedup": "paper GPT-2 ×", "search_run": "search run",
-        "secure_run": "secure run",
+        "secure_run": "secure run", "generated_tokens": "generated tokens",
+        "generate_lan_s_per_token": "LAN s / generated token", "generate_wan_s_per_token": "WAN s / generated token",
     }
     out = []
     for c in columns:

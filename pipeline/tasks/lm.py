@@ -59,7 +59,7 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                  "beta_factor": f.beta_factor, "beta_lambda": f.beta_lambda},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "eval_blocks": f.eval_blocks},
         Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
-                                    "batch_size": s.batch_size, "seq_len": s.seq_len,
+                                    "batch_size": s.batch_size, "seq_len": s.seq_len, "generate_tokens": s.generate_tokens,
                                     "private_owners": list(cfg.protocol.private_owners), "split": "test"},
     }[stage]()
 

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.config import Method
 from pipeline.context import StageContext
 from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params
-from pipeline.tasks.secure_inputs import run_method
+from pipeline.tasks.secure_inputs import method_session, run_method
 from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,55 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, run_id: s
     return metrics, {"declared": DECLARED[method.value], **leakage}
 
 
+def generate(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, blocks: str, first: np.ndarray,
+             seq_len: int, tokens: int) -> dict[str, float]:
+    """Greedy generation of ``tokens`` tokens after the first test context ``first[:seq_len]``,
+    securely: every token is one full two-party forward over the last ``seq_len`` tokens (no KV
+    cache; the client appends the argmax of its revealed logits, ``ContextRequest.appended``), so its
+    cost is the latency per generated token. Each step's cost is logged with MLflow ``step`` = the
+    token's index (``generate/time_s_lan``, ``generate/time_s_wan``, ``generate/comm_mb``); the
+    reference step after the two-party run: the torch model's argmax on each step's context.
+    Returns ``generate/tokens``, the means per token ``generate/time_s/{lan,wan}_per_token`` and
+    ``generate/comm_mb_per_token``, ``generate/agree`` (% of steps with the torch model's token) and
+    ``generate/kept_mean`` (tokens entering a layer, mean over steps and layers); artifact
+    ``generation.json`` (tokens, text, per-step cost and tokens entering each layer).
+    Revealed, per token: what the method reveals for one context."""
+    from transformers import AutoTokenizer
+
+    from models.config import OpsConfig
+    from models.weights import load_hf_gpt2
+    from protocols.provision import ContextRequest
+    from protocols.secure_model import evaluate_request
+
+    ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
+    generated: list[int] = []
+    steps: list[dict[str, Any]] = []
+    with method_session(ctx, method.value, ckpt, "generate") as (session, spec, release):
+        for step in range(tokens):
+            request = ContextRequest(blocks, (0,), seq_len, str(release), tuple(generated))
+            results, cost, _ = evaluate_request(session, spec, request, method.value, last_only=True)
+            generated.append(int(np.argmax(results[0].logits)))
+            figures = cost.to_metrics()
+            row = {"generate/time_s_lan": figures["time_s/lan"], "generate/time_s_wan": figures["time_s/wan"],
+                   "generate/comm_mb": figures["comm_mb/total"]}
+            method_run.log_metrics(row, step=step)
+            steps.append({**row, "token": generated[-1], "context": request.context(first).tolist(),
+                          "entering": list(results[0].entering_per_layer)})
+    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))          # reference step from here on
+    model.eval()
+    agree = [int(np.argmax(_reference(model, np.asarray(s["context"]), method.value)[0]) == s["token"]) for s in steps]
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    method_run.log_dict({"context_tail": tokenizer.decode(first[max(0, seq_len - 32):seq_len].tolist()),
+                         "generated": generated, "text": tokenizer.decode(generated), "agree": agree,
+                         "steps": [{k: v for k, v in s.items() if k != "context"} for s in steps]}, "generation.json")
+    per_token = {name: float(np.mean([s[f"generate/{key}"] for s in steps]))
+                 for name, key in (("time_s/lan_per_token", "time_s_lan"), ("time_s/wan_per_token", "time_s_wan"),
+                                   ("comm_mb_per_token", "comm_mb"))}
+    return {"generate/tokens": float(tokens), **{f"generate/{k}": v for k, v in per_token.items()},
+            "generate/agree": 100.0 * float(np.mean(agree)),
+            "generate/kept_mean": float(np.mean([np.mean(s["entering"]) for s in steps]))}
+
+
 def secure_eval(ctx: StageContext) -> None:
     """Two-party next-token prediction of test contexts for each method (module docstring)."""
     cfg = ctx.cfg
@@ -108,6 +157,9 @@ def secure_eval(ctx: StageContext) -> None:
                             "reference_step": "torch model, in the coordinator after the two-party run "
                                               "(it needs both parties' data)"})
             metrics, leakage = _evaluate(ctx, child, method, run_id, manifest.splits["test"], test, n, seq_len)
+            if cfg.secure_eval.generate_tokens:
+                metrics |= generate(ctx, child, method, run_id, manifest.splits["test"], test[0].numpy(), seq_len,
+                                    cfg.secure_eval.generate_tokens)
             child.log_metrics(metrics)
             child.log_dict(leakage, "leakage.json")
         ctx.run.log_metrics({f"time_s/lan/{method.value}": metrics.get("time_s/lan", 0.0),

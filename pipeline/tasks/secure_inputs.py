@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -136,6 +137,23 @@ def _run_batch(session: Any, spec: Any, request: Any, method: str, chunk: tuple[
                        reveals=[r.to_dict() for r in session.reveals[before:]], ownership=dict(session.ownership))
 
 
+@contextmanager
+def method_session(ctx: StageContext, method: str, checkpoint: Path, purpose: str = "client") -> Iterator[tuple[Any, Any, Path]]:
+    """An open two-party session for ``method``: the server's party writes the release of the
+    embedding tables (``ReleaseEmbeddings``) to a directory of the client's, ``…/<method>/<purpose>``
+    under this stage run's outputs, and provides its own weights and thresholds from ``checkpoint``
+    (``ServerRequest``). Yields the session, the public architecture (from the release) and the
+    release directory, which the client's requests name."""
+    from protocols.provision import ReleaseEmbeddings, ServerRequest, model_spec_of
+    from protocols.session import TwoPartySession
+
+    release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method / purpose
+    with TwoPartySession(session_spec(ctx.cfg)) as session:
+        session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
+        session.provide("server", ServerRequest(str(checkpoint), method))
+        yield session, model_spec_of(release), release
+
+
 def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint: Path, n: int,
                request_for: Callable[[tuple[int, ...], str], Any], **options: Any,
                ) -> tuple[dict[str, float], list[InputRecord], dict[str, Any]]:
@@ -151,9 +169,7 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     in input order and the leakage record (every value revealed, and who held each input). Also
     ``memory/peak_rss_mb/{client,server}``: each party process's peak RSS in this launch (MiB;
     with ``threads`` both are the one process)."""
-    from protocols.provision import ReleaseEmbeddings, ServerRequest, model_spec_of
     from protocols.secure_model import batch_ranges
-    from protocols.session import TwoPartySession
 
     key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code.tree)
     chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
@@ -164,11 +180,7 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     if records:
         log.info(f"secure {method}: {sum(map(len, records))} input(s) FINISHED in an earlier launch, reused")
     if todo:
-        release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method / "client"
-        with TwoPartySession(session_spec(ctx.cfg)) as session:
-            session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
-            spec = model_spec_of(release)            # the public architecture, from the release
-            session.provide("server", ServerRequest(str(checkpoint), method))
+        with method_session(ctx, method, checkpoint) as (session, spec, release):
             ran = options.get("layers") or spec.layers
             with tqdm(total=len(todo) * ran, desc=f"secure {method}", unit="layer") as bar:
                 for chunk in todo:

@@ -40,7 +40,7 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     that prunes and learned β, the search's pick scored on test, and all four causal methods run
     securely, each agreeing with the torch model on the logits' argmax and on the tokens entering
     every layer."""
-    out = _run(tmp_path, *_lm_overrides(*lm_assets))
+    out = _run(tmp_path, *_lm_overrides(*lm_assets), "secure_eval.generate_tokens=3")
     assert out.returncode == 0, out.stderr[-4000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
@@ -88,7 +88,43 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert table.loc["none", "speedup_vs_none"] == 1.0
     assert pd.isna(table.loc["prune", "paper_speedup"])       # the paper reports GPT-2 at 128 and 512 tokens only
     assert table.loc["none", "kept_after"] == "15.0-15.0" and table.loc["bolt_we", "kept_after"] == "8.0-8.0"
+    _check_generation(tmp_path, method, table)
     _check_parties_load_their_own(tmp_path, lm_assets, method)
+
+
+def _check_generation(tmp_path: Path, method: pd.DataFrame, table: pd.DataFrame) -> None:
+    """``secure_eval.generate_tokens=3``: each method generates 3 tokens greedily after test context 0,
+    each a secure forward over a sliding window of the last 15 tokens: the first token is the argmax
+    of context 0's scored logits (input.json), each step's context is the last one shifted by the
+    token generated before, the torch model picks the same token on every step, and the cost of a
+    step is that of a scored context (the same shapes for the unpruned methods)."""
+    import json
+
+    import numpy as np
+
+    client = mlflow.MlflowClient()
+    for name, m in method.iterrows():
+        assert m["metrics.generate/tokens"] == 3 and m["metrics.generate/agree"] == 100.0, name
+        generation = json.loads(Path(client.download_artifacts(m["run_id"], "generation.json")).read_text())
+        scored = runs_input(client, m)
+        assert len(generation["generated"]) == 3 and generation["generated"][0] == int(np.argmax(scored["logits"][0])), name
+        assert isinstance(generation["text"], str) and generation["agree"] == [1, 1, 1], name
+        assert [s["entering"][0] for s in generation["steps"]] == [15, 15, 15], name   # the window keeps 15 tokens
+        steps = [h.value for h in client.get_metric_history(m["run_id"], "generate/comm_mb")]
+        assert len(steps) == 3 and m["metrics.generate/comm_mb_per_token"] == pytest.approx(np.mean(steps)), name
+        assert table.loc[name, "generate_lan_s_per_token"] == pytest.approx(m["metrics.generate/time_s/lan_per_token"])
+    for name in ("none", "bolt_we"):             # fixed shapes: a generated token costs what a scored context does
+        assert method.loc[name, "metrics.generate/comm_mb_per_token"] == pytest.approx(method.loc[name, "metrics.comm_mb/total"],
+                                                                                       rel=1e-3), name
+
+
+def runs_input(client: mlflow.MlflowClient, method_run: pd.Series) -> dict:
+    """input.json of the method run's context-0 input run."""
+    import json
+
+    child = client.search_runs([method_run["experiment_id"]], f"tags.mlflow.parentRunId = '{method_run['run_id']}' "
+                               "and tags.kind = 'input' and tags.examples = '0'")[0]
+    return json.loads(Path(client.download_artifacts(child.info.run_id, "input.json")).read_text())
 
 
 def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], threads: pd.DataFrame) -> None:
@@ -148,6 +184,9 @@ def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple
         (["experiment=gpt2_wikitext2", "data.tokenizer_dir=null"], "needs a GPT-2 tokenizer"),
         (["experiment=gpt2_wikitext2", "secure_eval.seq_len=1"], "secure_eval.seq_len=1"),
         (["experiment=gpt2_wikitext2", "data.max_length=256"], "exceeds the model's 128 positions"),
+        (["experiment=gpt2_wikitext2", "secure_eval.generate_tokens=-1"], "secure_eval.generate_tokens=-1: must be >= 0"),
+        (["secure_eval.generate_tokens=2"], "generation is defined for causal language modelling (data.task=wikitext2), "
+                                            "not data.task=synthetic"),
     ],
 )
 def test_lm_config_errors_are_named(compose_cfg, overrides, needle, lm_assets):

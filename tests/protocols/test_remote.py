@@ -238,3 +238,15 @@ def test_two_parties_in_two_network_namespaces(owned, two_hosts, tmp_path, monke
             _assert_coordinator_saw_only_declared(audit, session)
             assert session.meter.report().bytes_total > 0
     _check_against_reference(results, owned, "prune_reduce")
+
+
+def test_context_request_slides_its_window_over_generated_tokens() -> None:
+    """A context of ``seq_len`` tokens of a block; with tokens the client generated appended, the last
+    ``seq_len`` of the context and them (the same length and positions at every generation step)."""
+    from protocols.provision import ContextRequest
+
+    block = np.arange(10, 16)
+    window = lambda *appended: ContextRequest("blocks.npy", (0,), 4, "release", appended).context(block).tolist()  # noqa: E731
+    assert window() == [10, 11, 12, 13]
+    assert window(7) == [11, 12, 13, 7]
+    assert window(7, 8, 9, 5, 6) == [8, 9, 5, 6]
