@@ -198,6 +198,21 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys, key=in_method_order).reset_index(drop=True)
 
 
+def ops_table(methods: pd.DataFrame) -> pd.DataFrame:
+    """Where each method's secure time goes: one row per (model, task, length, protocol, method),
+    the newest method run's LAN seconds per op class (``time_s/lan/{op}``, per input, as the
+    meter measured them; ``lan_<op>``), its total and bytes, and the run id."""
+    rows = newest(methods, GROUP + ["method"]).sort_values(GROUP + ["method"], key=in_method_order)
+    out = rows[GROUP + ["method"]].copy()
+    for op in (*paper.OPS, "Other"):
+        out[f"lan_{op}"] = _metric(rows, f"time_s/lan/{op}")
+    out["time_lan_s"] = _metric(rows, "time_s/lan")
+    out["comm_gb"] = _metric(rows, "comm_mb/total") / 1024.0
+    out["inputs"] = _metric(rows, "examples/secure")
+    out["secure_run"] = rows["run_id"]
+    return out.reset_index(drop=True)
+
+
 def reduce_ceiling(total: Any, reducible: Any) -> Any:
     """``T / (T − T_reducible)``: a run's speed-up if every program Π_reduce can touch cost nothing
     (``protocols.meter.CostReport.reducible``); floats or Series, NaN where either is missing."""
@@ -226,6 +241,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "kept_after": "tokens left after each layer", "test_contexts": "test contexts", "agree_secure": "secure = torch (%)",
         "secure_contexts": "secure contexts", "paper_speedup": "paper GPT-2 ×", "search_run": "search run",
         "secure_run": "secure run", "generated_tokens": "generated tokens",
+        **{f"lan_{op}": f"{op} (s)" for op in (*paper.OPS, "Other")},
         "generate_lan_s_per_token": "LAN s / generated token", "generate_wan_s_per_token": "WAN s / generated token",
     }
     out = []

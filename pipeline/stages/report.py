@@ -30,6 +30,7 @@ TABLES: dict[str, str] = {
               "validation split carved from train, dev evaluated once), ours vs the paper (BERT-base)",
     "lm": "GPT-2 on WikiText-2: next-token prediction over a pruned context (test contexts; selected on dev), "
           "secure cost per context measured end to end, the paper's GPT-2 speed-up beside it",
+    "ops": "Secure LAN seconds per op class and method (per input, measured end to end by the cost meter)",
 }
 FIGURES: tuple[str, ...] = ("kept_tokens", "breakdown", "pareto", "scaling")
 
@@ -68,6 +69,10 @@ def _table(name: str, methods: pd.DataFrame, searches: pd.DataFrame, names: list
         if "time_s/lan" not in methods or methods["time_s/lan"].isna().all():
             raise _missing("Table 1", names, uri, " with metric time_s/lan")
         return tables.table1(methods)
+    if name == "ops":
+        if methods.empty or "time_s/lan" not in methods:
+            raise _missing("The op breakdown", names, uri, " with metric time_s/lan")
+        return tables.ops_table(methods)
     if name == "lm":
         table = tables.lm_table(searches, methods)
         if table.empty:

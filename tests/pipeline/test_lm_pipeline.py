@@ -88,6 +88,13 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert table.loc["none", "speedup_vs_none"] == 1.0
     assert pd.isna(table.loc["prune", "paper_speedup"])       # the paper reports GPT-2 at 128 and 512 tokens only
     assert table.loc["none", "kept_after"] == "15.0-15.0" and table.loc["bolt_we", "kept_after"] == "8.0-8.0"
+    ops = pd.read_csv(tmp_path / "reports" / "lm" / "ops.csv").set_index("method")   # where the time goes, per op class
+    for name in ops.index:
+        by_op = ops.loc[name, [f"lan_{op}" for op in ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other")]]
+        assert by_op.sum() == pytest.approx(ops.loc[name, "time_lan_s"]) == method.loc[name, "metrics.time_s/lan"], name
+        assert ops.loc[name, "secure_run"] == method.loc[name, "run_id"]
+    assert ops.loc["none", "lan_Prune"] == 0 < ops.loc["prune", "lan_Prune"] and ops.loc["prune_reduce", "lan_Reduce"] > 0
+    assert list((tmp_path / "reports" / "lm").glob("breakdown_*.png"))
     _check_generation(tmp_path, method, table)
     _check_parties_load_their_own(tmp_path, lm_assets, method)
 
