@@ -288,7 +288,7 @@ def test_figure_without_data_is_skipped_with_a_note(compose_cfg, monkeypatch) ->
 def test_unknown_table_is_rejected(compose_cfg, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = compose_cfg("stage=report", "report.tables=[table9]")
-    with pytest.raises(ValueError, match="table9.*tables: \\['lm', 'table1', 'table2'\\]"):
+    with pytest.raises(ValueError, match="table9.*tables: \\['lm', 'ops', 'table1', 'table2'\\]"):
         run_stages(cfg, Tracker(cfg), (Stage.report,), [])
 
 
