@@ -229,6 +229,10 @@ class SecureEvalConfig:
     # the first test context, every token a full secure forward over the last seq_len tokens (no KV
     # cache; the client appends its own argmax): the latency per generated token. 0: none.
     generate_tokens: int = 0
+    # attention's programs (scores, softmax, context) take at most this many heads each: a program's
+    # memory grows with its heads·n², which at 512 tokens can exceed the machine; the same values and
+    # bytes, more rounds. None: all heads in one program.
+    heads_per_program: Optional[int] = None
 
 
 @dataclass

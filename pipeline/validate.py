@@ -140,6 +140,10 @@ def validate(cfg: PipelineConfig) -> None:
     if k is not None and cfg.model.family.value != "bert":
         raise ConfigError(f"secure_eval.unpruned_layers={k}: composing the unpruned pass is implemented for BERT "
                           f"(model.family=bert), not {cfg.model.family.value}; set it to null")
+    hp = cfg.secure_eval.heads_per_program
+    if hp is not None and not 1 <= hp <= cfg.model.heads:
+        raise ConfigError(f"secure_eval.heads_per_program={hp}: must be in [1, model.heads={cfg.model.heads}] or null "
+                          "(all heads in one program)")
     if cfg.search.reduce_max_drop < 0:
         raise ConfigError(f"search.reduce_max_drop={cfg.search.reduce_max_drop}: must be >= 0 (accuracy points)")
     bad = [s for s in cfg.search.beta_scales if not (math.isfinite(s) and s >= 0)]

@@ -140,7 +140,7 @@ def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndar
 def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
               pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
               record_scores: bool = False, trace_positions: bool = False,
-              layers: Optional[int] = None) -> list[SecureResult]:
+              layers: Optional[int] = None, heads_per_program: Optional[int] = None) -> list[SecureResult]:
     """Run the model on ``session`` (secure or plain) for every example in one pass: their
     tokens stacked per layer (``protocols.batch``), one program per step for the whole batch.
 
@@ -153,7 +153,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     ``trace_positions`` (tests and the plaintext reference only: it reveals which tokens were
     kept, beyond the declared leakage) carries each token's original index through every
     compaction and opens it after each layer (``SecureResult.kept_positions``). ``layers``: run
-    only the first ``layers`` (``forward``).
+    only the first ``layers``; ``heads_per_program``: attention's head ranges (``forward``).
     """
     check_method(spec, pruning.method, pruning.criterion)
     client, sizes = client_inputs(spec, weights, examples, trace_positions)
@@ -163,7 +163,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
             session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
                    trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms,
-                   layers=layers)
+                   layers=layers, heads_per_program=heads_per_program)
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,41 @@ def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute"
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
 
+def _attention(s: Session, l: int, layout: Layout, heads: int, causal: bool, reduce_forms: str,
+               heads_per_program: Optional[int]) -> None:
+    """Layer ``l``'s attention from ``q``, ``k``, ``v``: ``A`` (the probs Π_prune reads, flat) and
+    the projected output ``a``. With ``heads_per_program`` below ``heads``, scores, softmax and
+    context run one program per head range (``tf.head_slices``), so a program's memory grows with
+    its own heads·n²; the same values and bytes, more rounds."""
+    st = {"heads": heads, "layout": layout}
+    vis = ["vis"] if layout.shuffled else []
+    soft = {"layout": layout, "causal": causal, "forms": reduce_forms}
+    p = f"l{l}."
+    slices = tf.head_slices(heads, heads_per_program)
+    if len(slices) == 1:
+        s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static=st)
+        s.run(tf.attention_probs, ["sc", "valid", *vis], ["A"], op="Softmax", layer=l, static={**soft, "heads": heads})
+        s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static=st)
+        return
+    for i, head_range in enumerate(slices):
+        part = {**st, "head_range": head_range}
+        s.run(tf.attention_scores, ["q", "k"], [f"sc{i}"], op="Linear", layer=l, static=part)
+        s.run(tf.attention_probs, [f"sc{i}", "valid", *vis], [f"A{i}"], op="Softmax", layer=l,
+              static={**soft, "heads": head_range[1] - head_range[0]})
+        s.run(tf.attention_context, [f"A{i}", "v"], [f"c{i}"], op="Linear", layer=l, static=part)
+        s.delete(f"sc{i}")
+    chunks, contexts = [f"A{i}" for i in range(len(slices))], [f"c{i}" for i in range(len(slices))]
+    s.run(tf.merge_heads, chunks, ["A"], op="Other", layer=l,
+          static={"layout": layout, "widths": tuple(h1 - h0 for h0, h1 in slices)})
+    s.run(tf.attention_project, [p + "wo", p + "bo", *contexts], ["a"], op="Linear", layer=l)
+    s.delete(*chunks, *contexts)
+
+
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
             record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute",
             reduce_forms: str = DEFAULT_REDUCE_FORMS,
             on_layer: Optional[Callable[[LayerDone], None]] = None,
-            layers: Optional[int] = None) -> list[SecureResult]:
+            layers: Optional[int] = None, heads_per_program: Optional[int] = None) -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
     (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
@@ -202,7 +232,8 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     progress, the layer's cost). ``layers``: run only the first ``layers`` layers, then the head
     (``method="none"`` only, for cost: its layers are identical programs on identical shapes, so
     ``CostReport.with_layers_repeated`` composes the whole pass; the logits are the truncated
-    model's); None runs them all."""
+    model's); None runs them all. ``heads_per_program``: attention's programs take at most that many
+    heads each (``_attention``; None: all), to bound a program's memory at long inputs."""
     check_method(spec, method, criterion)
     run_layers = spec.layers if layers is None else layers
     if not 1 <= run_layers <= spec.layers or (run_layers < spec.layers and method != "none"):
@@ -230,10 +261,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             x = "x"
         st = {"heads": heads, "layout": layout}
         s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
-        s.run(tf.attention_scores, ["q", "k"], ["sc"], op="Linear", layer=l, static=st)
-        s.run(tf.attention_probs, ["sc", "valid"] + (["vis"] if layout.shuffled else []), ["A"], op="Softmax",
-              layer=l, static={**st, "causal": spec.causal, "forms": reduce_forms})
-        s.run(tf.attention_output, ["A", "v", p + "wo", p + "bo"], ["a"], op="Linear", layer=l, static=st)
+        _attention(s, l, layout, heads, spec.causal, reduce_forms, heads_per_program)
         if spec.causal:
             s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
         else:
@@ -307,7 +335,7 @@ def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str,
 def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
                      criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS, last_only: bool = False,
                      on_layer: Optional[Callable[[LayerDone], None]] = None, layers: Optional[int] = None,
-                     ) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
+                     heads_per_program: Optional[int] = None) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
     """The owner-held counterpart of ``run_batch`` for one batch of the client's inputs: the client's
     party loads and shares them itself (``request``: a ``protocols.provision.ClientRequest`` or
     ``ContextRequest``; the
@@ -315,11 +343,12 @@ def evaluate_request(session: Session, spec: TransformerSpec, request: Any, meth
     then ``forward``. Returns the per-example results, the batch's cost and the request's public part
     (token counts, the client's labels). ``criterion``, ``reduce_forms``: the thresholds'
     (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``,
-    ``layers``: ``forward``'s progress callback and layers run."""
+    ``layers``, ``heads_per_program``: ``forward``'s progress callback, layers run and head ranges."""
     public = session.provide("client", request)
     with session.meter.measure() as m:
         results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
-                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer, layers=layers)
+                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer, layers=layers,
+                          heads_per_program=heads_per_program)
     return results, m.report, public
 
 

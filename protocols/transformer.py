@@ -116,16 +116,34 @@ def qkv(h: jnp.ndarray, wq: jnp.ndarray, bq: jnp.ndarray, wk: jnp.ndarray, bk: j
     return h @ wq + bq, h @ wk + bk, h @ wv + bv
 
 
-def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layout) -> jnp.ndarray:
-    """Scaled scores of each input's own tokens, flat ``[Σ_groups g·H·n·n]`` (``Layout.groups``
-    order; one input: ``[H, n, n]`` raveled). Cost: per group one batched secret×secret
-    ``[g·H] × n×(d/H)×n`` matmul."""
-    d = q.shape[1]
-    dh = d // heads
+def head_slices(heads: int, per_program: int | None) -> list[tuple[int, int]]:
+    """Head ranges ``[h0, h1)`` of at most ``per_program`` heads each (None: all ``heads`` in one):
+    attention then runs one program per range, so a program's memory grows with its own heads·n²,
+    not the layer's (the same bytes; each range pays the programs' rounds again)."""
+    if per_program is not None and not 1 <= per_program:
+        raise ValueError(f"heads_per_program={per_program}: must be >= 1 or None")
+    step = heads if per_program is None else min(per_program, heads)
+    return [(h0, min(h0 + step, heads)) for h0 in range(0, heads, step)]
+
+
+def _heads_of(x: jnp.ndarray, layout: Layout, members: tuple[int, ...], heads: int,
+              head_range: tuple[int, int] | None) -> jnp.ndarray:
+    """Rows of ``members`` split into heads, ``[g, h1−h0, n, d/H]`` for the heads of ``head_range``
+    (None: all ``heads``)."""
+    h0, h1 = head_range or (0, heads)
+    g = stack_group(x, layout, members)
+    return g.reshape(g.shape[0], g.shape[1], heads, -1)[:, :, h0:h1].transpose(0, 2, 1, 3)
+
+
+def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layout,
+                     head_range: tuple[int, int] | None = None) -> jnp.ndarray:
+    """Scaled scores of each input's own tokens, flat ``[Σ_groups g·H'·n·n]`` (``Layout.groups``
+    order; one input: ``[H', n, n]`` raveled) for the ``H'`` heads of ``head_range`` (None: all
+    ``H``). Cost: per group one batched secret×secret ``[g·H'] × n×(d/H)×n`` matmul."""
+    dh = q.shape[1] // heads
     parts = []
-    for n, _, members in layout.groups():
-        qg = stack_group(q, layout, members).reshape(len(members), n, heads, dh).transpose(0, 2, 1, 3)
-        kg = stack_group(k, layout, members).reshape(len(members), n, heads, dh).transpose(0, 2, 1, 3)
+    for _, _, members in layout.groups():
+        qg, kg = (_heads_of(x, layout, members, heads, head_range) for x in (q, k))
         parts.append((jnp.einsum("ghid,ghjd->ghij", qg, kg) * (1.0 / math.sqrt(dh))).reshape(-1))
     return jnp.concatenate(parts)
 
@@ -153,17 +171,39 @@ def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, vis: jnp.ndarray | 
     return jnp.concatenate(parts)
 
 
+def attention_context(probs: jnp.ndarray, v: jnp.ndarray, *, heads: int, layout: Layout,
+                      head_range: tuple[int, int] | None = None) -> jnp.ndarray:
+    """``concat_h(A_h V_h)`` over the ``H'`` heads of ``head_range`` (None: all ``H``), ``[total,
+    H'·d/H]``; ``probs`` flat for those heads. Cost: per group a batched ``[g·H'] × n×n×(d/H)``
+    secret×secret matmul."""
+    h0, h1 = head_range or (0, heads)
+    ctx: dict[int, jnp.ndarray] = {}
+    for n, members, a in iter_groups(probs, layout, h1 - h0):
+        out = jnp.einsum("ghij,ghjd->ghid", a, _heads_of(v, layout, members, heads, head_range))
+        ctx.update({b: out[i].transpose(1, 0, 2).reshape(n, -1) for i, b in enumerate(members)})
+    return unstack_groups(ctx, layout)
+
+
+def attention_project(wo: jnp.ndarray, bo: jnp.ndarray, *contexts: jnp.ndarray) -> jnp.ndarray:
+    """``concat(contexts) Wo + bo`` ``[total, d]`` (the head ranges' contexts in head order).
+    Cost: one ``total×d×d`` matmul with the server's ``Wo``."""
+    return jnp.concatenate(contexts, axis=1) @ wo + bo
+
+
 def attention_output(probs: jnp.ndarray, v: jnp.ndarray, wo: jnp.ndarray, bo: jnp.ndarray, *,
                      heads: int, layout: Layout) -> jnp.ndarray:
-    """``concat_h(A_h V_h) Wo + bo`` ``[total, d]``. Cost: per group a batched
-    ``[g·H] × n×n×(d/H)`` matmul, then one ``total×d×d`` matmul with the server's ``Wo``."""
-    d = v.shape[1]
-    ctx: dict[int, jnp.ndarray] = {}
-    for n, members, a in iter_groups(probs, layout, heads):
-        vg = stack_group(v, layout, members).reshape(len(members), n, heads, d // heads).transpose(0, 2, 1, 3)
-        out = jnp.einsum("ghij,ghjd->ghid", a, vg).transpose(0, 2, 1, 3).reshape(len(members), n, d)
-        ctx.update({b: out[i] for i, b in enumerate(members)})
-    return unstack_groups(ctx, layout) @ wo + bo
+    """``concat_h(A_h V_h) Wo + bo`` ``[total, d]``, all heads in one program
+    (``attention_context`` then ``attention_project``)."""
+    return attention_project(wo, bo, attention_context(probs, v, heads=heads, layout=layout))
+
+
+def merge_heads(*chunks: jnp.ndarray, widths: tuple[int, ...], layout: Layout) -> jnp.ndarray:
+    """The flat probs of head ranges of ``widths`` heads each (in head order) as one flat
+    ``[Σ_groups g·H·n·n]`` tensor, ``H = Σ widths`` (what Π_prune's score reads). Cost: local."""
+    parts = []
+    for groups in zip(*(iter_groups(c, layout, w) for c, w in zip(chunks, widths))):
+        parts.append(jnp.concatenate([a for _, _, a in groups], axis=1).reshape(-1))
+    return jnp.concatenate(parts)
 
 
 def linear(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:

@@ -58,7 +58,8 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                "beta_scales": list(cfg.search.beta_scales), "seed": f.seed},
         Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "private_owners": list(cfg.protocol.private_owners),
-                                    "seed": f.seed},
+                                    "seed": f.seed, "unpruned_layers": s.unpruned_layers,
+                                    "heads_per_program": s.heads_per_program},
     }[stage]()
 
 

@@ -54,7 +54,8 @@ def _secure_step(ctx: StageContext, method_run: StageRun, method: Method, checkp
     layers = ctx.cfg.secure_eval.unpruned_layers if method is Method.none else None
     return run_method(ctx, method_run, method.value, checkpoint, n,
                       lambda chunk, release: ClientRequest(manifest.splits["dev"], chunk, release),
-                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms, layers=layers)
+                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms, layers=layers,
+                      heads_per_program=ctx.cfg.secure_eval.heads_per_program)
 
 
 def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, thresholds: Any, manifest: DatasetManifest,

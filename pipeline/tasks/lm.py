@@ -60,6 +60,7 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "eval_blocks": f.eval_blocks},
         Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "seq_len": s.seq_len, "generate_tokens": s.generate_tokens,
+                                    "heads_per_program": s.heads_per_program,
                                     "private_owners": list(cfg.protocol.private_owners), "split": "test"},
     }[stage]()
 

@@ -60,7 +60,7 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, run_id: s
     ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
     sums, records, leakage = run_method(ctx, method_run, method.value, ckpt, n,
                                         lambda chunk, release: ContextRequest(blocks, chunk, seq_len, release),
-                                        last_only=True)
+                                        last_only=True, heads_per_program=ctx.cfg.secure_eval.heads_per_program)
     model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))           # reference step from here on
     model.eval()
     agree = hits = 0
@@ -109,7 +109,8 @@ def generate(ctx: StageContext, method_run: StageRun, method: Method, run_id: st
     with method_session(ctx, method.value, ckpt, "generate") as (session, spec, release):
         for step in range(tokens):
             request = ContextRequest(blocks, (0,), seq_len, str(release), tuple(generated))
-            results, cost, _ = evaluate_request(session, spec, request, method.value, last_only=True)
+            results, cost, _ = evaluate_request(session, spec, request, method.value, last_only=True,
+                                                heads_per_program=ctx.cfg.secure_eval.heads_per_program)
             generated.append(int(np.argmax(results[0].logits)))
             figures = cost.to_metrics()
             row = {"generate/time_s_lan": figures["time_s/lan"], "generate/time_s_wan": figures["time_s/wan"],

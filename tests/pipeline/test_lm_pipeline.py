@@ -136,9 +136,10 @@ def runs_input(client: mlflow.MlflowClient, method_run: pd.Series) -> dict:
 
 def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], threads: pd.DataFrame) -> None:
     """secure_eval with one process per party (the server's loads the checkpoint, the client's its
-    test contexts): the same agreement and schedule as in one process; relaunched with a third
-    context, it reuses the two FINISHED contexts of every method and runs only the third."""
-    args = [*_lm_overrides(*lm_assets), "stage=secure_eval", "protocol.transport=processes"]
+    test contexts) and attention in one program per head (``secure_eval.heads_per_program=1``):
+    the same agreement and schedule as in one process with all heads in one program; relaunched
+    with a third context, it reuses the two FINISHED contexts of every method and runs only the third."""
+    args = [*_lm_overrides(*lm_assets), "stage=secure_eval", "protocol.transport=processes", "secure_eval.heads_per_program=1"]
     for launch in (1, 2):
         out = _run(tmp_path, *args, f"secure_eval.num_examples={launch + 1}")
         assert out.returncode == 0, out.stderr[-4000:]
@@ -157,6 +158,9 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
     processes = newest.set_index("tags.method")
     assert processes.loc["prune", "metrics.comm_mb/total"] < processes.loc["none", "metrics.comm_mb/total"]
     assert processes.loc["bolt_we", "metrics.kept_tokens/layer_1"] == threads.loc["bolt_we", "metrics.kept_tokens/layer_1"]
+    # one attention program per head: the same bytes to 1 %, more rounds per context
+    assert processes.loc["none", "metrics.comm_mb/total"] == pytest.approx(threads.loc["none", "metrics.comm_mb/total"], rel=0.01)
+    assert processes.loc["none", "metrics.rounds/total"] > threads.loc["none", "metrics.rounds/total"]
 
 
 def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
@@ -192,6 +196,8 @@ def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple
         (["experiment=gpt2_wikitext2", "secure_eval.seq_len=1"], "secure_eval.seq_len=1"),
         (["experiment=gpt2_wikitext2", "data.max_length=256"], "exceeds the model's 128 positions"),
         (["experiment=gpt2_wikitext2", "secure_eval.generate_tokens=-1"], "secure_eval.generate_tokens=-1: must be >= 0"),
+        (["experiment=gpt2_wikitext2", "secure_eval.heads_per_program=5"],
+         "secure_eval.heads_per_program=5: must be in [1, model.heads=4]"),
         (["secure_eval.generate_tokens=2"], "generation is defined for causal language modelling (data.task=wikitext2), "
                                             "not data.task=synthetic"),
     ],

@@ -182,3 +182,41 @@ def test_minilm_secure_prune_matches_plaintext() -> None:
         secure = secure_forward(s, spec, w, ids, mask, pruning=pruning)
     _check(secure, plain)
     assert plain.kept_per_layer[0] < 15
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_in_head_ranges_is_the_same_pass(causal: bool) -> None:
+    """``heads_per_program``: attention's scores, softmax and context run one program per head range
+    (4 heads as ranges of 3 + 1, and 1 + 1 + 1 + 1). In plain JAX: the same logits and importance
+    scores as all heads in one program, to float rounding, and the same Π_prune + Π_reduce
+    decisions; under SEMI2K: the same decisions and logits within the fixed-point tolerance, the
+    Softmax's bytes within 1 % (the same rows, in more programs) and more Softmax programs."""
+    from protocols.secure_model import plaintext_batch, run_batch
+    from protocols.session import PlainSession
+
+    spec = TransformerSpec(**{**TINY, "heads": 4}, causal=causal)
+    w = random_weights(spec, seed=11, scale=1.0)
+    example = [(IDS[:10], None if causal else MASK[:10], None)]
+    s0 = plaintext_batch(spec, w, example)[0].scores[0][:9]
+    s1 = plaintext_batch(spec, w, example, PruningSpec("prune", (_mid_gap(s0, 2), 0.0)))[0].scores[1]
+    pruning = PruningSpec("prune_reduce", (_mid_gap(s0, 2), _mid_gap(s1, 1)), (_mid_gap(s0, 5), _mid_gap(s1, 3)))
+    whole = plaintext_batch(spec, w, example, pruning, last_only=causal)[0]
+    assert whole.kept_per_layer[0] < 10 and whole.high_per_layer[0] is not None   # Π_prune and Π_reduce both acted
+    for per_program in (3, 1):
+        with PlainSession() as s:
+            ranged = run_batch(s, spec, w, example, pruning, record_scores=True, trace_positions=True,
+                               last_only=causal, heads_per_program=per_program)[0]
+        assert ranged.kept_per_layer == whole.kept_per_layer and ranged.high_per_layer == whole.high_per_layer
+        assert ranged.kept_positions == whole.kept_positions
+        for a, b in zip(ranged.scores, whole.scores):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ranged.logits, whole.logits, rtol=1e-4, atol=1e-5)
+    costs = {}
+    for per_program in (None, 1):
+        with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
+            secure = run_batch(s, spec, w, example, pruning, last_only=causal, heads_per_program=per_program)[0]
+        assert secure.kept_per_layer == whole.kept_per_layer and secure.high_per_layer == whole.high_per_layer
+        assert np.max(np.abs(secure.logits - whole.logits)) < TOL
+        costs[per_program] = secure.cost.by_op()["Softmax"]
+    assert costs[1].bytes_total == pytest.approx(costs[None].bytes_total, rel=0.01)
+    assert len(costs[1].programs) == 4 * len(costs[None].programs)
