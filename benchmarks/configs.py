@@ -46,6 +46,10 @@ class EngineBench:
     matmuls: list[int] = field(default_factory=list)  # non-empty: projection levers instead of layers
     fields: list[str] = field(default_factory=lambda: ["FM64"])
     recv_timeout_s: float = 1800.0
+    # attention's head ranges per program (``secure_eval.heads_per_program``), each measured; null:
+    # all heads in one program. With transport=processes each configuration's party processes are
+    # fresh, so their peak RSS is that configuration's.
+    heads_per_program: list[Optional[int]] = field(default_factory=lambda: [None])
 
 
 @dataclass

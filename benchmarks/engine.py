@@ -20,8 +20,9 @@ with / without SPU's mmul split.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,9 +37,11 @@ log = logging.getLogger(__name__)
 PARTS = ("attn/Linear", "Softmax", "ffn/Linear", "GELU", "LayerNorm", "Other")
 
 
-def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int) -> dict[str, float]:
+def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int,
+            heads_per_program: Optional[int] = None) -> dict[str, float]:
     """One layer for ``batch`` inputs of ``tokens`` tokens: ``{part/s, part/mb, ...}`` for the batch,
-    ``layer_s``/``layer_mb`` (layer 0 only), ``emb_ln_*`` and ``head_*`` (outside the layer), kernels."""
+    ``layer_s``/``layer_mb`` (layer 0 only), ``emb_ln_*`` and ``head_*`` (outside the layer), kernels,
+    ``rounds``, each party's peak RSS ``peak_rss_mb/{client,server}`` (the session's processes)."""
     weights = random_weights(shape, scale=0.02)
     rng = np.random.default_rng(tokens * 100 + batch)
     examples = [(rng.integers(1, shape.vocab_size, tokens), np.ones(tokens, np.float32), np.zeros(tokens, np.int64))
@@ -46,9 +49,11 @@ def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int) 
     with TwoPartySession(spec) as s:
         warm_up(s)
         with s.meter.measure() as measured:
-            run_batch(s, shape, weights, examples, PruningSpec("none"))
+            run_batch(s, shape, weights, examples, PruningSpec("none"), heads_per_program=heads_per_program)
         cost = measured.report
+        rss = s.peak_rss_mb()
     out: dict[str, float] = {f"{p}/{q}": 0.0 for p in PARTS for q in ("s", "mb")}
+    out |= {f"peak_rss_mb/{owner}": mb for owner, mb in rss.items()}
     in_ffn = False
     for p in cost.programs:
         if p.layer is None:
@@ -63,6 +68,7 @@ def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int) 
     layer = [p for p in cost.programs if p.layer == 0]
     out["layer_s"] = sum(p.wall_s for p in layer)
     out["layer_mb"] = sum(p.bytes_total for p in layer) / 2**20
+    out["layer_rounds"] = float(sum(p.rounds for p in layer))
     out["per_input_s"] = out["layer_s"] / batch
     out["per_input_mb"] = out["layer_mb"] / batch
     for name, count in cost.kernel_counts().items():
@@ -77,10 +83,13 @@ def layer_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         m = r["m"]
         kernels = ", ".join(f"{k.split('/')[1]} {v:.0f}" for k, v in sorted(m.items()) if k.startswith("kernel/"))
-        cells.append([r["tokens"], r["batch"], r["owners"], *[f"{m[f'{p}/s']:.1f} s / {m[f'{p}/mb']:.1f}" for p in PARTS],
-                      f"{m['layer_s']:.1f} s / {m['layer_mb']:.1f}", f"{m['per_input_s']:.1f} s / {m['per_input_mb']:.1f}",
-                      kernels])
-    return markdown(cells, ["tokens", "batch", "owners", *PARTS, "layer (batch)", "per input", "matmul kernels"])
+        cells.append([r["tokens"], r["batch"], r["owners"], r["heads"] or "all",
+                      *[f"{m[f'{p}/s']:.1f} s / {m[f'{p}/mb']:.1f}" for p in PARTS],
+                      f"{m['layer_s']:.1f} s / {m['layer_mb']:.1f} / {m['layer_rounds']:.0f}",
+                      f"{m['per_input_s']:.1f} s / {m['per_input_mb']:.1f}",
+                      f"{m['peak_rss_mb/client']:.0f} / {m['peak_rss_mb/server']:.0f}", kernels])
+    return markdown(cells, ["tokens", "batch", "owners", "heads / program", *PARTS, "layer (batch): s / MB / rounds",
+                            "per input", "peak RSS MiB client / server", "matmul kernels"])
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
@@ -88,7 +97,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     per ownership: how far a pruned (small) layer is from the ideal ratio of the token counts."""
     lines = []
     for owners in dict.fromkeys(r["owners"] for r in rows):
-        mine = [r for r in rows if r["owners"] == owners]
+        mine = [r for r in rows if r["owners"] == owners and r["heads"] is None]
         big = max(r["tokens"] for r in mine)
         ref = next((r for r in mine if r["tokens"] == big and r["batch"] == 1), None)
         for r in mine if ref is not None else []:
@@ -173,16 +182,23 @@ def run(cfg: EngineBench, log_metrics: LogMetrics) -> BenchResult:
     for owners in cfg.owners:
         spec = SessionSpec(protocol="CHEETAH", transport=cfg.transport, recv_timeout_s=cfg.recv_timeout_s,
                            private_owners=OWNERSHIP[owners])
-        for tokens in cfg.tokens:
-            for batch in cfg.batch:
-                if tokens * batch > cfg.max_rows and batch > 1:
-                    continue
-                m = measure(spec, shape, tokens, batch)
-                rows.append({"tokens": tokens, "batch": batch, "owners": owners, "m": m})
-                log_metrics({f"{owners}/{tokens}x{batch}/{k}": v for k, v in m.items()})
-                log.info(f"{owners} {batch}x{tokens}: layer {m['layer_s']:.1f} s / {m['layer_mb']:.1f} MB, "
-                         f"per input {m['per_input_s']:.1f} s")
-    report = (f"{cfg.shape.value} shape, random weights, CHEETAH over {cfg.transport}; all measured, none composed\n\n"
-              + layer_table(rows) + "\n\n" + "\n".join(ratios(rows)) + "\n")
-    metrics = {f"{r['owners']}/{r['tokens']}x{r['batch']}/{k}": v for r in rows for k, v in r["m"].items()}
+        for tokens, batch, heads in itertools.product(cfg.tokens, cfg.batch, cfg.heads_per_program):
+            if tokens * batch > cfg.max_rows and batch > 1:
+                continue
+            m = measure(spec, shape, tokens, batch, heads)
+            rows.append({"tokens": tokens, "batch": batch, "owners": owners, "heads": heads, "m": m})
+            log_metrics({f"{_key(rows[-1])}/{k}": v for k, v in m.items()})
+            log.info(f"{owners} {batch}x{tokens} heads/program {heads or 'all'}: layer {m['layer_s']:.1f} s / "
+                     f"{m['layer_mb']:.1f} MB, per input {m['per_input_s']:.1f} s, peak RSS "
+                     f"{m['peak_rss_mb/client']:.0f} / {m['peak_rss_mb/server']:.0f} MiB")
+    rss = "per configuration's party processes" if cfg.transport == "processes" else "of this one process so far (threads)"
+    report = (f"{cfg.shape.value} shape, random weights, CHEETAH over {cfg.transport}; all measured, none composed; "
+              f"peak RSS {rss}\n\n" + layer_table(rows) + "\n\n" + "\n".join(ratios(rows)) + "\n")
+    metrics = {f"{_key(r)}/{k}": v for r in rows for k, v in r["m"].items()}
     return BenchResult(report, metrics, rows)
+
+
+def _key(row: dict[str, Any]) -> str:
+    """``{owners}/{tokens}x{batch}``, with ``/heads{k}`` when attention ran k heads a program."""
+    base = f"{row['owners']}/{row['tokens']}x{row['batch']}"
+    return base if row["heads"] is None else f"{base}/heads{row['heads']}"

@@ -231,7 +231,7 @@ class SecureEvalConfig:
     generate_tokens: int = 0
     # attention's programs (scores, softmax, context) take at most this many heads each: a program's
     # memory grows with its heads·n², which at 512 tokens can exceed the machine; the same values and
-    # bytes, more rounds. None: all heads in one program.
+    # matmul bytes, more rounds, ≈ 1.1 MB more per extra softmax program (CHEETAH). None: all heads in one.
     heads_per_program: Optional[int] = None
 
 

@@ -194,7 +194,8 @@ def _attention(s: Session, l: int, layout: Layout, heads: int, causal: bool, red
     """Layer ``l``'s attention from ``q``, ``k``, ``v``: ``A`` (the probs Π_prune reads, flat) and
     the projected output ``a``. With ``heads_per_program`` below ``heads``, scores, softmax and
     context run one program per head range (``tf.head_slices``), so a program's memory grows with
-    its own heads·n²; the same values and bytes, more rounds."""
+    its own heads·n²; the same values and matmul bytes, more rounds, and each extra softmax program
+    pays the protocol's fixed per-call bytes again (≈ 1.1 MB under CHEETAH)."""
     st = {"heads": heads, "layout": layout}
     vis = ["vis"] if layout.shuffled else []
     soft = {"layout": layout, "causal": causal, "forms": reduce_forms}

@@ -119,7 +119,8 @@ def qkv(h: jnp.ndarray, wq: jnp.ndarray, bq: jnp.ndarray, wk: jnp.ndarray, bk: j
 def head_slices(heads: int, per_program: int | None) -> list[tuple[int, int]]:
     """Head ranges ``[h0, h1)`` of at most ``per_program`` heads each (None: all ``heads`` in one):
     attention then runs one program per range, so a program's memory grows with its own heads·n²,
-    not the layer's (the same bytes; each range pays the programs' rounds again)."""
+    not the layer's (the same values and matmul bytes; each range pays the programs' rounds again
+    and each extra softmax program the protocol's fixed per-call bytes, ≈ 1.1 MB under CHEETAH)."""
     if per_program is not None and not 1 <= per_program:
         raise ValueError(f"heads_per_program={per_program}: must be >= 1 or None")
     step = heads if per_program is None else min(per_program, heads)

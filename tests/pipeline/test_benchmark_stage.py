@@ -94,3 +94,25 @@ def test_engine_benchmark_measures_ownership_by_kernel(tracker_for) -> None:
         assert m[f"{owners}/4x2/per_input_mb"] == pytest.approx(m[f"{owners}/4x2/layer_mb"] / 2)
         parts = sum(m[f"{owners}/4x2/{p}/mb"] for p in ("attn/Linear", "Softmax", "ffn/Linear", "GELU", "LayerNorm", "Other"))
         assert parts == pytest.approx(m[f"{owners}/4x2/layer_mb"])
+
+
+def test_engine_benchmark_measures_attention_in_head_ranges(tracker_for) -> None:
+    """``benchmark.heads_per_program=[null,1]`` over party processes (tiny shape: 2 heads, so one
+    extra program each for scores, softmax and context): the matmuls cost the same bytes (to 0.1 %);
+    the one extra softmax program pays CHEETAH's fixed per-call cost once more (≈ 1.1 MB here, the
+    same at 8 and 32 tokens: at 512 tokens a fraction of a per-mille of the layer), which is all the
+    layer's extra bytes; more rounds; every configuration reports its own party processes' peak RSS."""
+    tracker = tracker_for("benchmark=engine", "benchmark.shape=tiny", "benchmark.tokens=[32]", "benchmark.batch=[1]",
+                          "benchmark.owners=[server]", "benchmark.transport=processes", "benchmark.heads_per_program=[null,1]")
+    run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
+    m = tracker.client.get_run(run_id).data.metrics
+    whole, ranged = "server/32x1", "server/32x1/heads1"
+    for part in ("attn/Linear", "ffn/Linear"):
+        assert m[f"{ranged}/{part}/mb"] == pytest.approx(m[f"{whole}/{part}/mb"], rel=1e-3), part
+    extra = m[f"{ranged}/Softmax/mb"] - m[f"{whole}/Softmax/mb"]
+    assert 0 < extra < 1.5
+    assert m[f"{ranged}/layer_mb"] - m[f"{whole}/layer_mb"] == pytest.approx(extra, abs=0.05)
+    assert m[f"{ranged}/layer_rounds"] > m[f"{whole}/layer_rounds"]
+    for key in (whole, ranged):
+        for owner in ("client", "server"):
+            assert 100 < m[f"{key}/peak_rss_mb/{owner}"] < 24 * 1024, (key, owner)
