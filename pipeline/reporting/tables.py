@@ -204,6 +204,7 @@ def ops_table(methods: pd.DataFrame) -> pd.DataFrame:
     meter measured them; ``lan_<op>``), its total and bytes, and the run id."""
     rows = newest(methods, GROUP + ["method"]).sort_values(GROUP + ["method"], key=in_method_order)
     out = rows[GROUP + ["method"]].copy()
+    out["label"] = out["method"].map(lambda m: paper.METHOD_LABELS.get(m, m))
     for op in (*paper.OPS, "Other"):
         out[f"lan_{op}"] = _metric(rows, f"time_s/lan/{op}")
     out["time_lan_s"] = _metric(rows, "time_s/lan")
