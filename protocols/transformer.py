@@ -121,7 +121,7 @@ def head_slices(heads: int, per_program: int | None) -> list[tuple[int, int]]:
     attention then runs one program per range, so a program's memory grows with its own heads·n²,
     not the layer's (the same values and matmul bytes; each range pays the programs' rounds again
     and each extra softmax program the protocol's fixed per-call bytes, ≈ 1.1 MB under CHEETAH)."""
-    if per_program is not None and not 1 <= per_program:
+    if per_program is not None and per_program < 1:
         raise ValueError(f"heads_per_program={per_program}: must be >= 1 or None")
     step = heads if per_program is None else min(per_program, heads)
     return [(h0, min(h0 + step, heads)) for h0 in range(0, heads, step)]
