@@ -47,23 +47,27 @@ def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray
     return out.logits[0].double().numpy(), [float(len(context)), *kept[:-1]]
 
 
-def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, blocks: str, test: Any, n: int,
-              seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
+def _reference_model(ckpt: Any) -> Any:
+    """The independent reference: the torch model of checkpoint ``ckpt`` with the emulated ops, in eval mode."""
+    from models.config import OpsConfig
+    from models.weights import load_hf_gpt2
+
+    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))
+    return model.eval()
+
+
+def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any, model: Any, blocks: str, test: Any,
+              n: int, seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
     """One method's secure run, input by input (``secure_inputs.run_method``: the server's party
     loads the checkpoint, the client's party its test contexts, ``ContextRequest``), then the
     reference step in this process after the two-party run (it needs both parties' data): the torch
     model on the same contexts. Returns metrics and leakage."""
-    from models.config import OpsConfig
-    from models.weights import load_hf_gpt2
     from protocols.provision import ContextRequest
 
-    ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
     sums, records, leakage = run_method(ctx, method_run, method.value, ckpt, n,
                                         lambda chunk, release: ContextRequest(blocks, chunk, seq_len, release),
                                         last_only=True, heads_per_program=ctx.cfg.secure_eval.heads_per_program)
-    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))           # reference step from here on
-    model.eval()
-    agree = hits = 0
+    agree = hits = 0                                               # reference step from here on
     max_err = gap = 0.0
     entering = [row for r in records for row in r.entering]
     for i, (got, target, secure_entering) in enumerate(zip((np.asarray(x, dtype=np.float64) for r in records for x in r.logits),
@@ -83,8 +87,8 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, run_id: s
     return metrics, {"declared": DECLARED[method.value], **leakage}
 
 
-def generate(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, blocks: str, first: np.ndarray,
-             seq_len: int, tokens: int) -> dict[str, float]:
+def generate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any, model: Any, blocks: str,
+             first: np.ndarray, seq_len: int, tokens: int) -> dict[str, float]:
     """Greedy generation of ``tokens`` tokens after the first test context ``first[:seq_len]``,
     securely: every token is one full two-party forward over the last ``seq_len`` tokens (no KV
     cache; the client appends the argmax of its revealed logits, ``ContextRequest.appended``), so its
@@ -98,12 +102,9 @@ def generate(ctx: StageContext, method_run: StageRun, method: Method, run_id: st
     Revealed, per token: what the method reveals for one context."""
     from transformers import AutoTokenizer
 
-    from models.config import OpsConfig
-    from models.weights import load_hf_gpt2
     from protocols.provision import ContextRequest
     from protocols.secure_model import evaluate_request
 
-    ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
     generated: list[int] = []
     steps: list[dict[str, Any]] = []
     with method_session(ctx, method.value, ckpt, "generate") as (session, spec, release):
@@ -118,8 +119,6 @@ def generate(ctx: StageContext, method_run: StageRun, method: Method, run_id: st
             method_run.log_metrics(row, step=step)
             steps.append({**row, "token": generated[-1], "context": request.context(first).tolist(),
                           "entering": list(results[0].entering_per_layer)})
-    model, _ = load_hf_gpt2(ckpt, OpsConfig("emulated"))          # reference step from here on
-    model.eval()
     agree = [int(np.argmax(_reference(model, np.asarray(s["context"]), method.value)[0]) == s["token"]) for s in steps]
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
     method_run.log_dict({"context_tail": tokenizer.decode(first[max(0, seq_len - 32):seq_len].tolist()),
@@ -157,9 +156,11 @@ def secure_eval(ctx: StageContext) -> None:
             child.set_tags({"data_held_by": DATA_HELD_BY[cfg.protocol.transport.value],
                             "reference_step": "torch model, in the coordinator after the two-party run "
                                               "(it needs both parties' data)"})
-            metrics, leakage = _evaluate(ctx, child, method, run_id, manifest.splits["test"], test, n, seq_len)
+            ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
+            model = _reference_model(ckpt)          # used after the two-party runs only
+            metrics, leakage = _evaluate(ctx, child, method, ckpt, model, manifest.splits["test"], test, n, seq_len)
             if cfg.secure_eval.generate_tokens:
-                metrics |= generate(ctx, child, method, run_id, manifest.splits["test"], test[0].numpy(), seq_len,
+                metrics |= generate(ctx, child, method, ckpt, model, manifest.splits["test"], test[0].numpy(), seq_len,
                                     cfg.secure_eval.generate_tokens)
             child.log_metrics(metrics)
             child.log_dict(leakage, "leakage.json")
