@@ -109,6 +109,9 @@ class E2EBench:
     transport: str = "processes"
     validate: bool = False
     validate_methods: list[str] = field(default_factory=lambda: ["none", "bolt_we", "prune", "prune_reduce"])
+    # ``none`` in the check runs only its first that many layers, the rest its last layer repeated
+    # (≥ 2: layer 0 carries the one-time setup); None: every layer
+    validate_unpruned_layers: Optional[int] = None
     anchor: list[int] = field(default_factory=list)  # token counts beyond ``sizes`` to check the fits at
     measurements: Optional[str] = None  # per-size measurement cache (JSON); None: none kept
     reuse: bool = False                 # read sizes already in ``measurements``

@@ -49,7 +49,7 @@ from models.approx import DEFAULT_REDUCE_FORMS, EXP_HIGH, GELU_HIGH, REDUCE_FORM
 from protocols import nonlinear
 from protocols import pruning as pr
 from protocols.batch import Layout, prune_step, reduce_step
-from protocols.meter import OP_CLASSES
+from protocols.meter import OP_CLASSES, WAN, CostReport
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
 from protocols.secure_model import SecureResult, plaintext_forward, secure_forward
@@ -174,10 +174,14 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, task: str, glue_dir: Path,
-             seq: int, layer_fit: Fits, prune_fit: Fits, methods: tuple[str, ...] = METHODS) -> list[dict[str, float | str]]:
+             seq: int, layer_fit: Fits, prune_fit: Fits, methods: tuple[str, ...] = METHODS,
+             unpruned_layers: int | None = None) -> list[dict[str, float | str]]:
     """Each of ``methods`` end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
     to its depth, one real dev example of ``task`` at ``seq`` tokens), against the composition at the
-    schedule that run actually took: measured vs composed seconds and bytes."""
+    schedule that run actually took: measured vs composed seconds, bytes, rounds and modelled WAN
+    seconds, layers only (embedding and head excluded on both sides). ``unpruned_layers``: ``none``
+    runs only its first that many layers and the rest are its last layer repeated
+    (``CostReport.with_layers_repeated``; the row's ``layers_run`` says so); None runs every layer."""
     from models.thresholds import read_thresholds
 
     th = read_thresholds(checkpoint / "thresholds.json")
@@ -187,31 +191,47 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
     weights = random_weights(shape, scale=0.02)
     rows: list[dict[str, float | str]] = []
     for method in methods:
-        log.info(f"validate: {method} end to end, {shape.layers} layers, {seq} tokens")
+        ran = unpruned_layers if method == "none" and unpruned_layers else shape.layers
+        log.info(f"validate: {method} end to end, {ran} of {shape.layers} layers, {seq} tokens")
         with TwoPartySession(session_spec) as s:
             warm_up(s)
             with s.meter.measure() as measured:
                 res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
                                      np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta),
-                                                                                     th.criterion, th.reduce_forms))
-            cost = measured.report
+                                                                                     th.criterion, th.reduce_forms),
+                                     layers=ran if ran < shape.layers else None)
+            whole = measured.report.with_layers_repeated(ran, shape.layers)
+        layers_cost = CostReport([p for p in whole.programs if p.layer is not None])
         sched = schedule_of(res)
+        if ran < shape.layers:              # unpruned: every token enters every layer
+            sched = Schedule(*(v + v[-1:] * (shape.layers - ran) for v in (sched.entering, sched.kept, sched.high)))
         comp = compose(sched, method, layer_fit, prune_fit, seq)
-        measured_s = sum(p.wall_s for p in cost.programs if p.layer is not None)
-        measured_b = sum(p.bytes_total for p in cost.programs if p.layer is not None)
-        row = {"method": method, "schedule": "-".join(f"{n:.0f}" for n in sched.entering),
-               "measured_s": measured_s, "composed_s": sum(comp[f"s/{op}"] for op in OP_CLASSES),
-               "measured_mb": measured_b / 2**20, "composed_mb": sum(comp[f"bytes/{op}"] for op in OP_CLASSES) / 2**20}
-        log.info(f"validate {method}: schedule {row['schedule']}, measured {measured_s:.1f} s / "
-                      f"{row['measured_mb']:.1f} MB vs composed {row['composed_s']:.1f} s / {row['composed_mb']:.1f} MB")
+        composed = {q: sum(comp[f"{q}/{op}"] for op in OP_CLASSES) for q in QUANTITIES}
+        row: dict[str, float | str] = {
+            "method": method, "schedule": "-".join(f"{n:.0f}" for n in sched.entering),
+            "layers_run": f"{ran} of {shape.layers}" + (", the rest repeated" if ran < shape.layers else ""),
+            "measured_s": layers_cost.wall_s, "composed_s": composed["s"],
+            "measured_mb": layers_cost.bytes_total / 2**20, "composed_mb": composed["bytes"] / 2**20,
+            "measured_rounds": float(layers_cost.rounds), "composed_rounds": composed["rounds"],
+            "measured_wan_s": layers_cost.network_time(WAN),
+            "composed_wan_s": composed["s"] + 8 * composed["bytes"] / WAN.bandwidth_bps + composed["rounds"] * WAN.rtt_s}
+        log.info(f"validate {method}: schedule {row['schedule']}, measured {row['measured_s']:.1f} s / "
+                 f"{row['measured_mb']:.1f} MB / {row['measured_rounds']:.0f} rounds vs composed "
+                 f"{row['composed_s']:.1f} s / {row['composed_mb']:.1f} MB / {row['composed_rounds']:.0f} rounds")
         rows.append(row)
     return rows
 
 
 def validation_markdown(rows: list[dict[str, float | str]]) -> str:
-    cells = [[r["method"], r["schedule"], f"{r['measured_s']:.1f}", f"{r['composed_s']:.1f}", f"{r['measured_mb']:.1f}",
-              f"{r['composed_mb']:.1f}", f"{float(r['composed_mb']) / float(r['measured_mb']) - 1:+.1%}"] for r in rows]
-    return markdown(cells, ["method", "schedule", "measured s", "composed s", "measured MB", "composed MB", "bytes error"])
+    """The end-to-end checks as Markdown: measured and composed figures, composed's error on each."""
+    err = lambda r, q: f"{float(r[f'composed_{q}']) / float(r[f'measured_{q}']) - 1:+.1%}"  # noqa: E731
+    cells = [[r["method"], r["schedule"], r["layers_run"], f"{r['measured_s']:.1f}", f"{r['composed_s']:.1f}", err(r, "s"),
+              f"{r['measured_mb']:.1f}", f"{r['composed_mb']:.1f}", err(r, "mb"), f"{r['measured_rounds']:.0f}",
+              f"{r['composed_rounds']:.0f}", err(r, "rounds"), f"{r['measured_wan_s']:.1f}", f"{r['composed_wan_s']:.1f}",
+              err(r, "wan_s")] for r in rows]
+    return markdown(cells, ["method", "schedule", "layers run", "measured s", "composed s", "time error", "measured MB",
+                            "composed MB", "bytes error", "measured rounds", "composed rounds", "rounds error",
+                            "measured WAN s", "composed WAN s", "WAN error"])
 
 
 def anchor(session_spec: SessionSpec, shape: TransformerSpec, n: int, layer_fit: Fits,
@@ -278,9 +298,21 @@ def _inputs_exist(cfg: E2EBench) -> tuple[Path, Path]:
     return checkpoint, glue_dir
 
 
+def _check_validation(cfg: E2EBench) -> None:
+    """A ValueError naming a bad ``validate_methods`` entry or ``validate_unpruned_layers``."""
+    unknown = [m for m in cfg.validate_methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"benchmark.validate_methods: unknown {unknown}; choose from {list(METHODS)}")
+    k = cfg.validate_unpruned_layers
+    if k is not None and not 2 <= k <= cfg.layers:
+        raise ValueError(f"benchmark.validate_unpruned_layers={k}: must be in [2, benchmark.layers={cfg.layers}] "
+                         "(layer 0 carries the one-time setup, so a later layer is the one repeated)")
+
+
 def run(cfg: E2EBench, log_metrics: LogMetrics) -> BenchResult:
     """Schedules, per-size measurements, fits, composed tables; optional end-to-end checks and anchors."""
     checkpoint, glue_dir = _inputs_exist(cfg)
+    _check_validation(cfg)
     shape = shape_spec(cfg.shape, cfg.layers)
     session_spec = SessionSpec(protocol=cfg.protocol, transport=cfg.transport, recv_timeout_s=1200.0)
     log.info(f"shape {shape.layers} layers × {shape.hidden} hidden, {shape.heads} heads, random weights; "
@@ -309,9 +341,9 @@ def run(cfg: E2EBench, log_metrics: LogMetrics) -> BenchResult:
                if isinstance(v, float) and not math.isnan(v)}
     if cfg.validate:
         checks = validate(session_spec, shape, checkpoint, cfg.task, glue_dir, cfg.seq[0], layer_fit, prune_fit,
-                          tuple(cfg.validate_methods))
+                          tuple(cfg.validate_methods), cfg.validate_unpruned_layers)
         sections.append(f"End-to-end check at {cfg.seq[0]} tokens (measured run vs composition at its own "
-                        "schedule, layers only):\n\n" + validation_markdown(checks))
+                        "schedule, layers only; WAN modelled from each side's seconds, bytes and rounds):\n\n" + validation_markdown(checks))
         metrics.update({f"validate/{r['method']}/{k}": float(v) for r in checks for k, v in r.items() if isinstance(v, float)})
     for n in cfg.anchor:
         cells = [[a[0], f"{a[1]:.1f}", f"{a[3]:.1f}", f"{a[2]:.1f}", f"{a[4]:.1f}"] for a in anchor(session_spec, shape, n, layer_fit)]
