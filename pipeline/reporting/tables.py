@@ -46,6 +46,29 @@ def _metric(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name].astype(float) if name in frame else pd.Series(math.nan, index=frame.index)
 
 
+# Dev metrics the search logs beside ``dev/<method>/metric`` (``models.data.compute_metrics``)
+DEV_METRIC_NAMES = ("f1", "accuracy", "mcc", "pearson", "spearman")
+
+
+def named_dev_metrics(grp: pd.DataFrame, method: str) -> tuple[str, str]:
+    """For one method's search runs (one per seed): the primary metric's name (the named metric
+    equal to ``dev/<method>/metric`` on every seed; ``metric`` when none is logged) and the other
+    named metrics as ``"name mean ± std"`` over seeds, joined by ``; `` (MRPC's accuracy beside its
+    F1, STS-B's Spearman beside its Pearson)."""
+    primary = _metric(grp, f"dev/{method}/metric")
+    name, others = "metric", []
+    for candidate in DEV_METRIC_NAMES:
+        values = _metric(grp, f"dev/{method}/{candidate}")
+        if values.isna().all():
+            continue
+        if name == "metric" and ((values - primary).abs() < 1e-9).all():
+            name = candidate
+            continue
+        spread = f" ± {values.std(ddof=1):.2f}" if values.notna().sum() > 1 else ""
+        others.append(f"{candidate} {values.mean():.2f}{spread}")
+    return name, "; ".join(others)
+
+
 def _opt(value: Optional[float]) -> float:
     return math.nan if value is None else float(value)
 
@@ -103,8 +126,8 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
 def table2(searches: pd.DataFrame) -> pd.DataFrame:
     """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, reduce_forms, method) from
     the search runs (newest per seed; the methods, then CipherPrune with SPU's fixed-point rounding
-    emulated too, ``FIXED_POINT_ROW``): the dev metric's mean and standard deviation over seeds
-    (``n_seeds``), its drop from unpruned (mean of the per-seed differences, and their std), the
+    emulated too, ``FIXED_POINT_ROW``): the dev metric's name (``metric_name``), mean and standard deviation
+    over seeds (``n_seeds``), the task's other dev metrics (``other_metrics``, ``named_dev_metrics``), its drop from unpruned (mean of the per-seed differences, and their std), the
     mean tokens entering each layer (``schedule``, mean over seeds), for Π_reduce rows the share of
     kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
     calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
@@ -123,14 +146,15 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             reduces = method.startswith("prune_reduce")
             high = grp.get(f"dev/{method}/high_ratio/mean")
             scales = grp.sort_values("seed").get("reduce/beta_scale")   # in the order of the seeds column
+            metric_name, other_metrics = named_dev_metrics(grp, method)
             records.append({
                 "model": model, "task": task, "max_length": int(length), "criterion": criterion,
                 "reduce_forms": forms, "method": method,
-                "label": TABLE2_LABELS.get(method, method), "metric_mean": float(values.mean()),
+                "label": TABLE2_LABELS.get(method, method), "metric_name": metric_name, "metric_mean": float(values.mean()),
                 "metric_std": float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan,
                 "drop_mean": float(drop.mean()) if method != "none" else math.nan,
                 "drop_std": float(drop.std(ddof=1)) if method != "none" and drop.notna().sum() > 1 else math.nan,
-                "n_seeds": int(values.notna().sum()),
+                "n_seeds": int(values.notna().sum()), "other_metrics": other_metrics,
                 "schedule": "-".join(f"{grp[c].astype(float).mean():.1f}" for c in layers),
                 "reduced_pct": 100 * (1 - float(high.astype(float).mean())) if reduces and high is not None else math.nan,
                 "beta_scales": ",".join(f"{v:g}" for v in scales.astype(float)) if reduces and scales is not None
@@ -235,6 +259,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "reduce_ceiling": "Π_reduce ceiling ×", "cost_basis": "cost", "ideal_vs_none": "ideal × (Σ tokens)",
         "paper_model": "paper model", "paper_time_lan_s": "paper LAN (s)", "paper_comm_gb": "paper comm (GB)", "paper_acc": "paper acc",
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
+        "metric_name": "dev metric", "other_metrics": "other dev metrics (mean ± std)",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
         "n_seeds": "seeds", "schedule": "tokens entering each layer",
         "reduced_pct": "kept tokens on cheap forms (%)", "beta_scales": "β scale per seed", "paper_metric": "paper (BERT-base)",
