@@ -127,8 +127,9 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, reduce_forms, method) from
     the search runs (newest per seed; the methods, then CipherPrune with SPU's fixed-point rounding
     emulated too, ``FIXED_POINT_ROW``): the dev metric's name (``metric_name``), mean and standard deviation
-    over seeds (``n_seeds``), the task's other dev metrics (``other_metrics``, ``named_dev_metrics``), its drop from unpruned (mean of the per-seed differences, and their std), the
-    mean tokens entering each layer (``schedule``, mean over seeds), for Π_reduce rows the share of
+    over seeds (``n_seeds``), the task's other dev metrics (``other_metrics``, ``named_dev_metrics``), its
+    drop from unpruned (mean of the per-seed differences, and their std), the mean tokens entering each
+    layer (``schedule``, mean over seeds), for Π_reduce rows the share of
     kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
     calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
     averages. Search runs without dev metrics (older layouts) are skipped."""
