@@ -155,6 +155,9 @@ def load_checkpoint(
 ) -> tuple[BertClassifier, ThresholdsArtifact | None]:
     """Inverse of :func:`save_checkpoint` for BERT: strict port (no fresh keys)."""
     d = Path(ckpt_dir)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint directory {str(ckpt_dir)!r} has no config.json (expected a fine-tuned "
+                                "checkpoint, e.g. outputs/mlartifacts/<experiment>/<run id>/artifacts/checkpoint)")
     cfg = BertConfig.from_hf(json.loads((d / "config.json").read_text()))
     model = BertClassifier(cfg, ops_cfg)
     port_state_dict(model, read_state_dict(d))

@@ -58,3 +58,8 @@ def test_numpy_export_and_checkpoint_roundtrip(tmp_path) -> None:
     ids = torch.randint(1, 50, (2, 8))
     with torch.no_grad():
         assert torch.equal(m.eval()(ids).logits, m2.eval()(ids).logits)
+
+
+def test_checkpoint_dir_without_config_names_the_dir(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"'.*empty' has no config.json"):
+        load_checkpoint(tmp_path / "empty")
