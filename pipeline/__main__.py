@@ -16,6 +16,7 @@ if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12
         f"{sys.version.split()[0]}. Create the venv with python3.11 (see README.md)."
     )
 
+import faulthandler
 import os
 from typing import Optional
 
@@ -50,4 +51,7 @@ def main(dcfg: DictConfig) -> Optional[Objective]:
 
 
 if __name__ == "__main__":
+    # a crash inside a native library (SPU, torch) prints the Python stacks of every thread to stderr
+    # instead of a bare exit status -11 (seen once at interpreter exit, under load, in CI)
+    faulthandler.enable()
     main()
