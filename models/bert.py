@@ -18,7 +18,7 @@ from torch import nn
 
 from models import ops
 from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS, ReduceForms
-from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod
+from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod, check_input_ids
 from models.token_pruning import PruneSettings, Thresholds, decide, importance_scores, share
 
 
@@ -33,6 +33,9 @@ class PruneOutput:
     mask; differentiable in soft mode). ``scores``: per-layer ``[B, n]`` importance scores ``S``.
     ``high_ratio``: ``[L]`` mean over the batch of the high group's share of the kept real tokens
     (``prune_reduce``; soft weights in soft mode, differentiable in β; zeros otherwise).
+    ``present``: per layer ``[B, n]``, which positions are present after layer l's prune (0/1 for
+    hard masks). ``low``: per layer ``[B, n]``, the kept positions in Π_reduce's low group
+    (bool for hard masks, soft weights in soft mode; ``None`` where no token is reduced).
     """
 
     logits: torch.Tensor
@@ -40,6 +43,8 @@ class PruneOutput:
     keep_ratio: torch.Tensor
     scores: list[torch.Tensor]
     high_ratio: torch.Tensor
+    present: list[torch.Tensor]
+    low: list[torch.Tensor | None]
 
 
 # ----------------------------------------------------------------------------- modules
@@ -199,6 +204,7 @@ class BertClassifier(nn.Module):
         """
         if method not in PRUNE_METHODS:
             raise ValueError(f"unknown pruning method {method!r}; expected one of {PRUNE_METHODS}")
+        check_input_ids(input_ids, self.cfg.vocab_size, self.cfg.max_positions)
         o = self.ops_cfg
         B, n = input_ids.shape
         am = torch.ones(B, n, device=input_ids.device) if attention_mask is None else attention_mask.float()
@@ -207,7 +213,7 @@ class BertClassifier(nn.Module):
         present = torch.ones(B, n, device=h.device)
         settings = PruneSettings(method, mask_mode, temperature, straight_through, forced_index=0)
         exp_low: torch.Tensor | None = None
-        kept, ratios, highs, all_scores = [], [], [], []
+        kept, ratios, highs, all_scores, masks, lows = [], [], [], [], [], []
         forms = REDUCE_FORMS[self.pruning.reduce_forms]
         for l, layer in enumerate(self.bert.encoder.layer):
             h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low, forms)
@@ -218,11 +224,13 @@ class BertClassifier(nn.Module):
             if method in ("prune", "prune_reduce") and (mask_mode == "soft" or straight_through):
                 h = h * present.unsqueeze(-1)
             exp_low = decision.low
+            masks.append(present)
+            lows.append(decision.low)
             kept.append(present.sum(dim=1))
             ratios.append(share(present * am, am))
             highs.append(decision.high_share)
             h = layer.ffn(h, o, decision.low, forms)
         pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
         logits = self.classifier(self.dropout(pooled))
-        return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores, torch.stack(highs))
+        return PruneOutput(logits, torch.stack(kept, 1), torch.stack(ratios), all_scores, torch.stack(highs), masks, lows)
 

@@ -15,6 +15,18 @@ MaskMode = Literal["soft", "hard"]
 PRUNE_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
 
 
+def check_input_ids(ids: Any, vocab_size: int, max_positions: int) -> None:
+    """``ValueError`` unless the token ids ``ids`` ``[B, n]`` (a tensor) fit the model: ``n ≤
+    max_positions`` and every id in ``[0, vocab_size)`` (an embedding lookup would otherwise fail
+    deep inside torch, or wrap a negative id)."""
+    n = int(ids.shape[-1])
+    if n > max_positions:
+        raise ValueError(f"input of {n} tokens > the model's max_positions={max_positions}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"input_ids contains {bad}: outside the model's vocabulary [0, {vocab_size})")
+
+
 def hf_shape(d: dict[str, Any], num_labels: int | None = None) -> dict[str, Any]:
     """The one reader of a Hugging Face ``config.json`` dict (BERT or GPT-2 keys): the shape
     fields of ``BertConfig`` / ``GPT2Config`` / ``protocols.model_spec.TransformerSpec``

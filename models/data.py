@@ -9,6 +9,7 @@ Raw splits have columns ``text_a`` (``text_b`` for pair tasks) and ``label``
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,23 +73,58 @@ def get_task(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def _normalise(ds: Any, spec: TaskSpec, cols: tuple[str, ...], label_col: str, where: str) -> Any:
+def _label(y: Any, spec: TaskSpec, where: str) -> int | float:
+    """``y`` as ``spec``'s label: a finite float (regression), a ``label_map`` key, or an integer
+    class id in ``[0, num_labels)``; ``ValueError`` naming ``where`` and the value otherwise."""
+    if spec.num_labels == 1:
+        try:
+            value = float(y)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: label {y!r} is not a finite number ({spec.name} is a regression task)")
+        return value
+    if spec.label_map is not None and isinstance(y, str) and y in spec.label_map:
+        return spec.label_map[y]
+    try:
+        number = float(y)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number.is_integer() and 0 <= number < spec.num_labels):
+        names = sorted(spec.label_map) if spec.label_map else []
+        expected = f"one of {names} or " if names else ""
+        raise ValueError(f"{where}: unknown label {y!r} for {spec.name}; expected {expected}an integer in "
+                         f"[0, {spec.num_labels})")
+    return int(number)
+
+
+def _normalise(ds: Any, spec: TaskSpec, cols: tuple[str, ...], label_col: str, where: str, first_line: int = 0) -> Any:
+    """Rows as ``text_a`` (``text_b``) and ``label``; errors name ``where``, the row and its line in
+    the file (``first_line``: the file line of row 0; 0 for hub data, which has none)."""
     names = ["text_a", "text_b"][: len(cols)]
 
-    def fix(ex: dict[str, Any]) -> dict[str, Any]:
+    def fix(ex: dict[str, Any], i: int) -> dict[str, Any]:
         out: dict[str, Any] = {n: str(ex[c]).strip() for n, c in zip(names, cols)}
-        y = ex[label_col]
-        if spec.num_labels == 1:
-            out["label"] = float(y)
-        elif spec.label_map is not None and isinstance(y, str):
-            if y not in spec.label_map:
-                raise ValueError(f"{where}: unknown label {y!r} for {spec.name}")
-            out["label"] = spec.label_map[y]
-        else:
-            out["label"] = int(y)
+        line = f", line {first_line + i}" if first_line else ""
+        out["label"] = _label(ex[label_col], spec, f"{where} row {i}{line}")
         return out
 
-    return ds.map(fix, remove_columns=ds.column_names, desc=f"normalise {spec.name}")
+    return ds.map(fix, with_indices=True, remove_columns=ds.column_names, desc=f"normalise {spec.name}")
+
+
+def _check_text(path: Path, header: bool) -> None:
+    """``ValueError`` unless ``path`` is UTF-8 text with at least one data row (naming the file, and
+    the line and bytes of the first undecodable sequence)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: not UTF-8 text: bytes {raw[e.start:e.end + 3]!r} at line {line} "
+                         f"(byte {e.start}); re-encode the file as UTF-8") from None
+    rows = [line for line in text.splitlines() if line.strip()]
+    if len(rows) <= int(header):
+        raise ValueError(f"{path}: no data rows (an empty split has no metric)")
 
 
 def load_glue_raw(
@@ -118,6 +154,7 @@ def load_glue_raw(
         path = Path(glue_dir) / spec.folder / spec.files[s]
         if not path.is_file():
             raise FileNotFoundError(f"GLUE {task} {s} split: missing file {path}")
+        _check_text(path, spec.header)
         kw: dict[str, Any] = dict(delimiter="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig",
                                   keep_default_na=False, na_filter=False)
         if not spec.header:
@@ -127,7 +164,7 @@ def load_glue_raw(
         missing = [c for c in (*spec.text_cols, spec.label_col) if c not in ds.column_names]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; found {ds.column_names}")
-        out[s] = _normalise(ds, spec, spec.text_cols, spec.label_col, str(path))
+        out[s] = _normalise(ds, spec, spec.text_cols, spec.label_col, str(path), first_line=2 if spec.header else 1)
     return out
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from models import ops
 from models.approx import ATTENTION_MASK_BIAS, DEFAULT_REDUCE_FORMS, REDUCE_FORMS, ReduceForms
-from models.config import GPT2Config, OpsConfig
+from models.config import GPT2Config, OpsConfig, check_input_ids
 from models.token_pruning import PruneSettings, Thresholds, decide, importance_scores, share
 
 # GPT-2 always keeps its last position (the one predicting the next token).
@@ -125,6 +125,7 @@ class GPT2LM(nn.Module):
         self.pruning = Thresholds(cfg.layers)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        check_input_ids(input_ids, self.cfg.vocab_size, self.cfg.max_positions)
         t = self.transformer
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         return t.drop(t.wte(input_ids) + t.wpe(pos))

@@ -26,13 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import PipelineConfig, register_configs
 from pipeline.reporting import ReportDataMissing
 from pipeline.runner import run_pipeline
+from pipeline.store_lock import StoreLocked
 from pipeline.sweep import Objective, objective_values
 from pipeline.tracking import UpstreamMissing
 from pipeline.validate import ConfigError
 from protocols.spec import PartyFailure
 
 # Errors whose message names the bad input: shown alone, without a traceback from inside.
-USER_ERRORS = (ConfigError, UpstreamMissing, ReportDataMissing, PartyFailure, FileNotFoundError, ValueError, ImportError)
+USER_ERRORS = (ConfigError, UpstreamMissing, StoreLocked, ReportDataMissing, PartyFailure, FileNotFoundError, ValueError,
+               ImportError)
 
 register_configs()
 

@@ -203,6 +203,8 @@ class ProtocolConfig:
     transport: Transport = Transport.threads
     connect_timeout_s: float = 30.0
     recv_timeout_s: float = 60.0
+    # a party that sends nothing (no reply, no heartbeat) this long fails the run; None: recv_timeout_s + 30
+    silence_timeout_s: Optional[float] = None
     # owners whose values stay private to them (CHEETAH; secret-shared elsewhere, recorded)
     private_owners: list[str] = dataclasses.field(default_factory=lambda: ["server", "client"])
     # transport=remote: control addresses host:port of the party daemons (client first) and the

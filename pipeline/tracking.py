@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.config import PipelineConfig, Stage
+from pipeline.store_lock import check_store_unlocked
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
@@ -98,6 +99,7 @@ def tracking_uri(cfg: PipelineConfig) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     db = Path(cfg.paths.outputs).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
+    check_store_unlocked(db)
     return f"sqlite:///{db}"
 
 

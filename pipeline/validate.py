@@ -79,9 +79,25 @@ def _validate_parties(cfg: PipelineConfig) -> None:
         raise ConfigError(f"protocol.authkey_file={p.authkey_file!r} does not exist")
 
 
+def _validate_outputs(cfg: PipelineConfig) -> None:
+    """``paths.outputs`` is (or can be made) a directory this process can write into: probed by
+    creating and removing a file, before any run opens."""
+    import tempfile
+
+    out = Path(cfg.paths.outputs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"paths.outputs={str(out)!r} is not a writable directory ({e.strerror}: {e.filename}); "
+                          "give paths.outputs=<a directory you can write>") from None
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
+    _validate_outputs(cfg)
     _validate_benchmark(cfg)
     _validate_sweep(cfg)
     _validate_parties(cfg)
@@ -156,6 +172,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"protocol.fraction_bits={p.fraction_bits}: must be in 1..{ring // 2 - 1} for {p.field}")
     _positive("protocol.connect_timeout_s", p.connect_timeout_s)
     _positive("protocol.recv_timeout_s", p.recv_timeout_s)
+    if p.silence_timeout_s is not None:
+        _positive("protocol.silence_timeout_s", p.silence_timeout_s)
     _positive("secure_eval.num_examples", cfg.secure_eval.num_examples)
     _positive("secure_eval.batch_size", cfg.secure_eval.batch_size)
     bad = [o for o in p.private_owners if o not in ("client", "server")]

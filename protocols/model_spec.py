@@ -60,7 +60,7 @@ class PruningSpec:
 
     ``none`` and ``bolt_we`` ignore the thresholds (they may be empty). For ``prune`` and
     ``prune_reduce`` both tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` (absolute) or
-    ``θ_l ≥ 0`` (relative) and ``β_l ≥ θ_l`` (β is unused by ``prune``).
+    ``θ_l ≥ 0`` (relative) and ``β_l ≥ θ_l``, all finite (β is unused by ``prune``).
     """
 
     method: str = "none"
@@ -85,10 +85,11 @@ class PruningSpec:
             if len(self.theta) != len(self.beta):
                 raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} != len(beta)={len(self.beta)}")
             for l, (t, b) in enumerate(zip(self.theta, self.beta)):
-                if not 0.0 <= t <= top:
-                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected 0 <= theta <= {top:g} ({self.criterion} criterion)")
-                if b < t:
-                    raise ValueError(f"PruningSpec.beta[{l}]={b} < theta[{l}]={t}: expected beta >= theta")
+                if not (math.isfinite(t) and 0.0 <= t <= top):
+                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected a finite 0 <= theta <= {top:g} "
+                                     f"({self.criterion} criterion)")
+                if not (math.isfinite(b) and b >= t):
+                    raise ValueError(f"PruningSpec.beta[{l}]={b}: expected a finite beta >= theta[{l}]={t}")
 
     def check_layers(self, layers: int) -> None:
         """Raise ValueError unless the thresholds have one entry per layer (when used)."""

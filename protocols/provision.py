@@ -69,7 +69,24 @@ class Provided:
 
 def model_spec_of(checkpoint: str | Path) -> TransformerSpec:
     """The transformer shape of a Hugging Face checkpoint directory (its ``config.json``)."""
-    return TransformerSpec.from_hf_config(json.loads((Path(checkpoint) / "config.json").read_text()))
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no config.json")
+    return TransformerSpec.from_hf_config(json.loads(path.read_text()))
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of the safetensors file ``path``; ``FileNotFoundError`` / ``ValueError`` naming the
+    file when it is missing or not a safetensors file (truncated, corrupt)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -81,12 +98,10 @@ class ServerRequest:
     method: str
 
     def load(self) -> Provided:
-        from safetensors.numpy import load_file
-
         from models.thresholds import read_thresholds
 
         spec = model_spec_of(self.checkpoint)
-        weights = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.checkpoint) / "model.safetensors")).items()}
+        weights = {k: np.asarray(v, np.float32) for k, v in read_safetensors(Path(self.checkpoint) / "model.safetensors").items()}
         pruning = PruningSpec(self.method)
         if self.method in ("prune", "prune_reduce"):
             th = read_thresholds(Path(self.checkpoint) / "thresholds.json", spec.layers)
@@ -97,9 +112,9 @@ class ServerRequest:
 def release_embeddings(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the checkpoint's embedding tables and ``config.json`` to ``out`` (a directory the
     client can read): the server's declared release to the client."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
 
-    tables = {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items() if k in EMBEDDING_TABLES}
+    tables = {k: v for k, v in read_safetensors(Path(checkpoint) / "model.safetensors").items() if k in EMBEDDING_TABLES}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tables, str(out / "embeddings.safetensors"))
@@ -137,10 +152,9 @@ class ClientRequest:
     def load(self) -> Provided:
         """The values; public: each input's token count (``sizes``) and the rows' ``labels`` (the client's own)."""
         from datasets import load_from_disk
-        from safetensors.numpy import load_file
 
         spec = model_spec_of(self.embeddings)
-        tables = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.embeddings) / "embeddings.safetensors")).items()}
+        tables = {k: np.asarray(v, np.float32) for k, v in read_safetensors(Path(self.embeddings) / "embeddings.safetensors").items()}
         rows = load_from_disk(self.dataset).with_format(None).select(list(self.indices))   # plain Python rows
         examples: list[Example] = [(np.asarray(r["input_ids"]), _column(r, "attention_mask"), _column(r, "token_type_ids"))
                                    for r in rows]
@@ -168,10 +182,8 @@ class ContextRequest:
         """The values; public: each context's token count (``sizes``) and, as the client's own
         labels, the token that follows each context in its text (``labels``; the client scores its
         predictions; ``None`` after generated tokens, which have no such token)."""
-        from safetensors.numpy import load_file
-
         spec = model_spec_of(self.embeddings)
-        tables = {k: np.asarray(v, np.float32) for k, v in load_file(str(Path(self.embeddings) / "embeddings.safetensors")).items()}
+        tables = {k: np.asarray(v, np.float32) for k, v in read_safetensors(Path(self.embeddings) / "embeddings.safetensors").items()}
         rows = np.load(self.blocks, mmap_mode="r")[list(self.indices)]
         if not 1 <= self.seq_len < rows.shape[1]:
             raise ValueError(f"seq_len={self.seq_len}: expected 1 <= seq_len < {rows.shape[1]} (the block length)")

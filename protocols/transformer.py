@@ -39,20 +39,40 @@ if ATTENTION_MASK_BIAS != int(ATTENTION_MASK_BIAS):      # attention_probs build
 
 
 # ----------------------------------------------------------------------------- client / server side (plaintext)
+def check_token_ids(ids: np.ndarray, bound: int, name: str) -> None:
+    """``ValueError`` naming the first position and value of ``ids`` that is not an integer in
+    ``[0, bound)`` (numpy would wrap a negative id to the table's end and fail only past it)."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        if not np.all(np.isfinite(ids)) or not np.all(ids == np.round(ids)):
+            bad = int(np.argmax(~np.isfinite(ids) | (ids != np.round(ids))))
+            raise ValueError(f"{name}[{bad}]={ids[bad]!r}: token ids must be integers")
+    outside = (ids < 0) | (ids >= bound)
+    if np.any(outside):
+        bad = int(np.argmax(outside))
+        raise ValueError(f"{name}[{bad}]={ids[bad]}: outside the model's vocabulary [0, {bound})")
+
+
 def client_embed(spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
                  token_type_ids: np.ndarray | None = None) -> np.ndarray:
     """The client's embedded sequence ``[n, d]`` float32 from ``input_ids`` ``[n]`` (no LayerNorm).
 
     Reveals: nothing (computed by the client on its own data and the embedding tables).
     """
-    ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+    ids = np.asarray(input_ids).reshape(-1)
     n = ids.shape[0]
     if n > spec.max_positions:
         raise ValueError(f"sequence length {n} > max_positions={spec.max_positions}")
+    check_token_ids(ids, spec.vocab_size, "input_ids")
+    ids = ids.astype(np.int64)
     if spec.causal:
         x = weights["transformer.wte.weight"][ids] + weights["transformer.wpe.weight"][:n]
     else:
-        tt = np.zeros(n, np.int64) if token_type_ids is None else np.asarray(token_type_ids, np.int64).reshape(-1)
+        tt = np.zeros(n, np.int64) if token_type_ids is None else np.asarray(token_type_ids).reshape(-1)
+        if tt.shape != ids.shape:
+            raise ValueError(f"token_type_ids has shape {tt.shape}, input_ids {ids.shape}")
+        check_token_ids(tt, spec.type_vocab, "token_type_ids")
+        tt = tt.astype(np.int64)
         e = "bert.embeddings."
         x = (weights[e + "word_embeddings.weight"][ids] + weights[e + "position_embeddings.weight"][:n]
              + weights[e + "token_type_embeddings.weight"][tt])
@@ -60,7 +80,27 @@ def client_embed(spec: TransformerSpec, weights: dict[str, np.ndarray], input_id
 
 
 def server_weights(spec: TransformerSpec, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The server's weights in canonical names and ``[in, out]`` layout (local, plaintext).
+    """The server's weights in canonical names and ``[in, out]`` layout (local, plaintext), each
+    checked against ``spec``'s shape: ``ValueError`` naming a missing Hugging Face key or a tensor of
+    the wrong shape (a file that does not belong to ``config.json``)."""
+    try:
+        out = _canonical_weights(spec, weights)
+    except KeyError as e:
+        raise ValueError(f"the weights lack {e.args[0]!r} (a {'GPT-2' if spec.causal else 'BERT'} checkpoint of "
+                         f"{spec.layers} layers needs it)") from None
+    d, inner = spec.hidden, spec.intermediate
+    special = {"w1": (d, inner), "b1": (inner,), "w2": (inner, d), "pool.w": (d, d), "cls.w": (d, spec.num_labels),
+               "cls.b": (spec.num_labels,), "lm.w": (d, spec.vocab_size)}
+    for name, value in out.items():
+        key = name.split(".", 1)[1] if name[1].isdigit() else name
+        expected = special.get(key, (d, d) if key in ("wq", "wk", "wv", "wo") else (d,))
+        if value.shape != expected:
+            raise ValueError(f"weight {name} has shape {value.shape}, but config.json's model needs {expected}")
+    return out
+
+
+def _canonical_weights(spec: TransformerSpec, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``server_weights``'s renaming and transposition, unchecked.
 
     BERT: ``emb_ln.{g,b}``, per layer ``l{l}.{wq,bq,wk,bk,wv,bv,wo,bo,ln1.g,ln1.b,w1,b1,w2,b2,
     ln2.g,ln2.b}`` (ln1 after attention, ln2 after FFN), ``pool.{w,b}``, ``cls.{w,b}``.

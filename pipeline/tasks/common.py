@@ -126,7 +126,8 @@ def session_spec(cfg: PipelineConfig) -> Any:
     p = cfg.protocol
     return SessionSpec(protocol=p.protocol.value, field=p.field, fraction_bits=p.fraction_bits,
                        transport=p.transport.value, connect_timeout_s=p.connect_timeout_s,
-                       recv_timeout_s=p.recv_timeout_s, private_owners=tuple(p.private_owners),
+                       recv_timeout_s=p.recv_timeout_s, silence_timeout_s=p.silence_timeout_s,
+                       private_owners=tuple(p.private_owners),
                        parties=tuple(p.parties), authkey_file=p.authkey_file)
 
 

@@ -99,3 +99,25 @@ def test_real_imdb_counts(tmp_path: Path) -> None:
         labels = np.asarray(raw[split]["label"])
         assert len(labels) == 25_000 and labels.sum() == 12_500      # the README's counts
         assert labels[:12_500].sum() == 0                            # grouped by label: shuffle before subsetting
+
+
+@pytest.mark.parametrize(("task", "folder", "content", "message"), [
+    ("sst2", "SST-2", b"sentence\tscore\na film .\t1\n", r"SST-2/dev\.tsv: missing column\(s\) \['label'\]; found \['sentence', 'score'\]"),
+    ("sst2", "SST-2", b"sentence\tlabel\na film .\t1\ndull .\tpositive\n",
+     r"SST-2/dev\.tsv row 1, line 3: unknown label 'positive' for sst2; expected an integer in \[0, 2\)"),
+    ("sst2", "SST-2", b"sentence\tlabel\na film .\t1\ndull .\t2\n", r"SST-2/dev\.tsv row 1, line 3: unknown label 2 for sst2"),
+    ("sst2", "SST-2", b"sentence\tlabel\na film .\t1\ndull .\t0.5\n", r"row 1, line 3: unknown label 0\.5 for sst2"),
+    ("rte", "RTE", b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tmaybe\n",
+     r"RTE/dev\.tsv row 1, line 3: unknown label 'maybe' for rte; expected one of \['entailment', 'not_entailment'\]"),
+    ("stsb", "STS-B", b"sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\tn/a\n",
+     r"STS-B/dev\.tsv row 1, line 3: label 'n/a' is not a finite number"),
+    ("sst2", "SST-2", b"sentence\tlabel\nun caf\xe9 .\t1\n", r"SST-2/dev\.tsv: not UTF-8 text: bytes b'\\xe9 \.\\t' at line 2"),
+    ("sst2", "SST-2", b"sentence\tlabel\n", r"SST-2/dev\.tsv: no data rows"),
+    ("sst2", "SST-2", b"", r"SST-2/dev\.tsv: no data rows"),
+])
+def test_bad_tsv_is_refused_naming_file_row_and_value(tmp_path: Path, task: str, folder: str, content: bytes,
+                                                      message: str) -> None:
+    (tmp_path / "glue" / folder).mkdir(parents=True)
+    (tmp_path / "glue" / folder / "dev.tsv").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_glue_raw(task, tmp_path / "glue", splits=("dev",), cache_dir=str(tmp_path / "cache"))

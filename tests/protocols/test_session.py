@@ -137,6 +137,28 @@ def test_killed_party_raises_party_failure_quickly() -> None:
         assert not _alive(pid), f"party process {pid} left behind"
 
 
+def test_stopped_party_fails_the_session_within_the_silence_limit() -> None:
+    """A party that hangs without dying (SIGSTOP: no reply, no heartbeat, its sockets still open):
+    the next call fails within the silence limit (4 s here; SPU's own receive timeout, 60 s, never
+    fires first), naming the silent party, and closing the session leaves no process behind."""
+    spec = SessionSpec(protocol="SEMI2K", transport="processes", recv_timeout_s=60.0, silence_timeout_s=4.0,
+                       heartbeat_s=0.5)
+    s = TwoPartySession(spec)
+    pids = s._parties.pids
+    s.share("x", np.full((4,), 0.3, np.float32), "client")
+    s.run(_slow, ["x"], ["y"], op="Other")
+    os.kill(pids[1], signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(PartyFailure, match=r"parties \[1\] did not answer within 4 s \(no reply, no heartbeat\)"):
+        s.run(_slow, ["x"], ["y"], op="Other")
+    elapsed = time.monotonic() - start
+    assert 4.0 <= elapsed < 15.0, elapsed
+    s.close()
+    time.sleep(0.2)
+    for pid in pids:
+        assert not _alive(pid), f"party process {pid} left behind"
+
+
 class _Sleep:
     """A party job (``run_on``) that keeps the party busy for ``seconds``."""
 
