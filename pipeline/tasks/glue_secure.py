@@ -4,7 +4,9 @@
 copied from its run), the secure run's agreement with the JAX plaintext reference (run one
 input at a time) on the first ``secure_eval.num_examples`` dev inputs (with
 ``secure_eval.unpruned_layers``, ``none`` runs that many layers, its cost is composed and its
-agreement is with the model cut there; no ``acc/secure``), the cost meter's figures per input
+agreement is with the model cut there; no ``acc/secure``), how far the secure logits are from the
+twin's (``logits/max_abs_err``, per input ``logits/abs_err`` at step = input index, beside the
+logits' own magnitude ``logits/max_abs``), the cost meter's figures per input
 (with ``secure_eval.batch_size`` > 1, inputs run ``batch_size`` to a program and each batch's
 cost is spread over its inputs), SPU's matmul kernel counts, the kept tokens per layer and the
 leakage record (every value revealed, and who holds each input). The unpruned methods run the
@@ -82,12 +84,18 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, ru
     pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
                           criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
     agree = correct = 0
+    errors, scale = [], 0.0
     for i, (result, label) in enumerate(zip(logits, labels)):
         example = tuple(np.asarray(dev[i][k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        reference = plaintext_forward(cut, weights, *example, pruning).logits
+        errors.append(float(np.max(np.abs(np.asarray(result, np.float64) - reference))))
+        scale = max(scale, float(np.max(np.abs(reference))))
+        method_run.log_metrics({"logits/abs_err": errors[-1]}, step=i)
         pred = int(np.argmax(result))
-        agree += pred == int(np.argmax(plaintext_forward(cut, weights, *example, pruning).logits))
+        agree += pred == int(np.argmax(reference))
         correct += pred == int(label)
     metrics.update({"acc/dev": searched[f"dev/{method.value}/metric"], "agree/secure": 100.0 * agree / n,
+                    "logits/max_abs_err": max(errors), "logits/max_abs": scale,
                     "examples/secure": n, "batch_size": float(ctx.cfg.secure_eval.batch_size)})
     if ran == spec.layers:                             # a truncated model's predictions are not the model's
         metrics["acc/secure"] = 100.0 * correct / n

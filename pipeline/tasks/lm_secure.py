@@ -6,7 +6,8 @@ nested run (tag ``kind=method``) runs the next-token prediction of the first
 learned at) as a two-party computation, and checks it against an independent reference: the torch
 model (``models.gpt2.GPT2LM.pruned``, emulated ops, hard masks) on the same context. Logged per
 method: the cost meter's figures per context, ``agree/secure`` (same argmax as the reference, %),
-``acc/secure_next_token`` (argmax = target, %), ``logits/max_abs_err``, ``kept_tokens/layer_{l}``
+``acc/secure_next_token`` (argmax = target, %), ``logits/max_abs_err`` (per context ``logits/abs_err``,
+step = context index; beside the logits' magnitude ``logits/max_abs``), ``kept_tokens/layer_{l}``
 (tokens entering layer l, secure) and ``kept_tokens/secure_vs_reference_max_abs_diff``, and the
 leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` and ``prune_reduce`` its pick
 (``prune_reduce`` only a pick trained with it, whose β was learned). As for the
@@ -68,18 +69,20 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any
                                         lambda chunk, release: ContextRequest(blocks, chunk, seq_len, release),
                                         last_only=True, heads_per_program=ctx.cfg.secure_eval.heads_per_program)
     agree = hits = 0                                               # reference step from here on
-    max_err = gap = 0.0
+    max_err = gap = scale = 0.0
     entering = [row for r in records for row in r.entering]
     for i, (got, target, secure_entering) in enumerate(zip((np.asarray(x, dtype=np.float64) for r in records for x in r.logits),
                                                            (t for r in records for t in r.labels), entering)):
         ref, ref_entering = _reference(model, test[i, :seq_len].numpy(), method.value)
-        max_err = max(max_err, float(np.abs(got - ref).max()))
+        method_run.log_metrics({"logits/abs_err": float(np.abs(got - ref).max())}, step=i)
+        max_err, scale = max(max_err, float(np.abs(got - ref).max())), max(scale, float(np.abs(ref).max()))
         agree += int(np.argmax(got) == np.argmax(ref))
         hits += int(np.argmax(got) == int(target))
         gap = max(gap, float(np.abs(np.asarray(secure_entering) - ref_entering).max()))
     mean_entering = np.mean(np.asarray(entering, dtype=float), axis=0)
     metrics = {**sums, "agree/secure": 100.0 * agree / n, "acc/secure_next_token": 100.0 * hits / n,
-               "logits/max_abs_err": max_err, "examples/secure": float(n), "batch_size": float(ctx.cfg.secure_eval.batch_size),
+               "logits/max_abs_err": max_err, "logits/max_abs": scale,
+               "examples/secure": float(n), "batch_size": float(ctx.cfg.secure_eval.batch_size),
                "seq_len": float(seq_len), "kept_tokens/secure_vs_reference_max_abs_diff": gap}
     metrics |= {f"kept_tokens/layer_{l}": float(k) for l, k in enumerate(mean_entering)}
     if gap > 0:

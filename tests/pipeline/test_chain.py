@@ -1,4 +1,5 @@
-"""The embedded default, end to end: five FINISHED stage runs with real metrics."""
+"""The embedded default, end to end (CHEETAH, the parties as two processes): five FINISHED stage
+runs with real metrics."""
 from __future__ import annotations
 
 import subprocess
@@ -38,10 +39,14 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
         assert row["params.protocol"] == protocol
         assert row["metrics.acc/dev"] > 90, method  # the synthetic task is learnable
         assert row["metrics.agree/secure"] == 100.0, method  # secure class == plaintext class
+        # fixed-point noise (measured ≤ 0.00022 on logits of 1.0), not a wrong result: within 0.2 % of the
+        # logits' magnitude, and not 0 (the run was computed on shares, not copied from the reference)
+        assert row["metrics.logits/max_abs"] > 0.5, method
+        assert 0 < row["metrics.logits/max_abs_err"] < 0.002 * row["metrics.logits/max_abs"], method
         assert row["metrics.comm_mb/total"] > 0 and row["metrics.time_s/total"] > 0
         assert row["metrics.time_s/wan"] > row["metrics.time_s/lan"] > 0
-        ops = sum(row[f"metrics.comm_mb/{op}"] for op in ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce", "Other"))
-        assert ops == pytest.approx(row["metrics.comm_mb/total"], rel=1e-9)
+        assert (row["metrics.comm_mb/Reduce"] > 0) == (method == "prune_reduce"), method   # Π_reduce's programs only
+        assert (row["metrics.comm_mb/Prune"] > 0) == (method != "none"), method
         assert row["metrics.kept_tokens/layer_0"] == 32
         assert row["metrics.kept_tokens/secure_vs_emulated_max_abs_diff"] == 0, method   # torch twin agrees
         assert row["metrics.memory/peak_rss_mb/server"] > 100, method                    # SPU runtime resident
@@ -49,23 +54,30 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
     assert methods.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 16
     assert methods.loc["prune", "metrics.kept_tokens/layer_1"] < 16  # learned thresholds prune hard here
     assert methods.loc["prune", "metrics.comm_mb/total"] < methods.loc["none", "metrics.comm_mb/total"]
-    assert methods.loc["none", "metrics.comm_mb/Prune"] == 0
     report_dir = tmp_path / "reports" / "default"
     for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "kept_tokens.png"):
         assert (report_dir / name).is_file(), name
     return runs
 
 
-def test_embedded_default_chain_semi2k(tmp_path):
-    """The chain, then secure_eval again on 2 inputs in one batch: the same per-input schedule
-    and agreement as one at a time, and a leakage record that says who holds what."""
-    out = _run(tmp_path, "protocol=semi2k", *SMALL[:-1], "secure_eval.num_examples=2")
-    runs = _check_chain(tmp_path, out, "SEMI2K")
-    again = _run(tmp_path, "protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=2",
-                 "secure_eval.batch_size=2")
-    assert again.returncode == 0, again.stderr[-4000:]
+def test_embedded_default_chain(tmp_path):
+    """The README's `make run` configuration (CHEETAH, the default protocol) with the parties as two
+    OS processes, each party's inputs private to it; then, on the chain's upstream runs, secure_eval
+    under SEMI2K on 2 inputs, one at a time and in one batch: the same per-input schedule and
+    agreement, and a leakage record that says who holds what."""
+    out = _run(tmp_path, "protocol.transport=processes", *SMALL)
+    runs = _check_chain(tmp_path, out, "CHEETAH")
+    for _, row in runs[runs["tags.kind"] == "method"].iterrows():
+        leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")
+        assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)", leakage["ownership"]
+        assert leakage["ownership"]["h"] == "private to the client (party 0)", leakage["ownership"]
+        assert row["metrics.mpc/mmul_sv"] > 0                       # secret × server-private matmuls
+    semi2k = ["protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=2"]
+    for batch in (1, 2):
+        again = _run(tmp_path, *semi2k, f"secure_eval.batch_size={batch}")
+        assert again.returncode == 0, again.stderr[-4000:]
     runs = mlflow.search_runs(experiment_names=["cipherprune"])
-    methods = runs[runs["tags.kind"] == "method"]
+    methods = runs[(runs["tags.kind"] == "method") & (runs["params.protocol"] == "SEMI2K")]
     for method, rows in methods.groupby("tags.method"):
         by_batch = rows.set_index("metrics.batch_size")
         assert sorted(by_batch.index) == [1.0, 2.0], method
@@ -76,15 +88,16 @@ def test_embedded_default_chain_semi2k(tmp_path):
         assert leakage["ownership"]["h"].startswith("secret-shared (SEMI2K"), leakage["ownership"]["h"]
         counts = [r for r in leakage["reveals"] if r["purpose"] == "kept count"]
         assert all(r["examples"] == [0, 1] and r["shape"] == [2] for r in counts), method
-    _check_inputs_and_resume(tmp_path, runs)
+    _check_inputs_and_resume(tmp_path, runs, semi2k)
 
 
-def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame) -> None:
+def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame, launch: list[str]) -> None:
     """Every input ran in its own FINISHED input run, logging each layer (step = layer) as it went;
     a relaunch with one input more reuses the two FINISHED at batch size 1, runs only the third, and
     a relaunch at batch size 2 (another program, another cost) reused none."""
     client = mlflow.tracking.MlflowClient()
-    inputs = runs[runs["tags.kind"] == "input"]
+    semi2k = runs[(runs["tags.kind"] == "method") & (runs["params.protocol"] == "SEMI2K")]["run_id"]
+    inputs = runs[(runs["tags.kind"] == "input") & runs["tags.mlflow.parentRunId"].isin(semi2k)]
     first = inputs[inputs["tags.examples"].isin(["0", "1"])]
     assert len(first) == 8 and set(first["status"]) == {"FINISHED"}        # 4 methods x 2 inputs
     assert len(inputs[inputs["tags.examples"] == "0,1"]) == 4              # the batch-2 launch
@@ -104,7 +117,7 @@ def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame) -> None:
         assert 0 < layer_mb < row["metrics.comm_mb/total"]   # the embedding LayerNorm and the head are outside
     batch2 = runs[(runs["tags.kind"] == "method") & (runs["metrics.batch_size"] == 2.0)]
     assert set(batch2["metrics.examples/reused"]) == {0.0}
-    out = _run(tmp_path, "protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=3")
+    out = _run(tmp_path, "stage=secure_eval", *launch, "secure_eval.num_examples=3")
     assert out.returncode == 0, out.stderr[-4000:]
     runs = mlflow.search_runs(experiment_names=["cipherprune"])
     newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
@@ -116,17 +129,6 @@ def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame) -> None:
         children = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
         assert list(children["tags.examples"]) == ["2"], method              # only the new input ran
         assert row["metrics.agree/secure"] == 100.0, method
-
-
-@pytest.mark.slow
-def test_embedded_default_chain_cheetah_processes(tmp_path):
-    """The README's `make run` configuration (CHEETAH), parties as two OS processes."""
-    out = _run(tmp_path, "protocol.transport=processes", *SMALL)
-    runs = _check_chain(tmp_path, out, "CHEETAH")
-    for _, row in runs[runs["tags.kind"] == "method"].iterrows():
-        leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")
-        assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)"
-        assert row["metrics.mpc/mmul_sv"] > 0
 
 
 def test_unpruned_cost_composed_from_its_first_layers(tmp_path):

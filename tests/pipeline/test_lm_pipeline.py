@@ -72,7 +72,8 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
     assert sorted(method.index) == ["bolt_we", "none", "prune", "prune_reduce"]
     for name, m in method.iterrows():
         assert m["metrics.agree/secure"] == 100.0 and m["metrics.comm_mb/total"] > 0, name
-        assert m["metrics.logits/max_abs_err"] < 0.5, name
+        # fixed-point noise against the torch model (measured ≤ 0.0015 on logits up to 2.3): 0.3 % of their magnitude
+        assert m["metrics.logits/max_abs"] > 1.0 and 0 < m["metrics.logits/max_abs_err"] < 0.003 * m["metrics.logits/max_abs"], name
         assert m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0, name
         assert m["metrics.kept_tokens/layer_0"] == context, name
     assert method.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 8
