@@ -21,10 +21,25 @@ from protocols.secure_model import secure_forward
 from protocols.session import SessionSpec, TwoPartySession
 
 
+def _beaver_matmul_bytes(rows: int, inner: int, cols: int) -> int:
+    """SEMI2K bytes of a fixed-point product of secret ``[rows, inner]`` and ``[inner, cols]``: each
+    party opens its 8-byte shares of both masked operands (both directions counted), then the
+    product's truncation costs 8 bytes per output element (``test_meter``'s Beaver check)."""
+    return 16 * (rows * inner + inner * cols) + 8 * rows * cols
+
+
 def test_measure_layer_attributes_every_program_of_the_layer() -> None:
-    shape = TransformerSpec(vocab_size=64, hidden=16, layers=2, heads=2, intermediate=32, max_positions=16)
-    parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, 8)
+    """Each part holds exactly its programs' bytes: under SEMI2K (weights secret-shared) the linear
+    parts equal the Beaver formula: attention's Q, K, V and output projections, per head the scores
+    q·kᵀ, their 1/√d_h scaling (a truncation per score) and the context A·v; the FFN's two products."""
+    n, d, heads, f = 8, 16, 2, 32
+    shape = TransformerSpec(vocab_size=64, hidden=d, layers=2, heads=heads, intermediate=f, max_positions=16)
+    parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, n)
     assert set(parts) == set(LAYER_PARTS)
+    dh = d // heads
+    per_head = _beaver_matmul_bytes(n, dh, n) + 8 * n * n + _beaver_matmul_bytes(n, n, dh)
+    assert parts["attn/Linear"][1] == 4 * _beaver_matmul_bytes(n, d, d) + heads * per_head
+    assert parts["ffn/Linear"][1] == _beaver_matmul_bytes(n, d, f) + _beaver_matmul_bytes(n, f, d)
     for part, (seconds, nbytes, rounds) in parts.items():
         assert seconds > 0 and nbytes > 0 and rounds > 0, part
     # one add_layernorm on [8, 16] each side of the split: the same program, the same bytes

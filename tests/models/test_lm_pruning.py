@@ -25,12 +25,17 @@ def _model() -> GPT2LM:
 
 
 def test_init_thresholds_are_increasing_score_quantiles() -> None:
+    """θ_l is the quantile·(l+1)/L quantile of layer l's context scores (levels 0.25 and 0.5 here:
+    increasing with depth), β_l = beta_factor·θ_l capped at 1."""
     m = _model()
-    init_lm_thresholds(m, _blocks(), quantile=0.5)
+    init_lm_thresholds(m, _blocks(), quantile=0.5, beta_factor=1.5)
     theta = m.pruning.theta.tolist()
-    assert 0 < theta[0] < 1 and 0 < theta[1] < 1
     scores = m.pruned(_blocks()[:, :-1], PruneSettings()).scores
-    assert theta[1] == pytest.approx(float(torch.quantile(scores[1][:, :-1].reshape(-1), 0.5)), rel=1e-5)
+    for l, level in enumerate((0.25, 0.5)):
+        context = scores[l][:, :-1].reshape(-1)
+        assert theta[l] == pytest.approx(float(torch.quantile(context, level)), rel=1e-5), l
+        assert float((context <= theta[l]).float().mean()) == pytest.approx(level, abs=0.01), l
+    assert m.pruning.beta.tolist() == pytest.approx([min(1.5 * t, 1.0) for t in theta], rel=1e-6)
 
 
 def test_penalty_lowers_the_kept_share() -> None:

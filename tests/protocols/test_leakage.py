@@ -1,4 +1,5 @@
-"""Leakage: every opened value equals the declared leakage; shares look uniform and input-independent.
+"""Leakage: every opened value equals the declared leakage; inputs shared the way the engine shares
+them: secret shares uniform and input-independent, private inputs giving the peer nothing.
 
 Declared (README "Threat model and leakage"): per pruned layer the kept count, with
 Π_reduce the high-group size, and the final logits to the client; nothing for ``none``
@@ -13,9 +14,11 @@ from scipy import stats
 from spu import api
 
 from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.parties import make_shares
 from protocols.plaintext import random_weights
 from protocols.secure_model import plaintext_forward, secure_forward
 from protocols.session import SecureSession, SessionSpec, TwoPartySession
+from protocols.spec import OWNER_RANK
 
 TINY = dict(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
 IDS = np.array([1, 5, 9, 3, 7, 2, 8, 4, 6, 1, 0, 0])
@@ -70,26 +73,29 @@ def test_reveals_equal_declared_leakage_and_outputs_stay_secret(model, method, m
     assert np.allclose(value, result.logits.reshape(-1), atol=1e-6)
 
 
-def _party_share(x: np.ndarray, party: int, protocol: str = "SEMI2K") -> np.ndarray:
-    """The ring elements (FM64) that ``party`` receives when ``x`` is secret-shared."""
-    cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, protocol), field=libspu.FieldType.FM64,
-                               fxp_fraction_bits=18)
-    share = api.Io(2, cfg).make_shares(x, libspu.Visibility.VIS_SECRET)[party]
+def _party_share(x: np.ndarray, party: int, protocol: str, owner: str) -> np.ndarray:
+    """The ring elements (FM64) that ``party`` holds when ``owner`` provides ``x``, built the way the
+    engine builds them (``protocols.parties.make_shares`` with the session's runtime config and the
+    session's ownership: private to the owner where the protocol keeps it so, else secret-shared)."""
+    spec = SessionSpec(protocol=protocol)
+    rank = OWNER_RANK[owner] if spec.keeps_private(owner) else None
+    _, shares = make_shares(api.Io(2, spec.runtime_config(False)), x, rank)
     chunks = []
-    for raw in share.share_chunks:
+    for raw in shares[party].share_chunks:
         chunk = libspu.ValueChunk()
         chunk.ParseFromString(raw)
         chunks.append(chunk.content)
     return np.frombuffer(b"".join(chunks), dtype=np.uint64)
 
 
-@pytest.mark.parametrize("protocol", ["SEMI2K", "CHEETAH"])
+@pytest.mark.parametrize("owner", ["client", "server"])
 @pytest.mark.parametrize("party", [0, 1])
-def test_shares_are_uniform_fresh_and_input_independent(protocol, party):
+def test_secret_shares_are_uniform_fresh_and_input_independent(owner: str, party: int) -> None:
+    """SEMI2K secret-shares every input: each party's share is uniform, fresh and independent of the value."""
     n = 4096
     zeros, ones_big = np.zeros(n, np.float32), np.full(n, 1000.0, np.float32)
-    a, b = _party_share(zeros, party, protocol), _party_share(zeros, party, protocol)
-    c = _party_share(ones_big, party, protocol)
+    a, b = _party_share(zeros, party, "SEMI2K", owner), _party_share(zeros, party, "SEMI2K", owner)
+    c = _party_share(ones_big, party, "SEMI2K", owner)
     assert not np.array_equal(a, b), "two runs on the same input gave the same share"
     bits = ((a[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(float)
     freq = bits.mean(axis=0)  # each of the 64 bit positions ≈ Bernoulli(1/2)
@@ -98,3 +104,14 @@ def test_shares_are_uniform_fresh_and_input_independent(protocol, party):
     assert stats.kstest(top_a / 2**16, "uniform").pvalue > 1e-4
     assert stats.ks_2samp(top_a, top_c).pvalue > 1e-4  # same distribution for very different inputs
     assert abs(np.corrcoef(top_a, top_c)[0, 1]) < 5 / np.sqrt(n)
+
+
+@pytest.mark.parametrize("owner", ["client", "server"])
+def test_private_inputs_give_the_peer_nothing(owner: str) -> None:
+    """CHEETAH keeps each input private to its owner (the server's weights, the client's tokens):
+    the peer's share is the same all-zero placeholder whatever the value, the owner's holds it."""
+    peer = 1 - OWNER_RANK[owner]
+    x, y = np.linspace(-3, 3, 64).astype(np.float32), np.full(64, 1000.0, np.float32)
+    assert not np.any(_party_share(x, peer, "CHEETAH", owner)) and not np.any(_party_share(y, peer, "CHEETAH", owner))
+    mine = _party_share(x, OWNER_RANK[owner], "CHEETAH", owner)
+    np.testing.assert_allclose(mine.view(np.int64) / 2**18, x, atol=1e-5)        # FM64, 18 fraction bits

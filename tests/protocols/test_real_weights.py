@@ -117,10 +117,10 @@ def test_weights_reach_the_hard_regime(minilm: dict[str, Any]) -> None:
     assert (exact[:n].argmax(1) == 1).all() and (exact[n:].argmax(1) == 0).all()
 
 
-@pytest.mark.parametrize(("protocol", "rows"), [("SEMI2K", tuple(range(len(POSITIVE + NEGATIVE)))), ("CHEETAH", (0, 3))])
+@pytest.mark.parametrize(("protocol", "rows"), [("SEMI2K", tuple(range(len(POSITIVE + NEGATIVE)))), ("CHEETAH", (3,))])
 def test_unpruned_secure_logits_match_transformers(minilm: dict[str, Any], protocol: str, rows: tuple[int, ...]) -> None:
-    """Every sentence under SEMI2K; under CHEETAH (whose HE matmuls cost ≈ 20 s a sentence here) one
-    of each class."""
+    """Every sentence under SEMI2K; under CHEETAH (a MiniLM pass costs about a minute here, most of it
+    per-program HE set-up) one sentence."""
     exact = minilm["exact"][list(rows)]
     emulated = _emulated(minilm, "none", PruningSpec()).logits.numpy()[list(rows)]
     approx_err = float(np.abs(emulated - exact).max())
