@@ -4,6 +4,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 PYTEST_ARGS ?=
+# the default suite runs on two pytest-xdist workers, a test file per worker (most tests wait on
+# party processes, subprocess launches or SPU's links); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-slow setup lint lm-data
 
@@ -23,7 +26,7 @@ run: $(STAMP)
 	$(VENV)/bin/python -m pipeline $(ARGS)
 
 test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff on the whole tree (rules in pyproject.toml), mypy on the protocol library
 lint: $(STAMP)

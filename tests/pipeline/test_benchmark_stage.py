@@ -102,11 +102,11 @@ def test_engine_benchmark_measures_attention_in_head_ranges(tracker_for) -> None
     the one extra softmax program pays CHEETAH's fixed per-call cost once more (≈ 1.1 MB here, the
     same at 8 and 32 tokens: at 512 tokens a fraction of a per-mille of the layer), which is all the
     layer's extra bytes; more rounds; every configuration reports its own party processes' peak RSS."""
-    tracker = tracker_for("benchmark=engine", "benchmark.shape=tiny", "benchmark.tokens=[32]", "benchmark.batch=[1]",
+    tracker = tracker_for("benchmark=engine", "benchmark.shape=tiny", "benchmark.tokens=[8]", "benchmark.batch=[1]",
                           "benchmark.owners=[server]", "benchmark.transport=processes", "benchmark.heads_per_program=[null,1]")
     run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
     m = tracker.client.get_run(run_id).data.metrics
-    whole, ranged = "server/32x1", "server/32x1/heads1"
+    whole, ranged = "server/8x1", "server/8x1/heads1"
     for part in ("attn/Linear", "ffn/Linear"):
         assert m[f"{ranged}/{part}/mb"] == pytest.approx(m[f"{whole}/{part}/mb"], rel=1e-3), part
     extra = m[f"{ranged}/Softmax/mb"] - m[f"{whole}/Softmax/mb"]

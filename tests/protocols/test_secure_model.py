@@ -90,7 +90,7 @@ def test_relative_criterion_scales_by_the_real_tokens_entering(model: tuple, pro
     with TwoPartySession(SessionSpec(protocol=protocol)) as s:
         secure = run_forward(s, spec, w, IDS, MASK, pruning=relative, trace_positions=True)
     _check(secure, plain)
-    with pytest.raises(ValueError, match=r"theta\[0\]=1.5: expected 0 <= theta <= 1 \(absolute"):
+    with pytest.raises(ValueError, match=r"theta\[0\]=1.5: expected a finite 0 <= theta <= 1 \(absolute"):
         PruningSpec("prune", (1.5, 0.0))
     assert PruningSpec("prune", (1.5, 0.0), criterion="relative").theta == (1.5, 0.0)
 
