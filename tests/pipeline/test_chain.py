@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import pandas as pd
 import pytest
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.runner import run_pipeline
 
 SMALL = ["data.synthetic.n_train=600", "data.synthetic.n_dev=120", "finetune.lambdas=[0.2]", "secure_eval.num_examples=1"]
 KEPT = [f"metrics.kept_tokens/layer_{i}" for i in range(2)]
@@ -60,7 +62,7 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
     return runs
 
 
-def test_embedded_default_chain(tmp_path):
+def test_embedded_default_chain(tmp_path, compose_cfg, monkeypatch):
     """The README's `make run` configuration (CHEETAH, the default protocol) with the parties as two
     OS processes, each party's inputs private to it; then, on the chain's upstream runs, secure_eval
     under SEMI2K on 2 inputs, one at a time and in one batch: the same per-input schedule and
@@ -72,10 +74,10 @@ def test_embedded_default_chain(tmp_path):
         assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)", leakage["ownership"]
         assert leakage["ownership"]["h"] == "private to the client (party 0)", leakage["ownership"]
         assert row["metrics.mpc/mmul_sv"] > 0                       # secret × server-private matmuls
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     semi2k = ["protocol=semi2k", "stage=secure_eval", *SMALL[:-1], "secure_eval.num_examples=2"]
-    for batch in (1, 2):
-        again = _run(tmp_path, *semi2k, f"secure_eval.batch_size={batch}")
-        assert again.returncode == 0, again.stderr[-4000:]
+    for batch in (1, 2):                                  # in this process (the CLI ran above)
+        run_pipeline(compose_cfg(*semi2k, f"secure_eval.batch_size={batch}"))
     runs = mlflow.search_runs(experiment_names=["cipherprune"])
     methods = runs[(runs["tags.kind"] == "method") & (runs["params.protocol"] == "SEMI2K")]
     for method, rows in methods.groupby("tags.method"):
@@ -88,10 +90,10 @@ def test_embedded_default_chain(tmp_path):
         assert leakage["ownership"]["h"].startswith("secret-shared (SEMI2K"), leakage["ownership"]["h"]
         counts = [r for r in leakage["reveals"] if r["purpose"] == "kept count"]
         assert all(r["examples"] == [0, 1] and r["shape"] == [2] for r in counts), method
-    _check_inputs_and_resume(tmp_path, runs, semi2k)
+    _check_inputs_and_resume(runs, lambda: run_pipeline(compose_cfg(*semi2k, "secure_eval.num_examples=3")))
 
 
-def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame, launch: list[str]) -> None:
+def _check_inputs_and_resume(runs: pd.DataFrame, relaunch_with_a_third_input: Callable[[], object]) -> None:
     """Every input ran in its own FINISHED input run, logging each layer (step = layer) as it went;
     a relaunch with one input more reuses the two FINISHED at batch size 1, runs only the third, and
     a relaunch at batch size 2 (another program, another cost) reused none."""
@@ -117,8 +119,7 @@ def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame, launch: list[st
         assert 0 < layer_mb < row["metrics.comm_mb/total"]   # the embedding LayerNorm and the head are outside
     batch2 = runs[(runs["tags.kind"] == "method") & (runs["metrics.batch_size"] == 2.0)]
     assert set(batch2["metrics.examples/reused"]) == {0.0}
-    out = _run(tmp_path, "stage=secure_eval", *launch, "secure_eval.num_examples=3")
-    assert out.returncode == 0, out.stderr[-4000:]
+    relaunch_with_a_third_input()
     runs = mlflow.search_runs(experiment_names=["cipherprune"])
     newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
     for _, row in newest.iterrows():
@@ -131,16 +132,15 @@ def _check_inputs_and_resume(tmp_path: Path, runs: pd.DataFrame, launch: list[st
         assert row["metrics.agree/secure"] == 100.0, method
 
 
-def test_unpruned_cost_composed_from_its_first_layers(tmp_path):
+def test_unpruned_cost_composed_from_its_first_layers(tmp_path, compose_cfg, monkeypatch):
     """``secure_eval.unpruned_layers=2`` on a 3-layer model: ``none`` runs 2 layers securely, its cost
     is composed with layer 1 repeated and says so (``layers/measured``, the report's cost column),
     within 0.1 % of the bytes of the same method run end to end; its agreement is with the model
     cut after layer 1, and it claims no secure accuracy."""
     args = ("protocol=semi2k", "model.layers=3", *SMALL, "secure_eval.methods=[none]")
-    out = _run(tmp_path, *args, "secure_eval.unpruned_layers=2")
-    assert out.returncode == 0, out.stderr[-4000:]
-    full = _run(tmp_path, *args, "stage=secure_eval")
-    assert full.returncode == 0, full.stderr[-4000:]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_pipeline(compose_cfg(*args, "secure_eval.unpruned_layers=2"))
+    run_pipeline(compose_cfg(*args, "stage=secure_eval"))
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["cipherprune"])
     methods = runs[runs["tags.kind"] == "method"].set_index("metrics.layers/measured")
