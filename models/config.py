@@ -22,9 +22,11 @@ def check_input_ids(ids: Any, vocab_size: int, max_positions: int) -> None:
     n = int(ids.shape[-1])
     if n > max_positions:
         raise ValueError(f"input of {n} tokens > the model's max_positions={max_positions}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise ValueError(f"input_ids contains {bad}: outside the model's vocabulary [0, {vocab_size})")
+    if not ids.numel():
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids contains {low if low < 0 else high}: outside the model's vocabulary [0, {vocab_size})")
 
 
 def hf_shape(d: dict[str, Any], num_labels: int | None = None) -> dict[str, Any]:

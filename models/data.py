@@ -73,23 +73,24 @@ def get_task(task: str) -> TaskSpec:
     return TASKS[task]
 
 
+def _number(y: Any) -> float:
+    """``y`` as a float, NaN when it is not a number."""
+    try:
+        return float(y)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _label(y: Any, spec: TaskSpec, where: str) -> int | float:
     """``y`` as ``spec``'s label: a finite float (regression), a ``label_map`` key, or an integer
     class id in ``[0, num_labels)``; ``ValueError`` naming ``where`` and the value otherwise."""
+    number = _number(y)
     if spec.num_labels == 1:
-        try:
-            value = float(y)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             raise ValueError(f"{where}: label {y!r} is not a finite number ({spec.name} is a regression task)")
-        return value
+        return number
     if spec.label_map is not None and isinstance(y, str) and y in spec.label_map:
         return spec.label_map[y]
-    try:
-        number = float(y)
-    except (TypeError, ValueError):
-        number = math.nan
     if not (number.is_integer() and 0 <= number < spec.num_labels):
         names = sorted(spec.label_map) if spec.label_map else []
         expected = f"one of {names} or " if names else ""

@@ -43,9 +43,10 @@ def check_token_ids(ids: np.ndarray, bound: int, name: str) -> None:
     """``ValueError`` naming the first position and value of ``ids`` that is not an integer in
     ``[0, bound)`` (numpy would wrap a negative id to the table's end and fail only past it)."""
     ids = np.asarray(ids).reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        if not np.all(np.isfinite(ids)) or not np.all(ids == np.round(ids)):
-            bad = int(np.argmax(~np.isfinite(ids) | (ids != np.round(ids))))
+    if not np.issubdtype(ids.dtype, np.integer):
+        fractional = ~np.isfinite(ids) | (ids != np.round(ids))
+        if np.any(fractional):
+            bad = int(np.argmax(fractional))
             raise ValueError(f"{name}[{bad}]={ids[bad]!r}: token ids must be integers")
     outside = (ids < 0) | (ids >= bound)
     if np.any(outside):

@@ -74,8 +74,9 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any
     for i, (got, target, secure_entering) in enumerate(zip((np.asarray(x, dtype=np.float64) for r in records for x in r.logits),
                                                            (t for r in records for t in r.labels), entering)):
         ref, ref_entering = _reference(model, test[i, :seq_len].numpy(), method.value)
-        method_run.log_metrics({"logits/abs_err": float(np.abs(got - ref).max())}, step=i)
-        max_err, scale = max(max_err, float(np.abs(got - ref).max())), max(scale, float(np.abs(ref).max()))
+        err = float(np.abs(got - ref).max())
+        method_run.log_metrics({"logits/abs_err": err}, step=i)
+        max_err, scale = max(max_err, err), max(scale, float(np.abs(ref).max()))
         agree += int(np.argmax(got) == np.argmax(ref))
         hits += int(np.argmax(got) == int(target))
         gap = max(gap, float(np.abs(np.asarray(secure_entering) - ref_entering).max()))

@@ -1,4 +1,4 @@
-"""Fixtures for the pipeline tests: composing configs and an isolated MLflow store."""
+"""Fixtures for the pipeline tests: composing configs, an isolated MLflow store, the CLI."""
 from __future__ import annotations
 
 import os
@@ -34,6 +34,14 @@ def compose_cfg(tmp_path: Path) -> Callable[..., PipelineConfig]:
         return cfg
 
     return _compose
+
+
+def run_cli(outputs: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m pipeline paths.outputs=<outputs> *args`` as a user runs it (no tracking URI or debug
+    flag inherited from the environment); the caller checks the return code."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "CIPHERPRUNE_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "pipeline", f"paths.outputs={outputs}", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=1500, env=env)
 
 
 @contextmanager

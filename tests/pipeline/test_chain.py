@@ -3,7 +3,6 @@ runs with real metrics."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -11,17 +10,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.runner import run_pipeline
+from tests.pipeline.conftest import run_cli
 
 SMALL = ["data.synthetic.n_train=600", "data.synthetic.n_dev=120", "finetune.lambdas=[0.2]", "secure_eval.num_examples=1"]
 KEPT = [f"metrics.kept_tokens/layer_{i}" for i in range(2)]
-
-
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "pipeline", f"paths.outputs={tmp_path}", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=1500, env=env)
 
 
 def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str) -> pd.DataFrame:
@@ -67,7 +60,7 @@ def test_embedded_default_chain(tmp_path, compose_cfg, monkeypatch):
     OS processes, each party's inputs private to it; then, on the chain's upstream runs, secure_eval
     under SEMI2K on 2 inputs, one at a time and in one batch: the same per-input schedule and
     agreement, and a leakage record that says who holds what."""
-    out = _run(tmp_path, "protocol.transport=processes", *SMALL)
+    out = run_cli(tmp_path, "protocol.transport=processes", *SMALL)
     runs = _check_chain(tmp_path, out, "CHEETAH")
     for _, row in runs[runs["tags.kind"] == "method"].iterrows():
         leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")

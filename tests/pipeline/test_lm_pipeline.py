@@ -2,18 +2,15 @@
 fake WikiText-2 directory and a tiny byte-level BPE tokenizer (offline, seconds)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.validate import ConfigError, validate
 from tests.models.test_lm import write_fake_wikitext, write_tiny_bpe
+from tests.pipeline.conftest import run_cli
 
 
 @pytest.fixture
@@ -29,18 +26,12 @@ def _lm_overrides(wt: Path, tok: Path) -> list[str]:
             "secure_eval.num_examples=1"]
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "pipeline", f"paths.outputs={tmp_path}", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=900, env=env, check=False)
-
-
 def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
     """The whole chain with one pruned candidate: a trained baseline, a Π_prune + Π_reduce candidate
     that prunes and learned β, the search's pick scored on test, and all four causal methods run
     securely, each agreeing with the torch model on the logits' argmax and on the tokens entering
     every layer."""
-    out = _run(tmp_path, *_lm_overrides(*lm_assets), "secure_eval.generate_tokens=3")
+    out = run_cli(tmp_path, *_lm_overrides(*lm_assets), "secure_eval.generate_tokens=3")
     assert out.returncode == 0, out.stderr[-4000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
@@ -142,7 +133,7 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
     with a third context, it reuses the two FINISHED contexts of every method and runs only the third."""
     args = [*_lm_overrides(*lm_assets), "stage=secure_eval", "protocol.transport=processes", "secure_eval.heads_per_program=1"]
     for launch in (1, 2):
-        out = _run(tmp_path, *args, f"secure_eval.num_examples={launch + 1}")
+        out = run_cli(tmp_path, *args, f"secure_eval.num_examples={launch + 1}")
         assert out.returncode == 0, out.stderr[-4000:]
         runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
         newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
@@ -167,7 +158,7 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
 def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple[Path, Path]) -> None:
     """``finetune.lambdas=[]`` (e.g. only evaluating a real GPT-2): no candidate, the search selects the
     baseline, and the unpruned methods still run securely."""
-    out = _run(tmp_path, *_lm_overrides(*lm_assets), "finetune.lambdas=[]", "secure_eval.methods=[none,bolt_we]")
+    out = run_cli(tmp_path, *_lm_overrides(*lm_assets), "finetune.lambdas=[]", "secure_eval.methods=[none,bolt_we]")
     assert out.returncode == 0, out.stderr[-4000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
@@ -221,7 +212,7 @@ def test_lm_experiment_is_valid(compose_cfg, lm_assets):
 
 def test_config_error_without_traceback(tmp_path: Path, lm_assets):
     wt, tok = lm_assets
-    out = _run(tmp_path, "experiment=gpt2_wikitext2", f"data.wikitext_dir={wt}", f"data.tokenizer_dir={tok}",
+    out = run_cli(tmp_path, "experiment=gpt2_wikitext2", f"data.wikitext_dir={wt}", f"data.tokenizer_dir={tok}",
                "finetune.lambdas=[]")
     assert out.returncode != 0
     assert "finetune.lambdas=[] trains no pruned candidate" in out.stderr and "Traceback" not in out.stderr

@@ -3,24 +3,16 @@ value, no traceback, no run left FINISHED (or RUNNING) with half its outputs."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.runner import run_pipeline
 from pipeline.store_lock import StoreLocked
 from pipeline.validate import ConfigError
-
-
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLFLOW_TRACKING_URI", "CIPHERPRUNE_DEBUG")}
-    return subprocess.run([sys.executable, "-m", "pipeline", f"paths.outputs={tmp_path}", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=600, env=env)
+from tests.pipeline.conftest import run_cli
 
 
 def test_bad_tsv_fails_prepare_with_the_row_named(tmp_path: Path) -> None:
@@ -31,7 +23,7 @@ def test_bad_tsv_fails_prepare_with_the_row_named(tmp_path: Path) -> None:
     glue.mkdir(parents=True)
     (glue / "train.tsv").write_text("sentence\tlabel\n" + "a fine film .\t1\na dull film .\t0\n" * 10)
     (glue / "dev.tsv").write_text("sentence\tlabel\na fine film .\t1\na dull film .\tneg\n")
-    out = _cli(tmp_path, "data=sst2", f"data.glue_dir={tmp_path / 'glue'}", "model=minilm_l6", "data.max_length=16",
+    out = run_cli(tmp_path, "data=sst2", f"data.glue_dir={tmp_path / 'glue'}", "model=minilm_l6", "data.max_length=16",
                "stage=prepare")
     assert out.returncode != 0
     assert f"error: {glue / 'dev.tsv'} row 1, line 3: unknown label 'neg' for sst2" in out.stderr, out.stderr[-3000:]
