@@ -2,7 +2,7 @@
 
 FM64 with 18 fraction bits holds |x| < 2^45 and products of two values need |x·y| < 2^45
 before truncation, i.e. |x|, |y| ≲ 2^22 ≈ 4·10^6. The documented safe input ranges
-(README "Guarantees and limits"), measured here: attention logits |s| ≤ 1e4 (the exp's
+(docs/testing.md), measured here: attention logits |s| ≤ 1e4 (the exp's
 range reduction clips; masked keys add −64), GELU inputs |x| ≤ 1e4, LayerNorm rows with
 standard deviation in [0.1, 300] (variance ≤ 1e5: SPU's reciprocal square root loses the
 result at variance 1e6). Inside those ranges secure == plaintext within the tolerances
