@@ -30,7 +30,8 @@ def test_init_thresholds_are_increasing_score_quantiles() -> None:
     m = _model()
     init_lm_thresholds(m, _blocks(), quantile=0.5, beta_factor=1.5)
     theta = m.pruning.theta.tolist()
-    scores = m.pruned(_blocks()[:, :-1], PruneSettings()).scores
+    with torch.no_grad():
+        scores = m.pruned(_blocks()[:, :-1], PruneSettings()).scores
     for l, level in enumerate((0.25, 0.5)):
         context = scores[l][:, :-1].reshape(-1)
         assert theta[l] == pytest.approx(float(torch.quantile(context, level)), rel=1e-5), l
