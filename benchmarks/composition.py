@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.config import PRUNE_METHODS
+from models import methods
 from protocols.meter import LAN, OP_CLASSES, WAN
 
-METHODS = PRUNE_METHODS
 ATTN_PARTS = ("attn/Linear", "Softmax", "attn/LayerNorm")
 FFN_PARTS = ("ffn/Linear", "GELU", "ffn/LayerNorm")
 LAYER_PARTS = ATTN_PARTS + FFN_PARTS
@@ -121,12 +120,13 @@ def _reduced(layer_fit: Fits, op: str, q: int, rows: float, high: float) -> floa
 
 
 def method_sizes(schedule: Schedule, method: str, n0: int) -> list[tuple[float, float]]:
-    """``(n entering, k kept)`` per layer for ``method`` (``none``: n0 throughout; ``bolt_we``:
-    halves once after layer 0's attention)."""
+    """``(n entering, k kept)`` per layer for ``method`` (``MethodSpec.sizes``: ``unpruned``, n0
+    throughout; ``halved_once``, halves once after layer 0's attention; ``schedule``, the schedule's)."""
     layers = len(schedule.entering)
-    if method == "none":
+    sizes = methods.get(method).sizes
+    if sizes == "unpruned":
         return [(n0, n0)] * layers
-    if method == "bolt_we":
+    if sizes == "halved_once":
         half = math.ceil(n0 / 2)
         return [(n0, half)] + [(half, half)] * (layers - 1)
     return list(zip(schedule.entering, schedule.kept))
@@ -135,8 +135,8 @@ def method_sizes(schedule: Schedule, method: str, n0: int) -> list[tuple[float, 
 def compose(schedule: Schedule, method: str, layer_fit: Fits, prune_fit: Fits, n0: int) -> dict[str, float]:
     """Whole-model ``{"<quantity>/<op class>"}`` (``QUANTITIES``: s, bytes, rounds) for ``method`` at ``schedule``."""
     totals = {f"{q}/{op}": 0.0 for q in QUANTITIES for op in OP_CLASSES}
-    reduce = method == "prune_reduce"
-    programs = {"prune": ["prune"], "prune_reduce": ["prune", "reduce"]}.get(method, [])
+    spec = methods.get(method)
+    reduce = spec.reduce
     high_prev: float | None = None
     for l, (n, k) in enumerate(method_sizes(schedule, method, n0)):
         high = schedule.high[l] if reduce else k
@@ -148,7 +148,7 @@ def compose(schedule: Schedule, method: str, layer_fit: Fits, prune_fit: Fits, n
             for part in FFN_PARTS:
                 cost = _reduced(layer_fit, part, qi, k, high) if part == "GELU" and reduce else _at(layer_fit[part][qi], k)
                 totals[f"{q}/{part.split('/')[-1]}"] += cost
-            for name in programs + (["bolt_we"] if method == "bolt_we" and l == 0 else []):
+            for name in spec.programs if spec.prunes_at(l) else ():
                 totals[f"{q}/{'Reduce' if name == 'reduce' else 'Prune'}"] += float(
                     prune_fit[name][qi] @ np.array([1.0, n, k * n]))
         high_prev = high if reduce else None
@@ -165,7 +165,7 @@ def ideal(schedule: Schedule, method: str, n0: int) -> tuple[float, float]:
 def table_rows(seq: int, schedules: dict[str, Schedule], layer_fit: Fits, prune_fit: Fits) -> list[dict[str, float | str]]:
     """One row per method: seconds, GB, LAN/WAN estimates, ratios, pruning share, ideal ratios."""
     rows: list[dict[str, float | str]] = []
-    for method in METHODS:
+    for method in (m.name for m in methods.registered() if m.name in schedules):
         t = compose(schedules[method], method, layer_fit, prune_fit, seq)
         secs = sum(t[f"s/{op}"] for op in OP_CLASSES)
         nbytes = sum(t[f"bytes/{op}"] for op in OP_CLASSES)
@@ -181,6 +181,6 @@ def table_rows(seq: int, schedules: dict[str, Schedule], layer_fit: Fits, prune_
         rows.append(row)
     base = {r["method"]: r for r in rows}
     for r in rows:
-        r["x_none"] = float(base["none"]["lan_s"]) / float(r["lan_s"])
-        r["x_bolt"] = float(base["bolt_we"]["lan_s"]) / float(r["lan_s"])
+        for ref in (m for m in methods.registered() if m.reference and m.name in base):
+            r[f"x_{ref.name}"] = float(base[ref.name]["lan_s"]) / float(r["lan_s"])
     return rows

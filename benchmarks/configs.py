@@ -136,11 +136,12 @@ class LengthBench:
     checkpoint directory with ``thresholds.json``, e.g. a candidate run's ``checkpoint`` artifact)
     evaluated in plaintext with the secure run's approximations on ``data`` (``task:max_length``
     entries, ``limit`` examples each, a seeded subset of dev; IMDB: of test). ``reference`` is
-    evaluated unpruned (``none``) and with BOLT WE, the others with ``prune``."""
+    evaluated with every baseline-checkpoint method (unpruned, BOLT WE), the others with ``method``."""
 
     name: str = "length"
     checkpoints: dict[str, str] = field(default_factory=dict)
     reference: str = "unpruned"
+    method: str = "prune"   # a method with learned thresholds (models.methods)
     data: list[str] = field(default_factory=lambda: ["sst2:128", "imdb:512"])
     sources: dict[str, str] = field(default_factory=dict)  # task -> local data dir (models.data.load_glue_raw)
     limit: int = 200

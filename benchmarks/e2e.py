@@ -34,7 +34,6 @@ import numpy as np
 from benchmarks.common import BenchResult, LogMetrics, markdown, shape_spec, warm_up
 from benchmarks.composition import (
     LAYER_PARTS,
-    METHODS,
     PRUNE_PROGRAMS,
     QUANTITIES,
     Fits,
@@ -46,16 +45,19 @@ from benchmarks.composition import (
 )
 from benchmarks.configs import E2EBench
 from models.approx import DEFAULT_REDUCE_FORMS, EXP_HIGH, GELU_HIGH, REDUCE_FORMS
+from models.methods import builtin_names
+from models.methods import get as get_method
 from protocols import nonlinear
 from protocols import pruning as pr
 from protocols.batch import Layout, prune_step, reduce_step
 from protocols.meter import OP_CLASSES, WAN, CostReport
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
-from protocols.secure_model import SecureResult, plaintext_forward, secure_forward
+from protocols.secure_model import SecureResult, plaintext_forward, run_batch
 from protocols.session import SessionSpec, TwoPartySession
 
 log = logging.getLogger(__name__)
+BUILTIN = builtin_names()      # the methods whose programs this benchmark measures and composes
 # Π_reduce's low-group forms new checkpoints are trained with (and the engine runs them with)
 LOW = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]
 Measured = dict[str, dict[str, tuple[float, ...]]]
@@ -85,7 +87,7 @@ def real_schedules(checkpoint: Path, task: str, glue_dir: Path, seq: int, count:
     weights = to_numpy_weights(model)
     inputs = dev_inputs(task, checkpoint, glue_dir, seq, count)
     out: dict[str, Schedule] = {}
-    for method in METHODS:
+    for method in BUILTIN:
         pruning = PruningSpec(method=method, theta=tuple(th.theta), beta=tuple(th.beta), criterion=th.criterion,
                               reduce_forms=th.reduce_forms)
         sums = np.zeros((3, spec.layers))
@@ -112,7 +114,7 @@ def measure_layer(session_spec: SessionSpec, shape: TransformerSpec, n: int) -> 
     with TwoPartySession(session_spec) as s:
         warm_up(s)
         with s.meter.measure() as measured:
-            secure_forward(s, one, weights, ids, np.ones(n, np.float32), np.zeros(n, np.int64), PruningSpec("none", (0.0,), (0.0,)))
+            run_batch(s, one, weights, [(ids, np.ones(n, np.float32), np.zeros(n, np.int64))], PruningSpec("none", (0.0,), (0.0,)))
         programs = measured.report.programs
     out = {part: (0.0, 0.0, 0.0) for part in LAYER_PARTS}
     in_ffn = False
@@ -167,14 +169,14 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
 def render(rows: list[dict[str, Any]]) -> str:
     """The composed whole-model figures per method as Markdown."""
     cols = [("seq", "{:.0f}"), ("method", "{}"), ("time_s", "{:.1f}"), ("comm_gb", "{:.2f}"), ("rounds", "{:.0f}"), ("lan_s", "{:.1f}"),
-            ("wan_s", "{:.1f}"), ("x_none", "{:.2f}"), ("x_bolt", "{:.2f}"), ("ideal_sum_n", "{:.2f}"),
+            ("wan_s", "{:.1f}"), ("x_none", "{:.2f}"), ("x_bolt_we", "{:.2f}"), ("ideal_sum_n", "{:.2f}"),
             ("ideal_sum_n2", "{:.2f}"), ("prune_share", "{:.1%}"),
             *[(f"s/{op}", "{:.1f}") for op in OP_CLASSES if op != "Other"]]
     return markdown([[fmt.format(r[c]) for c, fmt in cols] for r in rows], [c for c, _ in cols])
 
 
 def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path, task: str, glue_dir: Path,
-             seq: int, layer_fit: Fits, prune_fit: Fits, methods: tuple[str, ...] = METHODS,
+             seq: int, layer_fit: Fits, prune_fit: Fits, methods: tuple[str, ...] = BUILTIN,
              unpruned_layers: int | None = None) -> list[dict[str, float | str]]:
     """Each of ``methods`` end to end on ``shape`` (random weights, the checkpoint's thresholds stretched
     to its depth, one real dev example of ``task`` at ``seq`` tokens), against the composition at the
@@ -191,15 +193,15 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
     weights = random_weights(shape, scale=0.02)
     rows: list[dict[str, float | str]] = []
     for method in methods:
-        ran = unpruned_layers if method == "none" and unpruned_layers else shape.layers
+        ran = unpruned_layers if get_method(method).sizes == "unpruned" and unpruned_layers else shape.layers
         log.info(f"validate: {method} end to end, {ran} of {shape.layers} layers, {seq} tokens")
         with TwoPartySession(session_spec) as s:
             warm_up(s)
             with s.meter.measure() as measured:
-                res = secure_forward(s, shape, weights, np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
-                                     np.array(enc["token_type_ids"]), PruningSpec(method, stretch(th.theta), stretch(th.beta),
-                                                                                     th.criterion, th.reduce_forms),
-                                     layers=ran if ran < shape.layers else None)
+                example = (np.array(enc["input_ids"]), np.array(enc["attention_mask"], np.float32),
+                           np.array(enc["token_type_ids"]))
+                pruning = PruningSpec(method, stretch(th.theta), stretch(th.beta), th.criterion, th.reduce_forms)
+                res = run_batch(s, shape, weights, [example], pruning, layers=ran if ran < shape.layers else None)[0]
             whole = measured.report.with_layers_repeated(ran, shape.layers)
         layers_cost = CostReport([p for p in whole.programs if p.layer is not None])
         sched = schedule_of(res)
@@ -300,9 +302,9 @@ def _inputs_exist(cfg: E2EBench) -> tuple[Path, Path]:
 
 def _check_validation(cfg: E2EBench) -> None:
     """A ValueError naming a bad ``validate_methods`` entry or ``validate_unpruned_layers``."""
-    unknown = [m for m in cfg.validate_methods if m not in METHODS]
+    unknown = [m for m in cfg.validate_methods if m not in BUILTIN]
     if unknown:
-        raise ValueError(f"benchmark.validate_methods: unknown {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"benchmark.validate_methods: unknown {unknown}; choose from {list(BUILTIN)}")
     k = cfg.validate_unpruned_layers
     if k is not None and not 2 <= k <= cfg.layers:
         raise ValueError(f"benchmark.validate_unpruned_layers={k}: must be in [2, benchmark.layers={cfg.layers}] "
@@ -333,7 +335,7 @@ def run(cfg: E2EBench, log_metrics: LogMetrics) -> BenchResult:
     for seq in cfg.seq:
         rows = table_rows(seq, schedules[seq], layer_fit, prune_fit)
         all_rows += rows
-        sched = schedules[seq]["prune_reduce"]
+        sched = schedules[seq][next(m for m in BUILTIN if get_method(m).reduce)]
         sections.append(f"{seq} tokens, {shape.layers}×{shape.hidden}. Schedule (tokens entering each layer): "
                         + "-".join(f"{n:.0f}" for n in sched.entering) + "; Π_reduce high group: "
                         + "-".join(f"{n:.0f}" for n in sched.high) + "\n\n" + render(rows))

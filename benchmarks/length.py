@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import BenchResult, LogMetrics, markdown
 from benchmarks.configs import LengthBench
+from models import methods
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,15 @@ def run(cfg: LengthBench, log_metrics: LogMetrics) -> BenchResult:
     rows: list[dict[str, object]] = []
     for entry in cfg.data:
         task, length, data = _examples(cfg, entry, Path(cfg.checkpoints[cfg.reference]))
-        plan = [(cfg.reference, "none"), (cfg.reference, "bolt_we")]
-        plan += [(label, "prune") for label in cfg.checkpoints if label != cfg.reference]
+        plan = [(cfg.reference, m.name) for m in methods.registered() if m.checkpoint == "baseline"]
+        plan += [(label, cfg.method) for label in cfg.checkpoints if label != cfg.reference]
         reference_metric = None
         for label, method in plan:
             ev = evaluate(models[label], data, task, method, cfg.batch_size, ops_cfg=OpsConfig("emulated"))
             entering = [float(ev.n0), *ev.kept_tokens[:-1]]
             metric = ev.metrics["metric"]
             reference_metric = metric if reference_metric is None else reference_metric
-            criterion = models[label].pruning.criterion if method == "prune" else "—"
+            criterion = models[label].pruning.criterion if methods.get(method).thresholds else "—"
             row = {"data": entry, "checkpoint": label, "method": method, "criterion": criterion, "metric": metric,
                    "delta": metric - reference_metric, "entering": entering}
             rows.append(row)

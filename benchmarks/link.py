@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.common import BenchResult, LogMetrics, markdown, shape_spec, warm_up
 from benchmarks.configs import LinkBench
 from benchmarks.delay_link import delayed_links, probe_rtt
+from models import methods
 from protocols.meter import OP_CLASSES, ROUNDS_PER_SEND_ACTION
 from protocols.model_spec import PruningSpec
 from protocols.parties import free_ports
@@ -40,7 +41,7 @@ def run(cfg: LinkBench, log_metrics: LogMetrics) -> BenchResult:
     n = cfg.tokens
     # θ below the mean importance 1/n keeps part of the tokens; β above it splits them for Π_reduce
     pruning = PruningSpec(cfg.method, (0.8 / n,) * shape.layers, (1.1 / n,) * shape.layers) \
-        if cfg.method in ("prune", "prune_reduce") else PruningSpec(cfg.method)
+        if methods.get(cfg.method).thresholds else PruningSpec(cfg.method)
     example = (np.random.default_rng(0).integers(1, shape.vocab_size, n), np.ones(n, np.float32), None)
     control = [f"127.0.0.1:{p}" for p in free_ports(2)]
     bind, relayed, echo = ([f"127.0.0.1:{p}" for p in free_ports(2)], [f"127.0.0.1:{p}" for p in free_ports(2)],

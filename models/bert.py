@@ -18,7 +18,7 @@ from torch import nn
 
 from models import ops
 from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS, ReduceForms
-from models.config import PRUNE_METHODS, BertConfig, MaskMode, OpsConfig, PruneMethod, check_input_ids
+from models.config import BertConfig, MaskMode, OpsConfig, check_input_ids
 from models.token_pruning import PruneSettings, Thresholds, decide, importance_scores, share
 
 
@@ -191,19 +191,17 @@ class BertClassifier(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        method: PruneMethod = "none",
+        method: str = "none",
         mask_mode: MaskMode = "hard",
         temperature: float = 1e-3,
         straight_through: bool = False,
     ) -> PruneOutput:
         """``input_ids`` ``[B, n]`` → :class:`PruneOutput`.
 
-        ``method``: none | bolt_we | prune | prune_reduce. ``mask_mode``: ``hard`` (exact
+        ``method``: a registered method's name (``models.methods``). ``mask_mode``: ``hard`` (exact
         inference semantics; with ``straight_through`` the forward is hard and gradients flow
         through the soft mask) or ``soft`` (LTP training mask with ``temperature``).
         """
-        if method not in PRUNE_METHODS:
-            raise ValueError(f"unknown pruning method {method!r}; expected one of {PRUNE_METHODS}")
         check_input_ids(input_ids, self.cfg.vocab_size, self.cfg.max_positions)
         o = self.ops_cfg
         B, n = input_ids.shape
@@ -221,7 +219,7 @@ class BertClassifier(nn.Module):
             all_scores.append(s)
             decision = decide(l, s, present, am, self.pruning, settings)
             present = decision.present
-            if method in ("prune", "prune_reduce") and (mask_mode == "soft" or straight_through):
+            if settings.masks_hidden:
                 h = h * present.unsqueeze(-1)
             exp_low = decision.low
             masks.append(present)

@@ -9,10 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 OpsMode = Literal["exact", "emulated"]
-PruneMethod = Literal["none", "bolt_we", "prune", "prune_reduce"]
 MaskMode = Literal["soft", "hard"]
-# the one list of pruning methods, in report order (pipeline.config.Method is tested against it)
-PRUNE_METHODS: tuple[str, ...] = ("none", "bolt_we", "prune", "prune_reduce")
 
 
 def check_input_ids(ids: Any, vocab_size: int, max_positions: int) -> None:

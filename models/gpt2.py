@@ -169,7 +169,7 @@ class GPT2LM(nn.Module):
             scores.append(importance_scores(probs, present, causal=True))
             decision = decide(l, scores[-1], present, am, self.pruning, p)
             present = decision.present
-            if p.method in ("prune", "prune_reduce") and (p.mask_mode == "soft" or p.straight_through):
+            if p.masks_hidden:
                 h = h * present.unsqueeze(-1)
             exp_low = decision.low
             kept.append(present.sum(dim=1))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from models import methods
 from models.gpt2 import GPT2LM, LMPruneOutput
 from models.token_pruning import PruneSettings
 
@@ -93,13 +94,12 @@ def train_lm_thresholds(model: GPT2LM, train_blocks: torch.Tensor, cfg: LMPruneC
     (module doc); with ``method="none"`` only the model trains, unpruned, for the same steps. Returns
     the wall seconds. ``log(metrics, step)`` gets ``train/{phase}_loss``, ``train/{phase}_keep_ratio``
     and, for ``prune_reduce``, ``train/{phase}_high_ratio``."""
-    if cfg.method not in ("none", "prune", "prune_reduce"):
-        raise ValueError(f"LMPruneConfig.method={cfg.method!r}: expected 'none', 'prune' or 'prune_reduce'")
+    spec = methods.trainable(cfg.method)
     if train_blocks.shape[0] < cfg.batch_size:
         raise ValueError(f"{train_blocks.shape[0]} training blocks < batch_size={cfg.batch_size}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    learn, reduce = cfg.method != "none", cfg.method == "prune_reduce"
+    learn, reduce = spec.thresholds, spec.reduce
     if learn:
         init_lm_thresholds(model, train_blocks[: 4 * cfg.batch_size], cfg.theta_quantile,
                            cfg.beta_factor if reduce else 1.0)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import methods
 from models.approx import DEFAULT_REDUCE_FORMS
-from models.config import MaskMode, PruneMethod
+from models.config import MaskMode
 
 
 def importance_scores(probs: torch.Tensor, present: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -112,43 +113,80 @@ class PruneSettings:
     ``straight_through`` gradients through the soft mask; ``soft``: LTP training mask at
     ``temperature``) and the always-kept ``forced_index`` (0: BERT's [CLS]; −1: GPT-2's last)."""
 
-    method: PruneMethod = "none"
+    method: str = "none"
     mask_mode: MaskMode = "hard"
     temperature: float = 1e-3
     straight_through: bool = False
     forced_index: int = 0
 
+    def __post_init__(self) -> None:
+        methods.get(self.method)          # ValueError naming an unknown method
+
+    @property
+    def masks_hidden(self) -> bool:
+        """Whether the hidden states are multiplied by ``present`` (a learned method's soft or
+        straight-through mask: the gradient reaches θ through it)."""
+        return methods.get(self.method).thresholds and (self.mask_mode == "soft" or self.straight_through)
+
 
 def decide(layer: int, scores: torch.Tensor, present: torch.Tensor, attention_mask: torch.Tensor,
            thresholds: Thresholds, p: PruneSettings) -> LayerDecision:
     """Apply layer ``layer``'s pruning to ``present`` ``[B, n]`` given its importance ``scores``
-    ``[B, n]`` and the real tokens ``attention_mask`` ``[B, n]`` (float)."""
-    am = attention_mask
+    ``[B, n]`` and the real tokens ``attention_mask`` ``[B, n]`` (float): the method's
+    ``torch_decide`` (``models.methods``)."""
+    return methods.get(p.method).torch_decision()(layer, scores, present, attention_mask, thresholds, p)
+
+
+def keep_all(layer: int, scores: torch.Tensor, present: torch.Tensor, attention_mask: torch.Tensor,
+             thresholds: Thresholds, p: PruneSettings) -> LayerDecision:
+    """``none``: every present token stays, no low group."""
+    return LayerDecision(present, None, torch.zeros((), device=scores.device))
+
+
+def bolt_we_decide(layer: int, scores: torch.Tensor, present: torch.Tensor, attention_mask: torch.Tensor,
+                   thresholds: Thresholds, p: PruneSettings) -> LayerDecision:
+    """``bolt_we``: the top ``⌈n/2⌉`` by ``S`` after layer 0 (``bolt_we_mask``), no pruning later."""
+    kept = present * bolt_we_mask(scores, p.forced_index).float() if layer == 0 else present
+    return LayerDecision(kept, None, torch.zeros((), device=scores.device))
+
+
+def threshold_decide(layer: int, scores: torch.Tensor, present: torch.Tensor, attention_mask: torch.Tensor,
+                     thresholds: Thresholds, p: PruneSettings) -> LayerDecision:
+    """``prune``: ``M = [D > θ_l]`` (soft: the LTP mask; hard with ``straight_through``: the hard
+    forward, gradients through the soft mask)."""
+    d = thresholds.decision_scores(scores, attention_mask * present)
+    return LayerDecision(_thresholded(d, present, attention_mask, thresholds.theta[layer], p)[0], None,
+                         torch.zeros((), device=scores.device))
+
+
+def threshold_reduce_decide(layer: int, scores: torch.Tensor, present: torch.Tensor, attention_mask: torch.Tensor,
+                            thresholds: Thresholds, p: PruneSettings) -> LayerDecision:
+    """``prune_reduce``: Π_prune as ``threshold_decide``, then Π_reduce's high group ``[D > β_l]``
+    among the kept (soft: the weight ``σ((D − β)/T)`` mixes the high and low forms, so β learns)."""
+    am, f = attention_mask, p.forced_index
     d = thresholds.decision_scores(scores, am * present)
-    theta, beta = thresholds.theta[layer], thresholds.beta[layer]
-    zero = torch.zeros((), device=scores.device)
-    f = p.forced_index
-    if p.method == "bolt_we":
-        kept = present * bolt_we_mask(scores, f).float() if layer == 0 else present
-        return LayerDecision(kept, None, zero)
-    if p.method not in ("prune", "prune_reduce"):
-        return LayerDecision(present, None, zero)
+    present, hard = _thresholded(d, present, am, thresholds.theta[layer], p)
+    beta = thresholds.beta[layer]
     if p.mask_mode == "soft":
-        present = present * soft_prune_mask(d, theta, p.temperature, am, f)
-        if p.method == "prune":
-            return LayerDecision(present, None, zero)
         weight = soft_prune_mask(d, beta, p.temperature, present, f)
         return LayerDecision(present, 1.0 - weight, share(weight * present * am, present * am))
-    hard = hard_prune_mask(d.detach(), theta.detach(), am * present, f).float() * present.detach()
-    if p.straight_through:
-        soft = present * soft_prune_mask(d, theta, p.temperature, am, f)
-        present = hard + (soft - soft.detach())
-    else:
-        present = hard
-    if p.method == "prune":
-        return LayerDecision(present, None, zero)
     high = reduce_high_mask(d.detach(), beta.detach(), hard, f)
     return LayerDecision(present, hard.bool() & ~high, share(high.float() * am, hard * am))
+
+
+def _thresholded(d: torch.Tensor, present: torch.Tensor, am: torch.Tensor, theta: torch.Tensor,
+                 p: PruneSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Π_prune on the decision scores ``d`` ``[B, n]``: the new ``present`` (soft, hard, or hard
+    with straight-through gradients) and the hard mask (``present`` itself when soft)."""
+    f = p.forced_index
+    if p.mask_mode == "soft":
+        soft = present * soft_prune_mask(d, theta, p.temperature, am, f)
+        return soft, soft
+    hard = hard_prune_mask(d.detach(), theta.detach(), am * present, f).float() * present.detach()
+    if not p.straight_through:
+        return hard, hard
+    soft = present * soft_prune_mask(d, theta, p.temperature, am, f)
+    return hard + (soft - soft.detach()), hard
 
 
 def share(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from models import methods
 from models.bert import BertClassifier
 from models.config import OpsConfig
 from models.data import compute_metrics
@@ -38,7 +39,8 @@ LogFn = Callable[[dict[str, float], int], None]
 class FinetuneConfig:
     """Fine-tuning hyper-parameters (plain dataclass; the pipeline maps its config onto it).
 
-    ``method``: none (baseline) | prune | prune_reduce. ``epochs``/``hard_epochs`` may be
+    ``method``: ``none`` (the unpruned baseline) or a method with learned thresholds
+    (``models.methods.trainable``). ``epochs``/``hard_epochs`` may be
     fractional; ``max_steps``/``hard_max_steps`` cap each phase. ``patience``: evaluations
     without validation improvement before stopping (None: never). ``theta_quantile``: θ_l is
     initialised to the ``theta_quantile·(l+1)/L`` quantile of real-token decision scores
@@ -202,7 +204,7 @@ def _run_phase(
     if total <= 0:
         return step0, None
     unpruned = phase in ("base", "continue")
-    learn_beta = phase == "soft" and cfg.method == "prune_reduce"
+    learn_beta = phase == "soft" and methods.get(cfg.method).reduce
     decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim <= 1]
     groups: list[dict[str, Any]] = [
@@ -281,7 +283,8 @@ def finetune(
     """Fine-tune ``model`` in place on tokenised splits; returns the final hard-mask evaluation
     on ``val_ds`` (the validation split, not the reported dev split).
 
-    ``cfg.method == "none"``: plain fine-tuning (best validation checkpoint restored). Otherwise:
+    The unpruned method: plain fine-tuning (best validation checkpoint restored). A method with
+    learned thresholds:
     the model's criterion and reduce forms set to ``cfg.criterion`` / ``cfg.reduce_forms``, θ initialised from scores
     (:func:`init_thresholds`), β at ``beta_factor·θ``, soft phase (``cfg.epochs``; β learned too
     for ``prune_reduce``), then the hard straight-through phase (``cfg.hard_epochs``).
@@ -289,9 +292,9 @@ def finetune(
     set_seed(cfg.seed)
     model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
-    if cfg.method == "none":
+    if not methods.trainable(cfg.method).thresholds:
         _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
-    elif cfg.method in ("prune", "prune_reduce"):
+    else:
         model.pruning.criterion = cfg.criterion
         model.pruning.reduce_forms = cfg.reduce_forms
         init_thresholds(model, train_ds, cfg.theta_quantile)
@@ -300,8 +303,6 @@ def finetune(
         s, soft_ev = _run_phase(model, train_ds, val_ds, task, cfg, "soft", log_metrics, 0, history)
         _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "hard", log_metrics, s, history)
         ev = ev or soft_ev
-    else:
-        raise ValueError(f"finetune: method must be none, prune or prune_reduce, got {cfg.method!r}")
     ev = ev or evaluate(model, val_ds, task, cfg.method, cfg.eval_batch_size)   # no step taken: evaluate as is
     th = get_thresholds(model, cfg.temperature, cfg.lambda_)
     return FinetuneResult(ev, th, history)

@@ -17,6 +17,7 @@ if sys.version_info[:2] != (3, 11):  # spu 0.9.5 ships wheels for CPython < 3.12
     )
 
 import faulthandler
+import logging
 import os
 from typing import Optional
 
@@ -56,4 +57,7 @@ if __name__ == "__main__":
     # a crash inside a native library (SPU, torch) prints the Python stacks of every thread to stderr
     # instead of a bare exit status -11 (seen once at interpreter exit, under load, in CI)
     faulthandler.enable()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
+    # one "Downloading artifacts" bar per upstream artifact says nothing a stage log needs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     main()

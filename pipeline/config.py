@@ -86,13 +86,6 @@ class Transport(str, Enum):
     remote = "remote"          # party daemons at protocol.parties (python -m protocols.party)
 
 
-class Method(str, Enum):
-    none = "none"
-    bolt_we = "bolt_we"
-    prune = "prune"
-    prune_reduce = "prune_reduce"
-
-
 @dataclass
 class ModelConfig:
     """Which transformer. ``checkpoint`` (a local Hugging Face directory) or ``package``
@@ -165,7 +158,8 @@ class FinetuneConfig:
     lambdas: list[float] = field(default_factory=lambda: [0.05, 0.2])
     temperatures: list[float] = field(default_factory=lambda: [0.05])
     theta_quantiles: list[float] = field(default_factory=lambda: [0.3])
-    candidate_method: Method = Method.prune_reduce  # prune_reduce learns β too; its model serves `prune` as well
+    # a method with learned thresholds (models.methods); prune_reduce learns β too, its model serves `prune` as well
+    candidate_method: str = "prune_reduce"
     criterion: Criterion = Criterion.relative
     reduce_forms: ReduceFormsName = ReduceFormsName.fast  # Π_reduce's low forms, trained with and run securely
     beta_lambda: float = 0.05  # penalty on the high group's share (Π_reduce), beside λ on the kept share
@@ -215,9 +209,7 @@ class ProtocolConfig:
 
 @dataclass
 class SecureEvalConfig:
-    methods: list[Method] = field(
-        default_factory=lambda: [Method.none, Method.bolt_we, Method.prune, Method.prune_reduce]
-    )
+    methods: list[str] = field(default_factory=lambda: ["none", "bolt_we", "prune", "prune_reduce"])  # models.methods names
     num_examples: int = 2
     batch_size: int = 1  # inputs per secure program (tokens stacked): the per-call cost paid once per batch
     random_weights: bool = False  # timing runs: cost does not depend on weight values

@@ -10,8 +10,9 @@ from hydra.types import RunMode
 
 from pipeline.config import CHAIN, PipelineConfig, Stage
 from pipeline.context import StageContext
+from pipeline.identity import identity_key
 from pipeline.stages import STAGES
-from pipeline.tracking import PARENT_RUN_FILE, Tracker, sections_hash
+from pipeline.tracking import PARENT_RUN_FILE, Tracker
 from pipeline.validate import validate
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _resolve_upstream(cfg: PipelineConfig, tracker: Tracker, stage: Stage, produ
             tracker.check_run(given, up)
             ids[up.value] = given
         else:
-            ids[up.value] = tracker.latest_finished(up, {"sections_hash": sections_hash(cfg, up)})
+            ids[up.value] = tracker.latest_finished(up, {"sections_hash": identity_key(cfg, up)})
     return ids
 
 

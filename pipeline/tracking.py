@@ -13,17 +13,14 @@ downstream by run id; downloads go to one temporary directory per tracker, remov
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import socket
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, is_dataclass
-from enum import Enum
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -33,41 +30,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.config import PipelineConfig, Stage
+from pipeline.identity import code_version, identity_key, plain
 from pipeline.store_lock import check_store_unlocked
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
-# one "Downloading artifacts" bar per upstream artifact says nothing a stage log needs
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-# Config sections whose values decide a stage's result (its resume identity).
-STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {
-    Stage.prepare: ("model", "data"),
-    Stage.finetune: ("model", "data", "finetune"),
-    Stage.search: ("model", "data", "finetune", "search"),
-    Stage.secure_eval: ("model", "data", "finetune", "search", "protocol", "secure_eval"),
-    Stage.report: ("report",),
-    Stage.benchmark: ("benchmark",),
-}
-
 
 class UpstreamMissing(RuntimeError):
     """No FINISHED upstream run matches; the message names what to launch."""
-
-
-def plain(obj: Any) -> Any:
-    """Dataclasses / enums / paths to JSON-friendly builtins."""
-    if is_dataclass(obj):
-        return {k: plain(v) for k, v in asdict(obj).items()}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 @contextlib.contextmanager
@@ -101,80 +70,6 @@ def tracking_uri(cfg: PipelineConfig) -> str:
     db.parent.mkdir(parents=True, exist_ok=True)
     check_store_unlocked(db)
     return f"sqlite:///{db}"
-
-
-CODE_DIRS = ("protocols", "models", "pipeline", "conf", "pyproject.toml")
-
-
-@dataclass(frozen=True)
-class CodeVersion:
-    """Which code produced a run.
-
-    ``sha`` is the commit checked out (``<sha>+<hash of the diff>`` when ``CODE_DIRS`` differ
-    from it), tagged ``git_sha`` so a run names its commit. ``tree`` hashes the content of
-    ``CODE_DIRS`` only (their git tree ids, the uncommitted diff and untracked files in them),
-    tagged ``code_tree`` and used in the resume key: a commit touching only docs, results or
-    tests keeps ``tree``, so a relaunch resumes the finished (config, input) pairs instead of
-    recomputing hours of secure runs; any change to code or config changes it.
-    """
-
-    sha: str
-    dirty: bool
-    tree: str
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return {"git_sha": self.sha, "git_dirty": str(self.dirty), "code_tree": self.tree}
-
-
-def _git(root: str, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
-
-
-def code_version(root: str) -> CodeVersion:
-    """The ``CodeVersion`` of the checkout at ``root`` (``unknown``, dirty, outside git)."""
-    try:
-        sha = _git(root, "rev-parse", "HEAD").strip()
-        trees = _git(root, "rev-parse", *(f"HEAD:{path}" for path in CODE_DIRS))
-        diff = _git(root, "diff", "HEAD", "--", *CODE_DIRS)
-        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_DIRS)
-    except (OSError, subprocess.CalledProcessError):
-        return CodeVersion("unknown", True, "unknown")
-    digest = hashlib.sha256((trees + diff).encode())
-    for name in sorted(filter(None, untracked.split("\0"))):
-        digest.update(name.encode() + b"\0" + (Path(root) / name).read_bytes())
-    dirty = bool(diff or untracked)
-    if dirty:
-        sha = f"{sha}+{hashlib.sha256((diff + untracked).encode()).hexdigest()[:10]}"
-    return CodeVersion(sha, dirty, digest.hexdigest()[:16])
-
-
-def sections_hash(cfg: PipelineConfig, stage: Stage) -> str:
-    """Hash of the config sections that decide ``stage``'s result (tag ``sections_hash``)."""
-    sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _config_hash(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str], code: str) -> str:
-    blob = json.dumps({"sections": sections_hash(cfg, stage), "upstream": dict(upstream), "code": code}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-RESUME_IGNORED: dict[Stage, dict[str, tuple[str, ...]]] = {
-    Stage.secure_eval: {"secure_eval": ("num_examples", "methods", "generate_tokens")},
-}
-"""Per stage, the config keys that only say how many or which units are run: a unit's result does
-not depend on them, so a relaunch with other values still reuses the units that FINISHED."""
-
-
-def resume_key(cfg: PipelineConfig, stage: Stage, upstream: Mapping[str, str], code: str) -> str:
-    """Hash of what decides one unit of ``stage`` (e.g. one secure_eval (method, input) pair): the
-    stage's config sections less ``RESUME_IGNORED``, its upstream run ids and the code version."""
-    sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
-    for section, keys in RESUME_IGNORED.get(stage, {}).items():
-        sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
-    blob = json.dumps({"sections": sections, "upstream": dict(upstream), "code": code}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def process_tags() -> dict[str, str]:
@@ -401,7 +296,7 @@ class Tracker:
         """
         if not self.cfg.tracking.resume or stage in (Stage.report, Stage.benchmark):
             return None
-        return self.finished_match(stage, _config_hash(self.cfg, stage, upstream, self.code.tree))
+        return self.finished_match(stage, identity_key(self.cfg, stage, upstream=upstream, code=self.code.tree))
 
     @contextmanager
     def stage_run(
@@ -415,8 +310,8 @@ class Tracker:
         tags = {
             "stage": stage.value,
             **self.code.tags,
-            "sections_hash": sections_hash(self.cfg, stage),
-            "config_hash": _config_hash(self.cfg, stage, upstream, self.code.tree),
+            "sections_hash": identity_key(self.cfg, stage),
+            "config_hash": identity_key(self.cfg, stage, upstream=upstream, code=self.code.tree),
         }
         tags.update({f"upstream_{k}": v for k, v in upstream.items()})
         if self.parent_run_id:

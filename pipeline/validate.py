@@ -8,8 +8,9 @@ import json
 import math
 from pathlib import Path
 
+from models import methods
 from models.approx import RING_BITS
-from pipeline.config import CHAIN, Family, Method, PipelineConfig, Stage, Task
+from pipeline.config import CHAIN, Family, PipelineConfig, Stage, Task
 
 GLUE_FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "stsb": "STS-B",
                 "mnli": "MNLI", "cola": "CoLA", "imdb": "imdb"}
@@ -101,6 +102,7 @@ def validate(cfg: PipelineConfig) -> None:
     _validate_benchmark(cfg)
     _validate_sweep(cfg)
     _validate_parties(cfg)
+    _validate_methods(cfg)
     _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))
@@ -139,8 +141,6 @@ def validate(cfg: PipelineConfig) -> None:
     for q in f.theta_quantiles:
         if not 0 <= q <= 1:
             raise ConfigError(f"finetune.theta_quantiles contains {q}: each must be in [0, 1]")
-    if f.candidate_method not in (Method.prune, Method.prune_reduce):
-        raise ConfigError(f"finetune.candidate_method={f.candidate_method.value}: candidates are trained as prune or prune_reduce")
     if not 0 < d.val_fraction <= 0.5:
         raise ConfigError(f"data.val_fraction={d.val_fraction}: the validation split takes a fraction in (0, 0.5] of train")
     if d.val_limit is not None:
@@ -180,7 +180,27 @@ def validate(cfg: PipelineConfig) -> None:
     if bad:
         raise ConfigError(f"protocol.private_owners={list(p.private_owners)}: {bad} not in ['client', 'server']")
     if not cfg.secure_eval.methods:
-        raise ConfigError("secure_eval.methods is empty: give at least one of none, bolt_we, prune, prune_reduce")
+        raise ConfigError(f"secure_eval.methods is empty: give at least one of {list(methods.names())}")
+
+
+def _method(name: str, value: str) -> methods.MethodSpec:
+    """The registered method ``value`` of the config key ``name``; ``ConfigError`` naming both otherwise."""
+    try:
+        return methods.get(value)
+    except ValueError as e:
+        raise ConfigError(f"{name}={value!r}: {e}") from None
+
+
+def _validate_methods(cfg: PipelineConfig) -> None:
+    """Every method named is registered (``models.methods``); candidates learn thresholds."""
+    for m in cfg.secure_eval.methods:
+        _method("secure_eval.methods entry", m)
+    if len(set(cfg.secure_eval.methods)) != len(cfg.secure_eval.methods):
+        raise ConfigError(f"secure_eval.methods={list(cfg.secure_eval.methods)} names a method twice")
+    f = cfg.finetune
+    if not _method("finetune.candidate_method", f.candidate_method).thresholds:
+        raise ConfigError(f"finetune.candidate_method={f.candidate_method}: candidates are trained with a method that learns "
+                          f"thresholds, one of {[m.name for m in methods.registered() if m.thresholds]}")
 
 
 def _validate_lm(cfg: PipelineConfig) -> None:
@@ -218,15 +238,16 @@ def _validate_lm(cfg: PipelineConfig) -> None:
                 raise ConfigError(f"data.{name}={value!r} is not a directory; run `make lm-data` "
                                   "(writes outputs/assets/wikitext-2 and outputs/assets/gpt2_tokenizer)"
                                   + (" or set data.wikitext_dir=null for the Hugging Face hub" if name == "wikitext_dir" else ""))
-    pruned = [x.value for x in cfg.secure_eval.methods if x in (Method.prune, Method.prune_reduce)]
+    run = [methods.get(m) for m in cfg.secure_eval.methods]
+    pruned = [m.name for m in run if m.checkpoint == "selected"]
     if pruned and not cfg.finetune.lambdas and cfg.stage is Stage.all:
         raise ConfigError(f"secure_eval.methods contains {pruned} but finetune.lambdas=[] trains no pruned candidate; "
                           "set finetune.lambdas (e.g. [0.1]) or drop them")
-    if (Method.prune_reduce in cfg.secure_eval.methods and cfg.finetune.candidate_method is not Method.prune_reduce
-            and cfg.stage is Stage.all):
-        raise ConfigError(f"secure_eval.methods contains 'prune_reduce' but finetune.candidate_method="
-                          f"{cfg.finetune.candidate_method.value} learns no β; set finetune.candidate_method=prune_reduce "
-                          "or drop prune_reduce")
+    reducing = [m.name for m in run if m.reduce]
+    if reducing and not methods.get(cfg.finetune.candidate_method).reduce and cfg.stage is Stage.all:
+        raise ConfigError(f"secure_eval.methods contains {', '.join(map(repr, reducing))} but finetune.candidate_method="
+                          f"{cfg.finetune.candidate_method} learns no β; set finetune.candidate_method={reducing[0]} "
+                          "or drop them")
     if cfg.secure_eval.seq_len is not None and not 2 <= cfg.secure_eval.seq_len <= d.max_length - 1:
         raise ConfigError(f"secure_eval.seq_len={cfg.secure_eval.seq_len}: must be in 2..data.max_length-1={d.max_length - 1} "
                           "(a context and its next token)")

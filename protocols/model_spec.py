@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from models import methods
 from models.approx import DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
-from models.config import PRUNE_METHODS, hf_shape
+from models.config import hf_shape
 from models.thresholds import CRITERIA
 
 
@@ -52,15 +53,30 @@ class TransformerSpec:
         return cls(**{f.name: shape[f.name] for f in fields(cls)})
 
 
+def checked_thresholds(theta: tuple[float, ...], beta: tuple[float, ...], criterion: str) -> tuple[float, ...]:
+    """Validate learned thresholds: one β per θ (no β: β = θ), ``0 ≤ θ_l ≤ 1`` (absolute) or ``θ_l ≥ 0``
+    (relative), ``β_l ≥ θ_l``, all finite; returns β. ``ValueError`` naming the first bad entry."""
+    beta = beta or theta
+    if len(theta) != len(beta):
+        raise ValueError(f"PruningSpec: len(theta)={len(theta)} != len(beta)={len(beta)}")
+    top = 1.0 if criterion == "absolute" else math.inf
+    for l, (t, b) in enumerate(zip(theta, beta)):
+        if not (math.isfinite(t) and 0.0 <= t <= top):
+            raise ValueError(f"PruningSpec.theta[{l}]={t}: expected a finite 0 <= theta <= {top:g} ({criterion} criterion)")
+        if not (math.isfinite(b) and b >= t):
+            raise ValueError(f"PruningSpec.beta[{l}]={b}: expected a finite beta >= theta[{l}]={t}")
+    return tuple(beta)
+
+
 @dataclass(frozen=True)
 class PruningSpec:
-    """``method`` ∈ none | bolt_we | prune | prune_reduce; ``theta``/``beta`` one per layer;
+    """``method``: a registered method's name (``models.methods``); ``theta``/``beta`` one per layer;
     ``criterion`` (``absolute``: θ compares with the score S; ``relative``: with c·S, c the real
     tokens entering the layer; ``models.thresholds``).
 
-    ``none`` and ``bolt_we`` ignore the thresholds (they may be empty). For ``prune`` and
-    ``prune_reduce`` both tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` (absolute) or
-    ``θ_l ≥ 0`` (relative) and ``β_l ≥ θ_l``, all finite (β is unused by ``prune``).
+    Methods without learned thresholds ignore them (they may be empty). For the others both
+    tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` (absolute) or
+    ``θ_l ≥ 0`` (relative) and ``β_l ≥ θ_l``, all finite (β is unused unless the method reduces).
     """
 
     method: str = "none"
@@ -72,28 +88,17 @@ class PruningSpec:
     def __post_init__(self) -> None:
         if self.reduce_forms not in REDUCE_FORMS:
             raise ValueError(f"PruningSpec.reduce_forms={self.reduce_forms!r}: expected one of {sorted(REDUCE_FORMS)}")
-        if self.method not in PRUNE_METHODS:
-            raise ValueError(f"PruningSpec.method={self.method!r}: expected one of {list(PRUNE_METHODS)}")
+        learned = methods.get(self.method).thresholds          # ValueError naming an unknown method
         object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
         if self.criterion not in CRITERIA:
             raise ValueError(f"PruningSpec.criterion={self.criterion!r}: expected one of {list(CRITERIA)}")
-        top = 1.0 if self.criterion == "absolute" else math.inf
-        if self.method in ("prune", "prune_reduce"):
-            if not self.beta:
-                object.__setattr__(self, "beta", self.theta)
-            if len(self.theta) != len(self.beta):
-                raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} != len(beta)={len(self.beta)}")
-            for l, (t, b) in enumerate(zip(self.theta, self.beta)):
-                if not (math.isfinite(t) and 0.0 <= t <= top):
-                    raise ValueError(f"PruningSpec.theta[{l}]={t}: expected a finite 0 <= theta <= {top:g} "
-                                     f"({self.criterion} criterion)")
-                if not (math.isfinite(b) and b >= t):
-                    raise ValueError(f"PruningSpec.beta[{l}]={b}: expected a finite beta >= theta[{l}]={t}")
+        if learned:
+            object.__setattr__(self, "beta", checked_thresholds(self.theta, self.beta, self.criterion))
 
     def check_layers(self, layers: int) -> None:
         """Raise ValueError unless the thresholds have one entry per layer (when used)."""
-        if self.method in ("prune", "prune_reduce") and len(self.theta) != layers:
+        if methods.get(self.method).thresholds and len(self.theta) != layers:
             raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} but the model has {layers} layers")
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from protocols import transformer as tf
-from protocols.model_spec import PruningSpec, TransformerSpec
+from protocols.model_spec import TransformerSpec, checked_thresholds
 
 Example = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # (input_ids, attention_mask, token_type_ids)
 # The tables the client embeds with (HF names), released to it by the server.
@@ -29,13 +29,16 @@ EMBEDDING_TABLES = ("bert.embeddings.word_embeddings.weight", "bert.embeddings.p
                     "bert.embeddings.token_type_embeddings.weight", "transformer.wte.weight", "transformer.wpe.weight")
 
 
-def server_inputs(spec: TransformerSpec, weights: dict[str, np.ndarray], pruning: PruningSpec) -> dict[str, np.ndarray]:
-    """The server's values: weights in canonical names, and ``theta{l}``/``beta{l}`` ``[1]`` per layer."""
-    pruning.check_layers(spec.layers)
+def server_inputs(spec: TransformerSpec, weights: dict[str, np.ndarray], theta: Sequence[float] = (),
+                  beta: Sequence[float] = ()) -> dict[str, np.ndarray]:
+    """The server's values: weights in canonical names, and ``theta{l}``/``beta{l}`` ``[1]`` per layer
+    (one per layer, or none for a method without learned thresholds; validated by ``PruningSpec``)."""
+    if theta and len(theta) != spec.layers:
+        raise ValueError(f"PruningSpec: len(theta)={len(theta)} but the model has {spec.layers} layers")
     values = dict(tf.server_weights(spec, weights))
-    for l in range(len(pruning.theta)):
-        values[f"theta{l}"] = np.array([pruning.theta[l]], np.float32)
-        values[f"beta{l}"] = np.array([pruning.beta[l]], np.float32)
+    for l, (t, b) in enumerate(zip(theta, beta)):
+        values[f"theta{l}"] = np.array([t], np.float32)
+        values[f"beta{l}"] = np.array([b], np.float32)
     return values
 
 
@@ -91,22 +94,24 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class ServerRequest:
-    """The server's inputs for ``method``, from its checkpoint directory on its own host
-    (``model.safetensors``, ``config.json``, ``thresholds.json`` for the pruned methods)."""
+    """The server's inputs from its checkpoint directory on its own host (``model.safetensors``,
+    ``config.json`` and, when ``thresholds`` (a method with learned thresholds,
+    ``models.methods.MethodSpec.thresholds``), ``thresholds.json``)."""
 
     checkpoint: str
-    method: str
+    thresholds: bool
 
     def load(self) -> Provided:
         from models.thresholds import read_thresholds
 
         spec = model_spec_of(self.checkpoint)
         weights = {k: np.asarray(v, np.float32) for k, v in read_safetensors(Path(self.checkpoint) / "model.safetensors").items()}
-        pruning = PruningSpec(self.method)
-        if self.method in ("prune", "prune_reduce"):
-            th = read_thresholds(Path(self.checkpoint) / "thresholds.json", spec.layers)
-            pruning = PruningSpec(self.method, tuple(th.theta), tuple(th.beta), th.criterion, th.reduce_forms)
-        return Provided(server_inputs(spec, weights, pruning), {})
+        if not self.thresholds:
+            return Provided(server_inputs(spec, weights), {})
+        th = read_thresholds(Path(self.checkpoint) / "thresholds.json", spec.layers)
+        theta = tuple(float(t) for t in th.theta)
+        beta = checked_thresholds(theta, tuple(float(b) for b in th.beta), th.criterion)
+        return Provided(server_inputs(spec, weights, theta, beta), {})
 
 
 def release_embeddings(checkpoint: str | Path, out: str | Path) -> Path:

@@ -1,35 +1,37 @@
 """Layer-by-layer runner: the secure forward pass with token pruning, and its plaintext twin.
 
-``secure_forward`` drives a ``protocols.session`` session: it shares the client's embedded
-sequence and mask and the server's weights and thresholds, runs each program of
-``protocols.transformer`` / ``protocols.pruning`` (compiled for the current token count;
-the session caches programs by shape), and opens only
+``forward`` is the one secure forward pass: on inputs already in a ``protocols.session`` session
+(the client's embedded sequences and masks, the server's weights and thresholds) it runs each
+program of ``protocols.transformer`` and, after each attention block, the pruning method's step
+(``models.methods``, ``protocols.method_steps``), compiled for the current token counts (the
+session caches programs by shape), and opens only
 
-* ``k_l`` (kept count, layer l; to both) for ``prune`` / ``prune_reduce``,
-* ``k_high_l`` (high-group size; to both) for ``prune_reduce``,
+* what the method's ``MethodSpec.reveals`` declares (``prune``: the kept count ``k_l`` per layer,
+  to both; ``prune_reduce``: also the high-group size ``k_high_l``; ``bolt_we``: nothing, ⌈n/2⌉ is
+  public),
 * the final logits (to the client).
 
-``run_batch`` runs several inputs in one pass (tokens stacked, ``protocols.batch``); the
-counts are then ``[B]`` vectors, one entry per input.
-``bolt_we`` opens nothing extra (⌈n/2⌉ is public). ``plaintext_forward`` runs the very
-same functions and decision logic on a ``PlainSession`` (plain JAX): the emulation the
+Its two provisioning front ends: ``run_batch`` (a caller holding both parties' plaintext shares
+it) and ``evaluate_request`` (each party loads and shares its own). Several inputs run in one
+pass (tokens stacked, ``protocols.batch``); the counts are then ``[B]`` vectors, one per input.
+``plaintext_batch`` / ``plaintext_forward`` run the very same functions and decision logic on a ``PlainSession`` (plain JAX): the emulation the
 tests compare to. Padding tokens are removed at the first pruning step (their ``valid``
 is 0 so ``M = 0``); only the count is revealed.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from models import methods
 from models.approx import DEFAULT_REDUCE_FORMS
-from protocols import batch as bt
 from protocols import transformer as tf
 from protocols.batch import Layout
 from protocols.meter import CostReport
+from protocols.method_steps import PruneStep
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.provision import Example, client_inputs, server_inputs
 from protocols.session import PlainSession, RevealRecord, Session
@@ -62,80 +64,6 @@ class SecureResult:
     kept_positions: list[list[int]] = field(default_factory=list)
 
 
-def _counts(session: Session, name: str, purpose: str, layer: int) -> list[int]:
-    """Reveal a per-input count vector ``[B]`` to both parties."""
-    value = np.asarray(session.reveal(name, to="both", purpose=purpose, layer=layer)).reshape(-1)
-    return [int(round(float(v))) for v in value]
-
-
-def _select(s: Session, fn: Any, inputs: list[str], *, op: str, layer: int, static: dict[str, Any],
-            trace: bool, outputs: tuple[str, ...] = ("h", "valid")) -> None:
-    """Run a compaction program on ``h`` (and, when tracing, first on the original positions ``pos``)."""
-    if trace:
-        extra = [f"_pos_{o}" for o in outputs[1:]]
-        s.run(fn, ["pos", *inputs[1:]], ["pos", *extra], op="Other", layer=layer, static=static)
-        s.delete(*extra)
-    s.run(fn, inputs, list(outputs), op=op, layer=layer, static=static)
-
-
-def _prune_layer(s: Session, l: int, method: str, layout: Layout, heads: int, record: bool,
-                 scores_out: list[list[np.ndarray]], trace: bool = False, criterion: str = "absolute",
-                 causal: bool = False) -> Layout:
-    """Prune ``h``/``valid`` after layer l's attention block; returns the layout after it
-    (kept rows per input and, for ``prune_reduce``, the high-group sizes). ``layout`` is the
-    one the attention ran with (its groups order the flat ``A``). ``criterion``: what θ/β compare
-    with (``PruningSpec``); after layer 0's Π_prune every row is a real token (padding dropped).
-    ``causal`` (GPT-2): scores average over the rows that see each token and the last position is
-    forced; ``prune`` and ``bolt_we`` keep the rows' order, so the public causal mask still applies;
-    ``prune_reduce`` reorders them (high group first) and carries the secret visibility ``vis``
-    (``batch.causal_reduce_select``) that replaces the mask from the next layer on."""
-    st = {"layout": layout, "heads": heads}
-    vis = ["vis"] if layout.shuffled else []
-    if method == "bolt_we":
-        s.run(bt.score_step, ["A"], ["S"], op="Prune", layer=l, static={**st, "causal": causal})
-        if record:
-            _record_scores(s, "S", layout, scores_out, l)
-        keep = tuple(math.ceil(n / 2) for n in layout.sizes)
-        _select(s, bt.bolt_we_select, ["h", "S", "valid"], op="Prune", layer=l,
-                static={"layout": layout, "keep": keep, "causal": causal}, trace=trace)
-        s.delete("S")
-        return Layout(keep)
-    s.run(bt.prune_step, ["A", f"theta{l}", "valid", *vis], ["R", "M", "k"], op="Prune", layer=l,
-          static={**st, "relative": criterion == "relative", "all_valid": l > 0, "causal": causal})
-    if record and layout.shuffled:                         # the scale is secret: S from the visibility
-        s.run(bt.score_step, ["A", *vis], ["S"], op="Other", layer=l, static={**st, "causal": causal})
-        _record_scores(s, "S", layout, scores_out, l)
-    elif record:
-        _record_scores(s, "R", layout, scores_out, l, scale=layout.row_scale(heads, causal))
-    k = tuple(_counts(s, "k", "kept count", l))
-    if method == "prune":
-        if k != layout.sizes:
-            _select(s, bt.prune_select, ["h", "M", "valid"], op="Prune", layer=l,
-                    static={"layout": layout, "k": k}, trace=trace)
-        s.delete("R", "M", "k", "S")
-        return Layout(k)
-    s.run(bt.reduce_step, ["R", f"beta{l}", "M", *vis], ["high", "kh"], op="Reduce", layer=l,
-          static={**st, "causal": causal})
-    k_high = tuple(_counts(s, "kh", "high-group count", l))
-    static = {"layout": layout, "k": k, "k_high": k_high}
-    if causal:
-        _select(s, bt.causal_reduce_select, ["h", "M", "high", "valid", *vis], op="Reduce", layer=l, static=static,
-                trace=trace, outputs=("h", "valid", "vis"))
-    else:
-        _select(s, bt.reduce_select, ["h", "M", "high", "valid"], op="Reduce", layer=l, static=static, trace=trace)
-    s.delete("R", "M", "k", "high", "kh", "S")
-    return Layout(k, k_high, shuffled=causal)
-
-
-def _record_scores(s: Session, name: str, layout: Layout, out: list[list[np.ndarray]], layer: int,
-                   scale: Optional[np.ndarray] = None) -> None:
-    """Plaintext reference only: open per-token scores and split them per input."""
-    value = np.asarray(s.reveal(name, to="both", purpose="plaintext reference scores", layer=layer))
-    value = value / scale if scale is not None else value
-    for b, part in enumerate(layout.split(value)):
-        out[b].append(np.asarray(part))
-
-
 # ----------------------------------------------------------------------------- runner
 def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],
               pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
@@ -157,7 +85,9 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
     """
     check_method(spec, pruning.method, pruning.criterion)
     client, sizes = client_inputs(spec, weights, examples, trace_positions)
-    server = server_inputs(spec, weights, pruning)          # checks the thresholds per layer
+    pruning.check_layers(spec.layers)
+    learned = methods.get(pruning.method).thresholds          # the server provides θ/β only when they are used
+    server = server_inputs(spec, weights, *((pruning.theta, pruning.beta) if learned else ()))
     for owner, values in (("client", client), ("server", server)):
         for name, value in values.items():
             session.share(name, value, owner=owner)
@@ -185,7 +115,7 @@ class LayerDone:
 def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute") -> None:
     """Raise ValueError for a criterion the model family does not define (every method is defined
     for both families; a causal model's ``prune_reduce`` carries a secret visibility, ``_prune_layer``)."""
-    if spec.causal and method in ("prune", "prune_reduce") and criterion != "absolute":
+    if spec.causal and methods.get(method).thresholds and criterion != "absolute":
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
 
@@ -236,10 +166,12 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     model's); None runs them all. ``heads_per_program``: attention's programs take at most that many
     heads each (``_attention``; None: all), to bound a program's memory at long inputs."""
     check_method(spec, method, criterion)
+    step = methods.get(method).secure_program()
     run_layers = spec.layers if layers is None else layers
-    if not 1 <= run_layers <= spec.layers or (run_layers < spec.layers and method != "none"):
-        raise ValueError(f"layers={layers}: must be in [1, {spec.layers}], and below {spec.layers} only for "
-                         f"method 'none' (pruned layers differ), got method {method!r}")
+    repeats = methods.get(method).sizes == "unpruned"
+    if not 1 <= run_layers <= spec.layers or (run_layers < spec.layers and not repeats):
+        raise ValueError(f"layers={layers}: must be in [1, {spec.layers}], and below {spec.layers} only for an "
+                         f"unpruned method (pruned layers differ), got method {method!r}")
     s = session
     layout = Layout(sizes)
     batch = layout.batch
@@ -260,7 +192,6 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
         if spec.causal:
             s.run(tf.layernorm, ["h", p + "ln1.g", p + "ln1.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
             x = "x"
-        st = {"heads": heads, "layout": layout}
         s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
         _attention(s, l, layout, heads, spec.causal, reduce_forms, heads_per_program)
         if spec.causal:
@@ -269,14 +200,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             s.run(tf.add_layernorm, ["a", "h", p + "ln1.g", p + "ln1.b"], ["h"], op="LayerNorm", layer=l,
                   static={"eps": eps})
         s.delete("q", "k", "v", "sc", "a")
-        if method in ("prune", "prune_reduce") or (method == "bolt_we" and l == 0):
-            layout = _prune_layer(s, l, method, layout, heads, record_scores, scores, trace_positions, criterion,
-                                  spec.causal)
-        else:
-            if record_scores:
-                s.run(bt.score_step, ["A"], ["S"], op="Other", layer=l, static={**st, "causal": spec.causal})
-                _record_scores(s, "S", layout, scores, l)
-            layout = Layout(layout.sizes)
+        layout = step(PruneStep(s, l, layout, heads, spec.causal, criterion, record_scores, scores, trace_positions))
         s.delete("A")
         for b in range(batch):
             kept[b].append(layout.sizes[b])
@@ -322,17 +246,6 @@ def batch_ranges(count: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def evaluate_batches(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray],
-                     examples: Sequence[Example], pruning: PruningSpec = PruningSpec(), *, batch_size: int = 1,
-                     last_only: bool = False) -> Iterator[tuple[range, list[SecureResult], CostReport]]:
-    """``run_batch`` over ``examples`` in batches of ``batch_size``: yields each batch's example
-    indices, per-example results and the batch's own cost (``CostMeter.measure``)."""
-    for chunk in batch_ranges(len(examples), batch_size):
-        with session.meter.measure() as m:
-            results = run_batch(session, spec, weights, [examples[i] for i in chunk], pruning, last_only=last_only)
-        yield chunk, results, m.report
-
-
 def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
                      criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS, last_only: bool = False,
                      on_layer: Optional[Callable[[LayerDone], None]] = None, layers: Optional[int] = None,
@@ -353,41 +266,16 @@ def evaluate_request(session: Session, spec: TransformerSpec, request: Any, meth
     return results, m.report, public
 
 
-def run_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
-                attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
-                pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-                record_scores: bool = False, trace_positions: bool = False, layers: Optional[int] = None) -> SecureResult:
-    """Run the model on ``session`` (secure or plain). Single example: ``input_ids`` ``[n]``."""
-    return run_batch(session, spec, weights, [(input_ids, attention_mask, token_type_ids)], pruning,
-                     last_only=last_only, record_scores=record_scores, trace_positions=trace_positions,
-                     layers=layers)[0]
-
-
 def _add(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Residual addition (local on shares)."""
     return a + b
-
-
-def secure_forward(session: Session, spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
-                   attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
-                   pruning: PruningSpec = PruningSpec(), *, last_only: bool = False,
-                   layers: Optional[int] = None) -> SecureResult:
-    """Private inference on an open ``TwoPartySession``; reveals only counts and the logits.
-
-    Cost: see ``protocols.transformer`` / ``protocols.pruning``; measured in ``result.cost``
-    (the session meter's report, per op class and layer). ``layers``: see ``forward``.
-    """
-    return run_forward(session, spec, weights, input_ids, attention_mask, token_type_ids, pruning,
-                       last_only=last_only, layers=layers)
 
 
 def plaintext_forward(spec: TransformerSpec, weights: dict[str, np.ndarray], input_ids: np.ndarray,
                       attention_mask: Optional[np.ndarray] = None, token_type_ids: Optional[np.ndarray] = None,
                       pruning: PruningSpec = PruningSpec(), *, last_only: bool = False) -> SecureResult:
     """The same forward pass in plain JAX (``PlainSession``), with importance scores recorded."""
-    with PlainSession() as s:
-        return run_forward(s, spec, weights, input_ids, attention_mask, token_type_ids, pruning,
-                           last_only=last_only, record_scores=True, trace_positions=True)
+    return plaintext_batch(spec, weights, [(input_ids, attention_mask, token_type_ids)], pruning, last_only=last_only)[0]
 
 
 def plaintext_batch(spec: TransformerSpec, weights: dict[str, np.ndarray], examples: Sequence[Example],

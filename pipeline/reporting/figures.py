@@ -16,11 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from models import methods as registry
 from pipeline.reporting import paper
-from pipeline.reporting.tables import GROUP, in_method_order, newest
+from pipeline.reporting.tables import GROUP, color_of, in_method_order, label_of, newest
 
 CANDIDATE_GROUP = ["model", "task", "max_length"]  # fine-tuning does not depend on the protocol
-METHOD_COLORS = {"none": "#4c72b0", "bolt_we": "#dd8452", "prune": "#55a868", "prune_reduce": "#c44e52"}
 LINESTYLES = ("-", "--", ":", "-.")
 OP_COLORS = {"Linear": "#4c72b0", "Softmax": "#dd8452", "GELU": "#55a868", "LayerNorm": "#c44e52",
              "Prune": "#8172b3", "Reduce": "#937860", "Other": "#bbbbbb"}
@@ -63,7 +63,7 @@ def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         vals = row[cols].astype(float).dropna().to_numpy()
         if vals.size == 0:
             continue
-        style = {"marker": "o", "ms": 3, "ls": styles[tuple(row[GROUP])], "color": METHOD_COLORS.get(row["method"]),
+        style = {"marker": "o", "ms": 3, "ls": styles[tuple(row[GROUP])], "color": color_of(row["method"]),
                  "label": f"{row['model']}/{row['task']}/L={row['max_length']}/{row['protocol']} {row['method']}"}
         ax_abs.plot(np.arange(vals.size), vals, **style)
         ax_rel.plot(np.arange(vals.size) / vals.size, vals / vals[0], **style)
@@ -92,7 +92,7 @@ def _stack(ax: Any, frame: pd.DataFrame, prefix: str, ylabel: str, title: str) -
         vals = frame[f"{prefix}{op}"].astype(float).fillna(0.0).to_numpy()
         ax.bar(x, vals, bottom=bottom, color=OP_COLORS[op], label=op)
         bottom += vals
-    ax.set_xticks(x, [paper.METHOD_LABELS.get(m, m) for m in frame["method"]], rotation=20, fontsize=7)
+    ax.set_xticks(x, [label_of(m) for m in frame["method"]], rotation=20, fontsize=7)
     ax.set(ylabel=ylabel, title=title)
     ax.margins(y=0.08)
     return True
@@ -139,7 +139,7 @@ def pareto_front(points: pd.DataFrame) -> pd.Series:
 
 def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.DataFrame:
     """Pruned candidates with on_front / selected, from the search's pareto.csv if present."""
-    pruned = grp[grp["method"] != "none"]
+    pruned = grp[grp["method"] != registry.UNPRUNED]
     pts = pd.DataFrame({"run_id": pruned["run_id"], "acc": pruned.get("acc/val"),
                         "kept_tokens_mean": pruned.get("kept_tokens/mean")}).dropna(subset=["acc", "kept_tokens_mean"])
     if pareto_csv is not None and set(pts["run_id"]) & set(pareto_csv["run_id"]):
@@ -160,7 +160,7 @@ def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.Da
     the search's pick starred, the unpruned baseline as a horizontal line."""
     if candidates.empty or not {"acc/val", "kept_tokens/mean"} <= set(candidates.columns):
         raise FigureSkipped("no FINISHED fine-tuning candidates with acc/val and kept_tokens/mean")
-    groups = [(k, g) for k, g in candidates.groupby(CANDIDATE_GROUP) if (g["method"] != "none").any()]
+    groups = [(k, g) for k, g in candidates.groupby(CANDIDATE_GROUP) if (g["method"] != registry.UNPRUNED).any()]
     if not groups:
         raise FigureSkipped("no pruned fine-tuning candidates")
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
@@ -177,7 +177,7 @@ def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.Da
             if pd.notna(lam):
                 ax.annotate(f"λ={lam:g}", (p["kept_tokens_mean"], p["acc"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-        base = grp[grp["method"] == "none"].get("acc/val")
+        base = grp[grp["method"] == registry.UNPRUNED].get("acc/val")
         if base is not None and base.notna().any():
             ax.axhline(float(base.max()), ls="--", c="k", lw=1, label="unpruned baseline")
         ax.set(xlabel="mean kept tokens per layer", ylabel="validation metric",
@@ -212,7 +212,7 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
                     ax.annotate(f"{base / t:.1f}×", (xi, t), ha="center", fontsize=7,
                                 xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(np.arange(len(methods_here)) + width * (len(lengths) - 1) / 2,
-                      [paper.METHOD_LABELS.get(m, m) for m in methods_here], fontsize=8)
+                      [label_of(m) for m in methods_here], fontsize=8)
         ax.set(ylabel="LAN time per inference (s)",
                title=f"{model}, {task}, {protocol}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
                      f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, {paper.SPEEDUP_512}× at 512")

@@ -3,7 +3,7 @@
 Source: the paper (Table 1, the ablation table, Figure 10 read off the bar chart), its
 OpenReview discussion and the authors' repository README (UCF-Lou-Lab-PET/cipher-prune-inference)
 for kept tokens. Reports print these beside our runs.
-Method keys are our method names: ``none`` = BOLT w/o WE, ``bolt_we`` = BOLT,
+Method keys are our method names (``models.methods``): ``none`` = BOLT w/o WE, ``bolt_we`` = BOLT,
 ``prune`` = CipherPrune† (pruning only), ``prune_reduce`` = CipherPrune.
 """
 from __future__ import annotations
@@ -12,18 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from models.config import PRUNE_METHODS
-
 PAPER_MAX_LENGTH = 128
 """Paper Table 1, the ablation and Figure 10 are at 128 tokens, LAN."""
-
-METHOD_LABELS: Mapping[str, str] = MappingProxyType({
-    "none": "BOLT w/o WE",
-    "bolt_we": "BOLT",
-    "prune": "CipherPrune†",
-    "prune_reduce": "CipherPrune",
-})
-METHOD_ORDER: tuple[str, ...] = PRUNE_METHODS
 
 MODEL_LABELS: Mapping[str, str] = MappingProxyType({
     "bert_medium": "BERT-medium",

@@ -15,11 +15,12 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 from tabulate import LATEX_ESCAPE_RULES, tabulate
 
+from models import methods as registry
 from pipeline.reporting import paper
 
 MISSING = "—"
-FIXED_POINT_ROW = "prune_reduce_fixed_point"
-TABLE2_LABELS = {**paper.METHOD_LABELS, FIXED_POINT_ROW: "CipherPrune, 18-bit fixed point"}
+FIXED_POINT_ROW = next(f"{m.name}_fixed_point" for m in registry.registered() if m.reduce)   # the search's
+FIXED_POINT_LABEL = "CipherPrune, 18-bit fixed point"
 GROUP = ["model", "task", "max_length", "protocol"]
 
 
@@ -28,12 +29,22 @@ def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values("start_time", ascending=False).drop_duplicates(keys, keep="first")
 
 
+def label_of(method: str) -> str:
+    """A method's report label (``models.methods``), the name itself for one not registered."""
+    return registry.get(method).label if method in registry.names() else method
+
+
+def color_of(method: str) -> Optional[str]:
+    """A method's figure colour (``models.methods``), None for one not registered."""
+    return registry.get(method).color if method in registry.names() else None
+
+
 def in_method_order(column: pd.Series) -> pd.Series:
     """Sort key for ``DataFrame.sort_values(key=...)``: the ``method`` column as an ordered
     categorical in the paper's order (unknown methods sort last, as missing values); others as is."""
     if column.name != "method":
         return column
-    return pd.Series(pd.Categorical(column, categories=paper.METHOD_ORDER, ordered=True), index=column.index)
+    return pd.Series(pd.Categorical(column, categories=registry.names(), ordered=True), index=column.index)
 
 
 def kept_tokens_sum(row: pd.Series) -> float:
@@ -93,7 +104,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     measured, total = _metric(rows, "layers/measured"), _metric(rows, "layers/total")
     out = pd.DataFrame({
         "model": rows["model"], "task": rows["task"], "max_length": rows["max_length"].astype(int),
-        "protocol": rows["protocol"], "method": rows["method"], "label": rows["method"].map(lambda m: paper.METHOD_LABELS.get(m, m)),
+        "protocol": rows["protocol"], "method": rows["method"], "label": rows["method"].map(label_of),
         "time_lan_s": _metric(rows, "time_s/lan"), "time_wan_s": _metric(rows, "time_s/wan"),
         "comm_gb": _metric(rows, "comm_mb/total") / 1024.0,
         "acc_dev": _metric(rows, "acc/dev"), "acc_secure": _metric(rows, "acc/secure"),
@@ -106,17 +117,18 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "run_id": rows["run_id"],
     })
     keyed = pd.MultiIndex.from_frame(out[GROUP])
-    for ref in ("none", "bolt_we"):
+    references = [m.name for m in registry.registered() if m.reference]
+    for ref in references:
         ref_time = out[out["method"] == ref].set_index(GROUP)["time_lan_s"]
         out[f"speedup_vs_{ref}"] = ref_time.reindex(keyed).to_numpy() / out["time_lan_s"].to_numpy()
-    ref_tokens = out[out["method"] == "none"].set_index(GROUP)["kept_tokens_sum"]
+    ref_tokens = out[out["method"] == registry.UNPRUNED].set_index(GROUP)["kept_tokens_sum"]
     out["ideal_vs_none"] = ref_tokens.reindex(keyed).to_numpy() / out["kept_tokens_sum"].to_numpy()
     out["paper_model"] = [m if m in paper.MODEL_LABELS else paper.REFERENCE_MODEL for m in out["model"]]
     cells = [paper.table1_cell(r.paper_model, r.method, r.max_length) for r in out.itertuples()]
     out["paper_time_lan_s"] = [math.nan if c is None else c.time_lan_s for c in cells]
     out["paper_comm_gb"] = [math.nan if c is None else _opt(c.comm_gb) for c in cells]
     out["paper_acc"] = [math.nan if c is None else _opt(c.acc) for c in cells]
-    for ref in ("none", "bolt_we"):
+    for ref in references:
         out[f"paper_speedup_vs_{ref}"] = [
             _opt(paper.paper_speedup(r.paper_model, r.method, ref, r.max_length)) for r in out.itertuples()]
     out["paper_model"] = [paper.MODEL_LABELS[m] if c is not None else MISSING for m, c in zip(out["paper_model"], cells)]
@@ -138,23 +150,24 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     records: list[dict[str, object]] = []
     for (model, task, length, criterion, forms), grp in rows.groupby(keys, sort=True):
         base = _metric(grp, "dev/none/metric")
-        for method in (*paper.METHOD_ORDER, FIXED_POINT_ROW):
+        for method in (*registry.names(), FIXED_POINT_ROW):
             values = _metric(grp, f"dev/{method}/metric")
             if values.isna().all():
                 continue                                    # e.g. no fixed-point evaluation in older runs
             drop = values - base
             layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-            reduces = method.startswith("prune_reduce")
+            reduces = method == FIXED_POINT_ROW or registry.get(method).reduce
             high = grp.get(f"dev/{method}/high_ratio/mean")
             scales = grp.sort_values("seed").get("reduce/beta_scale")   # in the order of the seeds column
             metric_name, other_metrics = named_dev_metrics(grp, method)
             records.append({
                 "model": model, "task": task, "max_length": int(length), "criterion": criterion,
                 "reduce_forms": forms, "method": method,
-                "label": TABLE2_LABELS.get(method, method), "metric_name": metric_name, "metric_mean": float(values.mean()),
+                "label": FIXED_POINT_LABEL if method == FIXED_POINT_ROW else label_of(method),
+                "metric_name": metric_name, "metric_mean": float(values.mean()),
                 "metric_std": float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan,
-                "drop_mean": float(drop.mean()) if method != "none" else math.nan,
-                "drop_std": float(drop.std(ddof=1)) if method != "none" and drop.notna().sum() > 1 else math.nan,
+                "drop_mean": float(drop.mean()) if method != registry.UNPRUNED else math.nan,
+                "drop_std": float(drop.std(ddof=1)) if method != registry.UNPRUNED and drop.notna().sum() > 1 else math.nan,
                 "n_seeds": int(values.notna().sum()), "other_metrics": other_metrics,
                 "schedule": "-".join(f"{grp[c].astype(float).mean():.1f}" for c in layers),
                 "reduced_pct": 100 * (1 - float(high.astype(float).mean())) if reduces and high is not None else math.nan,
@@ -166,9 +179,6 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             })
     out = pd.DataFrame.from_records(records)
     return out.sort_values([*keys, "method"], key=in_method_order).reset_index(drop=True)
-
-
-LM_METHODS = ("none", "bolt_we", "prune", "prune_reduce")
 
 
 def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
@@ -186,10 +196,11 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
     records: list[dict[str, object]] = []
     for _, s in newest(done, ["model", "max_length"]).iterrows():
         # the rebuttal's GPT-2 speed-up stands beside CipherPrune (prune_reduce) when the search scored it
-        paper_row = "prune_reduce" if pd.notna(s.get("test/prune_reduce/next_token_ppl", math.nan)) else "prune"
+        paper_row = [m.name for m in registry.registered() if m.thresholds
+                     and pd.notna(s.get(f"test/{m.name}/next_token_ppl", math.nan))][-1:]
         same = secure[(secure["model"] == s["model"]) & (secure["max_length"] == s["max_length"])]
         for protocol in sorted(set(same["protocol"])) or [MISSING]:
-            for method in LM_METHODS:
+            for method in registry.names():
                 key = f"test/{method}/"
                 if pd.isna(s.get(f"{key}next_token_ppl", math.nan)):
                     continue
@@ -199,7 +210,7 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     s["model"], s["max_length"], protocol, method) in keyed.index else pd.Series(dtype=object)
                 records.append({
                     "model": s["model"], "max_length": int(s["max_length"]), "protocol": protocol, "method": method,
-                    "label": paper.METHOD_LABELS[method], "test_ppl": float(s[f"{key}next_token_ppl"]),
+                    "label": label_of(method), "test_ppl": float(s[f"{key}next_token_ppl"]),
                     "test_acc": float(s[f"{key}next_token_acc"]), "kept_mean": float(s[f"{key}kept_mean"]),
                     "kept_after": "-".join(f"{float(s[c]):.1f}" for c in layers),
                     "test_contexts": float(s.get("test/blocks", math.nan)),
@@ -212,13 +223,13 @@ def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
                     "generated_tokens": float(run.get("generate/tokens", math.nan)),
                     "generate_lan_s_per_token": float(run.get("generate/time_s/lan_per_token", math.nan)),
                     "generate_wan_s_per_token": float(run.get("generate/time_s/wan_per_token", math.nan)),
-                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method == paper_row else math.nan,
+                    "paper_speedup": paper.GPT2_SPEEDUP.get(int(s["max_length"]), math.nan) if method in paper_row else math.nan,
                     "search_run": s["run_id"], "secure_run": str(run.get("run_id", MISSING))})
     out = pd.DataFrame.from_records(records)
     if out.empty:
         return out
     group = ["model", "max_length", "protocol"]
-    base = out[out["method"] == "none"].set_index(group)["time_lan_s"]
+    base = out[out["method"] == registry.UNPRUNED].set_index(group)["time_lan_s"]
     out["speedup_vs_none"] = base.reindex(pd.MultiIndex.from_frame(out[group])).to_numpy() / out["time_lan_s"]
     return out.sort_values(keys, key=in_method_order).reset_index(drop=True)
 
@@ -229,7 +240,7 @@ def ops_table(methods: pd.DataFrame) -> pd.DataFrame:
     meter measured them; ``lan_<op>``), its total and bytes, and the run id."""
     rows = newest(methods, GROUP + ["method"]).sort_values(GROUP + ["method"], key=in_method_order)
     out = rows[GROUP + ["method"]].copy()
-    out["label"] = out["method"].map(lambda m: paper.METHOD_LABELS.get(m, m))
+    out["label"] = out["method"].map(label_of)
     for op in (*paper.OPS, "Other"):
         out[f"lan_{op}"] = _metric(rows, f"time_s/lan/{op}")
     out["time_lan_s"] = _metric(rows, "time_s/lan")

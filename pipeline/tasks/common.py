@@ -8,8 +8,9 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from models import methods
 from pipeline.config import FinetuneConfig, PipelineConfig
 from pipeline.tracking import Tracker
 
@@ -20,6 +21,20 @@ DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads t
                 "processes": "each party process loads its own data (server: checkpoint, client: its inputs)",
                 "remote": "each party daemon loads its own data on its own host (server: checkpoint, client: its inputs)"}
 """Who loads which data in secure_eval, per ``protocol.transport`` (the method runs' tag ``data_held_by``)."""
+
+
+def checkpoint_plan(names: Sequence[str], baseline_id: str, selected_id: str, trained: str) -> list[tuple[str, str]]:
+    """``(method, checkpoint run)`` for each of ``names`` the search's outcome can run, in that order:
+    a baseline-checkpoint method runs the baseline; a selected-checkpoint one runs the pick when the
+    pick is a candidate trained as ``trained`` that serves it (``models.methods.served_by``: no Π_reduce
+    from a candidate that learned no β), and is left out otherwise."""
+    served = {m.name for m in methods.served_by(trained)} if selected_id != baseline_id else set()
+    plan = []
+    for name in names:
+        checkpoint = methods.get(name).checkpoint
+        if checkpoint == "baseline" or name in served:
+            plan.append((name, baseline_id if checkpoint == "baseline" else selected_id))
+    return plan
 
 
 def curated_params(cfg: PipelineConfig) -> dict[str, Any]:

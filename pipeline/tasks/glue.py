@@ -13,15 +13,16 @@ secure_eval. Computation lives in ``models/`` and ``protocols/``; this maps the 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from models import methods
 from pipeline.config import PipelineConfig, Stage, Task
 from pipeline.context import StageContext
+from pipeline.identity import identity_key
 from pipeline.tasks.common import (
     MANIFEST,
     DatasetManifest,
@@ -31,7 +32,6 @@ from pipeline.tasks.common import (
 )
 from pipeline.tasks.glue_search import search
 from pipeline.tasks.glue_secure import secure_eval
-from pipeline.tracking import plain, sections_hash
 
 __all__ = ["params", "prepare", "finetune", "search", "secure_eval"]
 # finetune fields that shape the candidates only: the baseline is shared across their values
@@ -50,13 +50,13 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
         Stage.finetune: lambda: {"epochs": f.epochs, "lr": f.lr, "threshold_lr": f.threshold_lr,
                                  "prune_epochs": f.prune_epochs, "prune_lr": f.prune_lr, "lambdas": f.lambdas,
                                  "temperatures": f.temperatures, "theta_quantiles": f.theta_quantiles,
-                                 "candidate_method": f.candidate_method.value, "criterion": f.criterion.value,
+                                 "candidate_method": f.candidate_method, "criterion": f.criterion.value,
                                  "reduce_forms": f.reduce_forms.value,
                                  "beta_lambda": f.beta_lambda, "hard_epochs": f.hard_epochs, "ops": f.ops.value,
                                  "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "reduce_max_drop": cfg.search.reduce_max_drop,
                                "beta_scales": list(cfg.search.beta_scales), "seed": f.seed},
-        Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
+        Stage.secure_eval: lambda: {"methods": list(s.methods), "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "private_owners": list(cfg.protocol.private_owners),
                                     "seed": f.seed, "unpruned_layers": s.unpruned_layers,
                                     "heads_per_program": s.heads_per_program},
@@ -106,7 +106,7 @@ def prepare(ctx: StageContext) -> None:
     from models.data import get_task, tokenize_split
 
     cfg = ctx.cfg
-    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / sections_hash(cfg, Stage.prepare)
+    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare)
     cache.mkdir(parents=True, exist_ok=True)
     raw, tokenizer_dir = _raw_splits(cfg, cache)
     raw["train"], raw["val"] = _carve_val(raw["train"], cfg)
@@ -151,21 +151,11 @@ def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> Any:
     return BertClassifier(shape), "random initialisation"
 
 
-def baseline_key(cfg: PipelineConfig, prepare_run: str, code: str) -> str:
-    """Identity of an unpruned baseline: model, data, the prepared data's run, every finetune
-    setting but the candidates' own (``CANDIDATE_ONLY``; the candidates' budget is in: the baseline
-    trains on for it) and the code version. Equal keys: the same baseline, trained once."""
-    tuning = {k: v for k, v in plain(cfg.finetune).items() if k not in CANDIDATE_ONLY}
-    blob = json.dumps({"model": plain(cfg.model), "data": plain(cfg.data), "finetune": tuning,
-                       "prepare": prepare_run, "code": code}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, Any], base_cfg: Any,
               candidate_cfg: Any) -> tuple[str, Any]:
     """The unpruned baseline's run id and its model at the candidates' starting point.
 
-    Reused when a FINISHED baseline of the same ``baseline_key`` exists (``tracking.resume``);
+    Reused when a FINISHED baseline of the same identity (tag ``baseline_key``) exists (``tracking.resume``);
     otherwise a nested run (tag ``kind=candidate``, ``method=none``) trains it ``finetune.epochs``
     (artifact ``checkpoint_start``: where every candidate starts), then on, unpruned, for a
     candidate's steps (``models.training.continue_unpruned``; artifact ``checkpoint``: the model
@@ -176,7 +166,10 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
     from models.training import finetune as train
     from models.weights import load_checkpoint
 
-    key = baseline_key(ctx.cfg, ctx.upstream["prepare"], ctx.tracker.code.tree)
+    # the baseline's identity: every finetune setting but the candidates' own (their budget is in:
+    # the baseline trains on for it), the prepared data's run and the code
+    key = identity_key(ctx.cfg, Stage.finetune, upstream={"prepare": ctx.upstream["prepare"]}, code=ctx.tracker.code.tree,
+                       ignored={"finetune": CANDIDATE_ONLY})
     found = ctx.tracker.runs_frame([ctx.tracker.experiment_id],
                                    f"tags.baseline_key = '{key}' and attributes.status = 'FINISHED'")
     if ctx.cfg.tracking.resume and not found.empty:
@@ -185,10 +178,10 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
         return run_id, load_checkpoint(ctx.tracker.artifact_location(run_id, "checkpoint_start"))[0]
     set_seed(ctx.cfg.finetune.seed)
     model, port_report = _initial_model(ctx.cfg, manifest)
-    tags = {"kind": "candidate", "method": "none", "baseline_key": key, "seed": ctx.cfg.finetune.seed,
+    tags = {"kind": "candidate", "method": methods.UNPRUNED, "baseline_key": key, "seed": ctx.cfg.finetune.seed,
             "upstream_prepare": ctx.upstream["prepare"], "weights": port_report[:250]}
     with ctx.run.child("baseline", tags) as child:
-        child.log_params({"method": "none", "seed": ctx.cfg.finetune.seed})
+        child.log_params({"method": methods.UNPRUNED, "seed": ctx.cfg.finetune.seed})
         start = train(model, *splits, manifest.task, base_cfg, log_metrics=child.log_metrics)
         save_model(child, model, "checkpoint_start", manifest.tokenizer_dir)
         start_model = copy.deepcopy(model)
@@ -216,8 +209,8 @@ def finetune(ctx: StageContext) -> None:
     torch.set_num_threads(f.torch_threads)
     manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
     splits = (manifest.load("train"), manifest.load("val"))
-    base_cfg = training_config(f, FinetuneConfig, method="none")
-    candidate_cfg = replace(base_cfg, method=f.candidate_method.value, epochs=f.prune_epochs, lr=f.prune_lr)
+    base_cfg = training_config(f, FinetuneConfig, method=methods.UNPRUNED)
+    candidate_cfg = replace(base_cfg, method=f.candidate_method, epochs=f.prune_epochs, lr=f.prune_lr)
     baseline_id, start = _baseline(ctx, manifest, splits, base_cfg, candidate_cfg)
     ctx.run.set_tags({"baseline_run": baseline_id})
     grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]

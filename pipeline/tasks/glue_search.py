@@ -30,10 +30,10 @@ from typing import Any
 
 import pandas as pd
 
+from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import SELECTION, THRESHOLDS, DatasetManifest, Selection, thresholds_of
+from pipeline.tasks.common import SELECTION, THRESHOLDS, DatasetManifest, Selection, checkpoint_plan, thresholds_of
 
-DEV_METHODS = ("none", "bolt_we", "prune", "prune_reduce")
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +46,7 @@ def _candidates(ctx: StageContext) -> tuple[str, pd.Series, pd.DataFrame, str]:
         raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run (written before "
                            "baselines were shared); re-run stage=finetune")
     runs = ctx.tracker.candidate_runs(prepare_id)
-    pruned = runs[(runs["tags.method"] != "none") & (runs.get("tags.baseline_run") == baseline_id)]
+    pruned = runs[(runs["tags.method"] != methods.UNPRUNED) & (runs.get("tags.baseline_run") == baseline_id)]
     if pruned.empty:
         raise RuntimeError(f"no FINISHED pruned candidate trained from baseline {baseline_id}; run stage=finetune")
     return baseline_id, pd.Series(ctx.tracker.run_metrics(baseline_id)), pruned, prepare_id
@@ -65,12 +65,14 @@ def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, t
     from models.weights import set_thresholds
 
     emulated = OpsConfig("emulated")
-    reference = evaluate(model, val, task, "prune", ops_cfg=emulated).metrics["metric"]
+    pruning = next(m.name for m in methods.registered() if m.thresholds and not m.reduce)
+    reducing = next(m.name for m in methods.registered() if m.reduce)
+    reference = evaluate(model, val, task, pruning, ops_cfg=emulated).metrics["metric"]
     high: dict[float, float] = {}
 
     def metric_at(scale: float) -> float:
         set_thresholds(model, with_beta_scale(thresholds, scale))
-        ev = evaluate(model, val, task, "prune_reduce", ops_cfg=emulated)
+        ev = evaluate(model, val, task, reducing, ops_cfg=emulated)
         high[scale] = sum(ev.high_ratio) / len(ev.high_ratio)
         return ev.metrics["metric"]
 
@@ -80,8 +82,8 @@ def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, t
     if scale == 0:
         log.warning(f"search: Π_reduce cost more than search.reduce_max_drop={ctx.cfg.search.reduce_max_drop} val points "
                     f"at every beta scale tried ({tried}; Π_prune {reference:.2f}): β = θ, no token gets the cheap forms")
-    metrics = {"val/prune": reference, "reduce/beta_scale": scale, "reduce/within_max_drop": float(scale > 0)}
-    metrics.update({f"val/prune_reduce/scale_{s:g}": m for s, m in tried.items()})
+    metrics = {f"val/{pruning}": reference, "reduce/beta_scale": scale, "reduce/within_max_drop": float(scale > 0)}
+    metrics.update({f"val/{reducing}/scale_{s:g}": m for s, m in tried.items()})
     metrics.update({f"val/high_ratio/scale_{s:g}": h for s, h in high.items()})
     return calibrated, metrics
 
@@ -92,8 +94,10 @@ def _dev_metrics(models: dict[str, Any], dev: Any, task: str, baseline_id: str, 
     from models.training import evaluate
 
     emulated = OpsConfig("emulated")
-    plan = [(m, baseline_id if m in ("none", "bolt_we") else selected_id, m, emulated) for m in DEV_METHODS]
-    plan.append(("prune_reduce_fixed_point", selected_id, "prune_reduce", OpsConfig("emulated", fixed_point=True)))
+    learned = next(m.name for m in methods.registered() if m.reduce)         # β calibrated: the pick serves all
+    plan = [(m, run, m, emulated) for m, run in checkpoint_plan(methods.names(), baseline_id, selected_id, learned)]
+    plan += [(f"{m.name}_fixed_point", selected_id, m.name, OpsConfig("emulated", fixed_point=True))
+             for m in methods.registered() if m.reduce]
     out: dict[str, float] = {"dev/examples": float(len(dev))}
     for name, run, method, ops in plan:
         ev = evaluate(models[run], dev, task, method, ops_cfg=ops)

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Method
+from models import methods
 from pipeline.context import StageContext
 from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params, thresholds_of
 from pipeline.tasks.secure_inputs import InputRecord, run_method
 from pipeline.tracking import StageRun
 
-BASELINE_METHODS = (Method.none, Method.bolt_we)
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +42,7 @@ def _load(ctx: StageContext, run_id: str) -> tuple[Any, Any, dict[str, np.ndarra
     return model, spec, to_numpy_weights(model)
 
 
-def _secure_step(ctx: StageContext, method_run: StageRun, method: Method, checkpoint: Path,
+def _secure_step(ctx: StageContext, method_run: StageRun, method: str, checkpoint: Path,
                  manifest: DatasetManifest, n: int, thresholds: Any) -> tuple[dict[str, float], list[InputRecord], dict[str, Any]]:
     """The two-party run of the first ``n`` dev inputs, input by input (``secure_inputs.run_method``):
     the server's party loads the checkpoint, the client's party the tokenised dev rows (with the
@@ -53,14 +52,14 @@ def _secure_step(ctx: StageContext, method_run: StageRun, method: Method, checkp
     Returns the cost per input, the batches' records (in dev order) and the leakage."""
     from protocols.provision import ClientRequest
 
-    layers = ctx.cfg.secure_eval.unpruned_layers if method is Method.none else None
-    return run_method(ctx, method_run, method.value, checkpoint, n,
+    layers = ctx.cfg.secure_eval.unpruned_layers if methods.get(method).sizes == "unpruned" else None
+    return run_method(ctx, method_run, method, checkpoint, n,
                       lambda chunk, release: ClientRequest(manifest.splits["dev"], chunk, release),
                       criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms, layers=layers,
                       heads_per_program=ctx.cfg.secure_eval.heads_per_program)
 
 
-def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, run_id: str, thresholds: Any, manifest: DatasetManifest,
+def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_id: str, thresholds: Any, manifest: DatasetManifest,
                      dev: Any, searched: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
     """The secure run's cost, accuracy and schedule (``_secure_step``), then the plaintext reference
     step, outside the two-party run and in this process (it needs both parties' data): the JAX
@@ -81,7 +80,7 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, ru
     model, spec, weights = _load(ctx, run_id)          # reference step from here on
     ran = int(metrics.get("layers/measured", spec.layers))
     cut = replace(spec, layers=ran)                    # the model the secure run ran (all of it unless composed)
-    pruning = PruningSpec(method=method.value, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
+    pruning = PruningSpec(method=method, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
                           criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
     agree = correct = 0
     errors, scale = [], 0.0
@@ -94,22 +93,22 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: Method, ru
         pred = int(np.argmax(result))
         agree += pred == int(np.argmax(reference))
         correct += pred == int(label)
-    metrics.update({"acc/dev": searched[f"dev/{method.value}/metric"], "agree/secure": 100.0 * agree / n,
+    metrics.update({"acc/dev": searched[f"dev/{method}/metric"], "agree/secure": 100.0 * agree / n,
                     "logits/max_abs_err": max(errors), "logits/max_abs": scale,
                     "examples/secure": n, "batch_size": float(ctx.cfg.secure_eval.batch_size)})
     if ran == spec.layers:                             # a truncated model's predictions are not the model's
         metrics["acc/secure"] = 100.0 * correct / n
     mean_kept = np.mean(np.asarray(entering, dtype=float), axis=0)
     metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
-    prefix = f"dev/{method.value}/entering/layer_"                  # tokens entering each layer, whole dev
+    prefix = f"dev/{method}/entering/layer_"                  # tokens entering each layer, whole dev
     metrics.update({f"kept_tokens_emulated/layer_{k[len(prefix):]}": v for k, v in searched.items() if k.startswith(prefix)})
     # the torch emulation (hard masks) on the very inputs run securely: its schedule must be the secure one
-    same = evaluate(model, dev.select(range(n)), manifest.task, method.value, ops_cfg=OpsConfig("emulated"))
+    same = evaluate(model, dev.select(range(n)), manifest.task, method, ops_cfg=OpsConfig("emulated"))
     same_entering = [float(same.n0), *same.kept_tokens[:-1]]
     gap = float(np.max(np.abs(mean_kept - np.asarray(same_entering))))
     metrics["kept_tokens/secure_vs_emulated_max_abs_diff"] = gap
     if gap > 0:
-        log.warning(f"secure_eval {method.value}: secure schedule {mean_kept.tolist()} differs from the torch "
+        log.warning(f"secure_eval {method}: secure schedule {mean_kept.tolist()} differs from the torch "
                     f"emulation's {same_entering} on the same {n} inputs (max |Δ| {gap:g} tokens)")
     return metrics, leakage
 
@@ -126,16 +125,16 @@ def secure_eval(ctx: StageContext) -> None:
         raise RuntimeError(f"search run {search_id} has no dev metrics (written before the search evaluated dev); "
                            "re-run stage=search")
     for method in ctx.cfg.secure_eval.methods:
-        run_id = selection.baseline_run_id if method in BASELINE_METHODS else selection.selected_run_id
-        tags = {"kind": "method", "method": method.value, "checkpoint_run": run_id}
-        with ctx.run.child(method.value, tags) as child:
-            child.log_params({**curated_params(ctx.cfg), "method": method.value})
+        spec = methods.get(method)
+        run_id = selection.baseline_run_id if spec.checkpoint == "baseline" else selection.selected_run_id
+        tags = {"kind": "method", "method": method, "checkpoint_run": run_id}
+        with ctx.run.child(method, tags) as child:
+            child.log_params({**curated_params(ctx.cfg), "method": method})
             child.set_tags({"data_held_by": DATA_HELD_BY[ctx.cfg.protocol.transport.value],
                             "reference_step": "plaintext twin and torch emulation, in the coordinator after the "
                                               "two-party run (they need both parties' data)"})
             metrics, leakage = _evaluate_method(ctx, child, method, run_id, thresholds, manifest, dev, searched)
             child.log_metrics(metrics)
-            child.log_dict({"declared": "per layer: kept token count per input (and high-group size for "
-                                        "prune_reduce); final logits to the client", **leakage}, "leakage.json")
-        ctx.run.log_metrics({f"time_s/lan/{method.value}": metrics["time_s/lan"],
-                             f"comm_mb/{method.value}": metrics["comm_mb/total"]})
+            child.log_dict({"declared": f"{spec.reveals} (per input)", **leakage}, "leakage.json")
+        ctx.run.log_metrics({f"time_s/lan/{method}": metrics["time_s/lan"],
+                             f"comm_mb/{method}": metrics["comm_mb/total"]})

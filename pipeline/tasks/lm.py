@@ -25,19 +25,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models import methods
 from pipeline.config import PipelineConfig, Stage
 from pipeline.context import StageContext
+from pipeline.identity import identity_key
 from pipeline.tasks.common import (
     MANIFEST,
     SELECTION,
     DatasetManifest,
     Selection,
     checkpoint_dir,
+    checkpoint_plan,
     save_model,
     training_config,
 )
 from pipeline.tasks.lm_secure import secure_eval
-from pipeline.tracking import sections_hash
 
 __all__ = ["params", "prepare", "finetune", "search", "secure_eval", "next_token_flat"]
 
@@ -55,10 +57,10 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                  "warmup_ratio": f.warmup_ratio, "eval_blocks": f.eval_blocks, "lambdas": f.lambdas,
                                  "temperatures": f.temperatures, "theta_quantiles": f.theta_quantiles,
                                  "prune_epochs": f.prune_epochs, "hard_epochs": f.hard_epochs, "prune_lr": f.prune_lr,
-                                 "threshold_lr": f.threshold_lr, "candidate_method": f.candidate_method.value,
+                                 "threshold_lr": f.threshold_lr, "candidate_method": f.candidate_method,
                                  "beta_factor": f.beta_factor, "beta_lambda": f.beta_lambda},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "eval_blocks": f.eval_blocks},
-        Stage.secure_eval: lambda: {"methods": [m.value for m in s.methods], "num_examples": s.num_examples,
+        Stage.secure_eval: lambda: {"methods": list(s.methods), "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "seq_len": s.seq_len, "generate_tokens": s.generate_tokens,
                                     "heads_per_program": s.heads_per_program,
                                     "private_owners": list(cfg.protocol.private_owners), "split": "test"},
@@ -84,7 +86,7 @@ def prepare(ctx: StageContext) -> None:
     from models.lm import load_lm_blocks
 
     cfg, d = ctx.cfg, ctx.cfg.data
-    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / sections_hash(cfg, Stage.prepare)
+    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare)
     cache.mkdir(parents=True, exist_ok=True)
     tok_dir = _tokenizer_dir(cfg)
     tokenizer = GPT2TokenizerFast.from_pretrained(str(tok_dir))   # the task is GPT-2 only (validate)
@@ -179,10 +181,10 @@ def finetune(ctx: StageContext) -> None:
     n_eval, bs = f.eval_blocks, f.batch_size
     model, port_report = _initial_model(cfg, manifest)
     steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / bs))
-    tags = {"kind": "candidate", "method": "none", "lambda": 0.0, "temperature": 0.0,
+    tags = {"kind": "candidate", "method": methods.UNPRUNED, "lambda": 0.0, "temperature": 0.0,
             "upstream_prepare": ctx.upstream["prepare"], "weights": port_report[:250]}
     with ctx.run.child("baseline", tags) as child:
-        child.log_params({"method": "none", "steps": steps, "ops": f.ops.value, "warmup_ratio": f.warmup_ratio})
+        child.log_params({"method": methods.UNPRUNED, "steps": steps, "ops": f.ops.value, "warmup_ratio": f.warmup_ratio})
         result = train_lm(model, train, training_config(f, LMTrainConfig, steps=steps), log=child.log_metrics)
         metrics = {"train/steps": float(result.steps), "train/seconds": result.seconds,
                    "train/tokens": float(result.steps * bs * train.shape[1])}
@@ -191,11 +193,12 @@ def finetune(ctx: StageContext) -> None:
             save_model(child, model, "checkpoint_start", manifest.tokenizer_dir)
             start = copy.deepcopy(model)
             model.ops_cfg = OpsConfig("emulated")
-            seconds = train_lm_thresholds(model, train, _prune_config(cfg, train.shape[0], "none"),
+            seconds = train_lm_thresholds(model, train, _prune_config(cfg, train.shape[0], methods.UNPRUNED),
                                           log=_offset(child.log_metrics, result.steps))
             metrics |= {"train/continue_seconds": seconds}
-            metrics |= next_token_flat(model, dev[:n_eval], "none", "dev/", bs)
-            metrics |= next_token_flat(model, dev[:n_eval], "bolt_we", "dev/", bs)
+            for spec in methods.registered():
+                if spec.checkpoint == "baseline":
+                    metrics |= next_token_flat(model, dev[:n_eval], spec.name, "dev/", bs)
         t0 = time.time()
         metrics |= _perplexities(model, dev, test, bs, n_eval) | {"eval/seconds": time.time() - t0}
         child.log_metrics(metrics, step=result.steps)
@@ -222,9 +225,7 @@ def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: D
     from models.weights import get_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
-    method = f.candidate_method.value
-    if method not in ("prune", "prune_reduce"):
-        raise ValueError(f"finetune.candidate_method={method!r}: a GPT-2 candidate is 'prune' or 'prune_reduce'")
+    method = methods.trainable(f.candidate_method).name
     grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
     for lam, temp, quantile in grid:
         candidate = copy.deepcopy(start)
@@ -237,8 +238,8 @@ def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: D
                             "soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
             seconds = train_lm_thresholds(candidate, train, prune_cfg, log=run.log_metrics)
             found = {"train/seconds": seconds}
-            for scored in dict.fromkeys(("prune", method)):
-                found |= next_token_flat(candidate, dev, scored, "dev/", f.batch_size)
+            for scored in methods.served_by(method):
+                found |= next_token_flat(candidate, dev, scored.name, "dev/", f.batch_size)
             run.log_metrics(found)
             save_model(run, candidate, "checkpoint", manifest.tokenizer_dir, get_thresholds(candidate, temp, lam))
         log.info(f"finetune: {method} λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
@@ -269,9 +270,10 @@ def search(ctx: StageContext) -> None:
         raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
     runs = ctx.tracker.candidate_runs(prepare_id)
     trained_from = runs["tags.baseline_run"] if "tags.baseline_run" in runs else pd.Series(None, index=runs.index)
-    pruned = runs[runs["tags.method"].isin(["prune", "prune_reduce"]) & (trained_from == baseline_id)].copy()
+    learned = [m.name for m in methods.registered() if m.thresholds]
+    pruned = runs[runs["tags.method"].isin(learned) & (trained_from == baseline_id)].copy()
     base = ctx.tracker.run_metrics(baseline_id)
-    selected, selected_method, within = baseline_id, "none", 1.0
+    selected, selected_method, within = baseline_id, methods.UNPRUNED, 1.0
     if not pruned.empty:
         for name in ("next_token_acc", "next_token_ppl", "kept_mean"):
             pruned[name] = [float(r[f"metrics.dev/{r['tags.method']}/{name}"]) for _, r in pruned.iterrows()]
@@ -291,8 +293,7 @@ def search(ctx: StageContext) -> None:
     manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
     test = manifest.load_blocks("test")[: cfg.finetune.eval_blocks]
     metrics = {"selection/within_max_drop": within, "test/blocks": float(test.shape[0])}
-    picked = {"none": [], "prune": ["prune"], "prune_reduce": ["prune", "prune_reduce"]}[selected_method]
-    plan = [("none", baseline_id), ("bolt_we", baseline_id)] + [(m, selected) for m in picked]
+    plan = checkpoint_plan(methods.names(), baseline_id, selected, selected_method)
     for method, run_id in plan:
         model, _ = load_hf_gpt2(ctx.tracker.artifact_location(run_id, "checkpoint"), OpsConfig("emulated"))
         metrics |= next_token_flat(model, test, method, "test/", cfg.finetune.batch_size)

@@ -22,18 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Method
+from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params
+from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, checkpoint_plan, curated_params
 from pipeline.tasks.secure_inputs import method_session, run_method
 from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
-DECLARED = {"none": "final (last-position) logits to the client",
-            "bolt_we": "the kept count after layer 0 (n/2 + the forced last position, public); final logits to the client",
-            "prune": "per layer: the kept token count; final (last-position) logits to the client",
-            "prune_reduce": "per layer: the kept token count and the high-group count; final (last-position) "
-                            "logits to the client"}
 
 
 def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray, list[float]]:
@@ -48,6 +43,20 @@ def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray
     return out.logits[0].double().numpy(), [float(len(context)), *kept[:-1]]
 
 
+def _checkpoints(ctx: StageContext, selection: Selection) -> list[tuple[str, str]]:
+    """``(method, checkpoint run)`` of every ``secure_eval.methods`` entry (``checkpoint_plan``);
+    ``RuntimeError`` naming a method the search's pick cannot serve (no candidate, or no β learned)."""
+    base, pick = selection.baseline_run_id, selection.selected_run_id
+    trained = ctx.tracker.run_tags(pick).get("method", methods.UNPRUNED) if pick != base else methods.UNPRUNED
+    plan = dict(checkpoint_plan(ctx.cfg.secure_eval.methods, base, pick, trained))
+    for method in ctx.cfg.secure_eval.methods:
+        if method not in plan:
+            raise RuntimeError(f"secure_eval: method {method} needs a candidate trained for it; the search's pick {pick} "
+                               f"was trained as {trained!r}: set finetune.lambdas and finetune.candidate_method, or drop "
+                               f"{method} from secure_eval.methods")
+    return [(m, plan[m]) for m in ctx.cfg.secure_eval.methods]
+
+
 def _reference_model(ckpt: Any) -> Any:
     """The independent reference: the torch model of checkpoint ``ckpt`` with the emulated ops, in eval mode."""
     from models.config import OpsConfig
@@ -57,7 +66,7 @@ def _reference_model(ckpt: Any) -> Any:
     return model.eval()
 
 
-def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any, model: Any, blocks: str, test: Any,
+def _evaluate(ctx: StageContext, method_run: StageRun, method: str, ckpt: Any, model: Any, blocks: str, test: Any,
               n: int, seq_len: int) -> tuple[dict[str, float], dict[str, Any]]:
     """One method's secure run, input by input (``secure_inputs.run_method``: the server's party
     loads the checkpoint, the client's party its test contexts, ``ContextRequest``), then the
@@ -65,7 +74,7 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any
     model on the same contexts. Returns metrics and leakage."""
     from protocols.provision import ContextRequest
 
-    sums, records, leakage = run_method(ctx, method_run, method.value, ckpt, n,
+    sums, records, leakage = run_method(ctx, method_run, method, ckpt, n,
                                         lambda chunk, release: ContextRequest(blocks, chunk, seq_len, release),
                                         last_only=True, heads_per_program=ctx.cfg.secure_eval.heads_per_program)
     agree = hits = 0                                               # reference step from here on
@@ -73,7 +82,7 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any
     entering = [row for r in records for row in r.entering]
     for i, (got, target, secure_entering) in enumerate(zip((np.asarray(x, dtype=np.float64) for r in records for x in r.logits),
                                                            (t for r in records for t in r.labels), entering)):
-        ref, ref_entering = _reference(model, test[i, :seq_len].numpy(), method.value)
+        ref, ref_entering = _reference(model, test[i, :seq_len].numpy(), method)
         err = float(np.abs(got - ref).max())
         method_run.log_metrics({"logits/abs_err": err}, step=i)
         max_err, scale = max(max_err, err), max(scale, float(np.abs(ref).max()))
@@ -87,11 +96,12 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any
                "seq_len": float(seq_len), "kept_tokens/secure_vs_reference_max_abs_diff": gap}
     metrics |= {f"kept_tokens/layer_{l}": float(k) for l, k in enumerate(mean_entering)}
     if gap > 0:
-        log.warning(f"secure_eval {method.value}: secure schedule differs from the torch reference by up to {gap:g} tokens")
-    return metrics, {"declared": DECLARED[method.value], **leakage}
+        log.warning(f"secure_eval {method}: secure schedule differs from the torch reference by up to {gap:g} tokens")
+    declared = f"{methods.get(method).reveals} (the logits: of the last position, to the client)"
+    return metrics, {"declared": declared, **leakage}
 
 
-def generate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any, model: Any, blocks: str,
+def generate(ctx: StageContext, method_run: StageRun, method: str, ckpt: Any, model: Any, blocks: str,
              first: np.ndarray, seq_len: int, tokens: int) -> dict[str, float]:
     """Greedy generation of ``tokens`` tokens after the first test context ``first[:seq_len]``,
     securely: every token is one full two-party forward over the last ``seq_len`` tokens (no KV
@@ -111,10 +121,10 @@ def generate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any,
 
     generated: list[int] = []
     steps: list[dict[str, Any]] = []
-    with method_session(ctx, method.value, ckpt, "generate") as (session, spec, release):
+    with method_session(ctx, method, ckpt, "generate") as (session, spec, release):
         for step in range(tokens):
             request = ContextRequest(blocks, (0,), seq_len, str(release), tuple(generated))
-            results, cost, _ = evaluate_request(session, spec, request, method.value, last_only=True,
+            results, cost, _ = evaluate_request(session, spec, request, method, last_only=True,
                                                 heads_per_program=ctx.cfg.secure_eval.heads_per_program)
             generated.append(int(np.argmax(results[0].logits)))
             figures = cost.to_metrics()
@@ -123,7 +133,7 @@ def generate(ctx: StageContext, method_run: StageRun, method: Method, ckpt: Any,
             method_run.log_metrics(row, step=step)
             steps.append({**row, "token": generated[-1], "context": request.context(first).tolist(),
                           "entering": list(results[0].entering_per_layer)})
-    agree = [int(np.argmax(_reference(model, np.asarray(s["context"]), method.value)[0]) == s["token"]) for s in steps]
+    agree = [int(np.argmax(_reference(model, np.asarray(s["context"]), method)[0]) == s["token"]) for s in steps]
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
     method_run.log_dict({"context_tail": tokenizer.decode(first[max(0, seq_len - 32):seq_len].tolist()),
                          "generated": generated, "text": tokenizer.decode(generated), "agree": agree,
@@ -144,19 +154,9 @@ def secure_eval(ctx: StageContext) -> None:
     test = manifest.load_blocks("test")
     seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
     n = min(cfg.secure_eval.num_examples, test.shape[0])
-    for method in cfg.secure_eval.methods:
-        pruned = method in (Method.prune, Method.prune_reduce)
-        run_id = selection.selected_run_id if pruned else selection.baseline_run_id
-        if pruned and run_id == selection.baseline_run_id:
-            raise RuntimeError(f"secure_eval: method {method.value} needs a pruned candidate; the search selected the "
-                               f"baseline (finetune.lambdas=[]): set finetune.lambdas or drop {method.value} from the methods")
-        trained = ctx.tracker.run_tags(run_id).get("method")
-        if method is Method.prune_reduce and trained != "prune_reduce":
-            raise RuntimeError(f"secure_eval: method prune_reduce needs a candidate trained with it (β learned); the "
-                               f"search's pick {run_id} was trained with {trained!r}: set "
-                               "finetune.candidate_method=prune_reduce or drop prune_reduce from the methods")
-        with ctx.run.child(method.value, {"kind": "method", "method": method.value, "checkpoint_run": run_id}) as child:
-            child.log_params({**curated_params(cfg), "method": method.value, "seq_len": seq_len})
+    for method, run_id in _checkpoints(ctx, selection):
+        with ctx.run.child(method, {"kind": "method", "method": method, "checkpoint_run": run_id}) as child:
+            child.log_params({**curated_params(cfg), "method": method, "seq_len": seq_len})
             child.set_tags({"data_held_by": DATA_HELD_BY[cfg.protocol.transport.value],
                             "reference_step": "torch model, in the coordinator after the two-party run "
                                               "(it needs both parties' data)"})
@@ -168,9 +168,9 @@ def secure_eval(ctx: StageContext) -> None:
                                     cfg.secure_eval.generate_tokens)
             child.log_metrics(metrics)
             child.log_dict(leakage, "leakage.json")
-        ctx.run.log_metrics({f"time_s/lan/{method.value}": metrics.get("time_s/lan", 0.0),
-                             f"comm_mb/{method.value}": metrics.get("comm_mb/total", 0.0)})
-        log.info(f"secure_eval {method.value}: {n} test context(s) of {seq_len} tokens under "
+        ctx.run.log_metrics({f"time_s/lan/{method}": metrics.get("time_s/lan", 0.0),
+                             f"comm_mb/{method}": metrics.get("comm_mb/total", 0.0)})
+        log.info(f"secure_eval {method}: {n} test context(s) of {seq_len} tokens under "
                  f"{cfg.protocol.protocol.value}: argmax agrees with the torch reference on {metrics['agree/secure']:.0f} %, "
                  f"max |Δlogit| {metrics['logits/max_abs_err']:.3g}, tokens entering each layer "
                  f"{[round(v, 1) for k, v in metrics.items() if k.startswith('kept_tokens/layer_')]}")

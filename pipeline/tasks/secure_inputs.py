@@ -7,7 +7,7 @@ with MLflow ``step`` = layer (``layer/time_s``, ``layer/time_s_lan``, ``layer/ti
 then the batch's totals and its outcome (``input.json``: logits, tokens per layer, labels, reveals,
 cost) and ends FINISHED. A progress bar counts layers over the whole method, with an ETA.
 
-Resuming: an input run carries ``resume_key`` (``pipeline.tracking.resume_key``: the stage's
+Resuming: an input run carries ``resume_key`` (``pipeline.identity.identity_key``: the stage's
 config less ``secure_eval.num_examples`` and ``methods``, its upstream runs, the code version).
 A relaunch, after a crash, a stop or with more ``num_examples``, takes the FINISHED input runs of
 the same key and method from any earlier secure_eval run and runs only the others; the method run
@@ -28,10 +28,12 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from models import methods
 from pipeline.config import Stage
 from pipeline.context import StageContext
+from pipeline.identity import RESUME_IGNORED, identity_key
 from pipeline.tasks.common import session_spec
-from pipeline.tracking import StageRun, resume_key
+from pipeline.tracking import StageRun
 
 INPUT_FILE = "input.json"
 PER_RUN = ("layers/measured", "layers/total")   # a batch's figures that are not spread over its inputs
@@ -150,7 +152,7 @@ def method_session(ctx: StageContext, method: str, checkpoint: Path, purpose: st
     release = Path(ctx.cfg.paths.outputs) / "secure_eval" / ctx.run.run_id / method / purpose
     with TwoPartySession(session_spec(ctx.cfg)) as session:
         session.run_on("server", ReleaseEmbeddings(str(checkpoint), str(release)))
-        session.provide("server", ServerRequest(str(checkpoint), method))
+        session.provide("server", ServerRequest(str(checkpoint), methods.get(method).thresholds))
         yield session, model_spec_of(release), release
 
 
@@ -171,7 +173,8 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     with ``threads`` both are the one process)."""
     from protocols.secure_model import batch_ranges
 
-    key = resume_key(ctx.cfg, Stage.secure_eval, ctx.upstream, ctx.tracker.code.tree)
+    key = identity_key(ctx.cfg, Stage.secure_eval, upstream=ctx.upstream, code=ctx.tracker.code.tree,
+                       ignored=RESUME_IGNORED[Stage.secure_eval])
     chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
     earlier = finished_records(ctx, key, method) if ctx.cfg.tracking.resume else {}
     records = {k: v for k, v in earlier.items() if k in chunks}

@@ -17,7 +17,7 @@ from models.weights import load_checkpoint, save_checkpoint, set_thresholds
 from protocols.meter import WAN
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
-from protocols.secure_model import secure_forward
+from protocols.secure_model import run_batch
 from protocols.session import SessionSpec, TwoPartySession
 
 
@@ -51,8 +51,8 @@ def test_measure_layer_parts_add_up_to_the_layer() -> None:
     parts = measure_layer(SessionSpec(protocol="SEMI2K"), shape, 8)
     weights = random_weights(shape, scale=0.02)
     with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
-        secure_forward(s, shape, weights, np.arange(1, 9), np.ones(8, np.float32), np.zeros(8, np.int64),
-                       PruningSpec("none", (0.0,), (0.0,)))
+        run_batch(s, shape, weights, [(np.arange(1, 9), np.ones(8, np.float32), np.zeros(8, np.int64))],
+                  PruningSpec("none", (0.0,), (0.0,)))
         layer = [p for p in s.meter.report().programs if p.layer == 0]
     assert sum(b for _, b, _ in parts.values()) == sum(p.bytes_total for p in layer)
     assert sum(r for _, _, r in parts.values()) == sum(p.rounds for p in layer)

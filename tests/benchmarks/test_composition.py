@@ -104,7 +104,7 @@ def test_table_rows_ratios_against_none_and_bolt() -> None:
     rows = {r["method"]: r for r in table_rows(8, {m: SCHEDULE for m in ("none", "bolt_we", "prune", "prune_reduce")},
                                               layer, prune)}
     assert rows["none"]["x_none"] == pytest.approx(1.0)
-    assert rows["bolt_we"]["x_bolt"] == pytest.approx(1.0)
+    assert rows["bolt_we"]["x_bolt_we"] == pytest.approx(1.0)
     assert rows["prune_reduce"]["x_none"] > rows["prune"]["x_none"] > rows["bolt_we"]["x_none"] > 1.0
     assert rows["prune"]["ideal_sum_n"] == pytest.approx(16 / 12)
     none = rows["none"]        # 2 layers x 6 parts x 3 rounds; WAN and LAN add rounds x RTT

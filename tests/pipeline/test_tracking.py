@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import runner
 from pipeline.config import Stage
+from pipeline.identity import CODE_DIRS, code_version
 from pipeline.stages import STAGES
-from pipeline.tracking import CODE_DIRS, Tracker, UpstreamMissing, code_version
+from pipeline.tracking import Tracker, UpstreamMissing
 from tests.pipeline.conftest import mlflow_server
 
 

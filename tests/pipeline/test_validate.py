@@ -21,6 +21,11 @@ from pipeline.validate import ConfigError, validate
         (["model.checkpoint=/nonexistent/bert"], "model.checkpoint='/nonexistent/bert'"),
         (["data=sst2", "data.glue_dir=/tmp", "model=minilm_l6"], "has no SST-2/ folder"),
         (["secure_eval.methods=[]"], "secure_eval.methods is empty"),
+        (["secure_eval.methods=[none,magic]"], "secure_eval.methods entry='magic': unknown pruning method 'magic'; "
+                                               "expected one of ['none', 'bolt_we', 'prune', 'prune_reduce']"),
+        (["secure_eval.methods=[none,none]"], "names a method twice"),
+        (["finetune.candidate_method=bolt_we"], "finetune.candidate_method=bolt_we: candidates are trained with a "
+                                                "method that learns thresholds, one of ['prune', 'prune_reduce']"),
     ],
 )
 def test_bad_values_are_named(compose_cfg, overrides, needle):

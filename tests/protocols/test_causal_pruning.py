@@ -8,7 +8,7 @@ import pytest
 
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
-from protocols.secure_model import plaintext_forward, run_forward
+from protocols.secure_model import plaintext_forward, run_batch
 from protocols.session import SessionSpec, TwoPartySession
 
 TINY = dict(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
@@ -147,7 +147,7 @@ def test_causal_secure_matches_plaintext(gpt: tuple, reduce_spec: PruningSpec, p
     spec_m = _spec_of(method, pruning, reduce_spec)
     plain = plaintext_forward(spec, w, IDS, pruning=spec_m, last_only=True)
     with TwoPartySession(SessionSpec(protocol=protocol)) as s:
-        secure = run_forward(s, spec, w, IDS, pruning=spec_m, last_only=True, trace_positions=True)
+        secure = run_batch(s, spec, w, [(IDS, None, None)], spec_m, last_only=True, trace_positions=True)[0]
     assert secure.kept_per_layer == plain.kept_per_layer
     assert secure.high_per_layer == plain.high_per_layer
     assert secure.kept_positions == plain.kept_positions

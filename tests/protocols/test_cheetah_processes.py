@@ -8,7 +8,7 @@ import pytest
 from protocols.meter import OP_CLASSES
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
-from protocols.secure_model import plaintext_forward, secure_forward
+from protocols.secure_model import plaintext_forward, run_batch
 from protocols.session import SessionSpec, TwoPartySession
 
 TINY = dict(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
@@ -23,7 +23,7 @@ def test_cheetah_two_processes_match_plaintext(causal):
     pruning = PruningSpec("bolt_we") if not causal else PruningSpec()
     plain = plaintext_forward(spec, weights, IDS, np.ones(8), None, pruning, last_only=causal)
     with TwoPartySession(SessionSpec("CHEETAH", transport="processes")) as session:
-        secure = secure_forward(session, spec, weights, IDS, np.ones(8), None, pruning, last_only=causal)
+        secure = run_batch(session, spec, weights, [(IDS, np.ones(8), None)], pruning, last_only=causal)[0]
         report = session.meter.report()
     assert np.max(np.abs(secure.logits - plain.logits)) < 1e-2
     assert np.argmax(secure.logits) == np.argmax(plain.logits)

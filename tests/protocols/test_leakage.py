@@ -16,7 +16,7 @@ from spu import api
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.parties import make_shares
 from protocols.plaintext import random_weights
-from protocols.secure_model import plaintext_forward, secure_forward
+from protocols.secure_model import plaintext_forward, run_batch
 from protocols.session import SecureSession, SessionSpec, TwoPartySession
 from protocols.spec import OWNER_RANK
 
@@ -63,7 +63,7 @@ def test_reveals_equal_declared_leakage_and_outputs_stay_secret(model, method, m
 
     monkeypatch.setattr(SecureSession, "run", watched_run)
     with TwoPartySession(SessionSpec("SEMI2K")) as session:
-        result = secure_forward(session, spec, weights, IDS, MASK, None, prunings[method])
+        result = run_batch(session, spec, weights, [(IDS, MASK, None)], prunings[method])[0]
         reveals = list(session.reveals)
     assert visibilities and set(visibilities) == {"Visibility.VIS_SECRET"}
     opened = [(r.purpose, r.layer, r.to, np.asarray(r.value).reshape(-1).round(6).tolist()) for r in reveals]

@@ -160,13 +160,13 @@ def test_op_lines_add_up_to_the_link_totals_in_a_real_pass(protocol: str) -> Non
     classes): the bytes of its per-pphlo-op profile lines add up to its ``Link details`` totals."""
     from protocols.model_spec import PruningSpec, TransformerSpec
     from protocols.plaintext import random_weights
-    from protocols.secure_model import secure_forward
+    from protocols.secure_model import run_batch
 
     spec = TransformerSpec(vocab_size=50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16)
     weights = random_weights(spec, seed=7, scale=1.0)
     ids, mask = np.array([1, 5, 9, 3, 7, 2, 8, 4, 6, 1, 0, 0]), np.array([1.0] * 10 + [0.0] * 2)
     with TwoPartySession(SessionSpec(protocol)) as s:
-        secure_forward(s, spec, weights, ids, mask, None, PruningSpec("prune_reduce", (0.08, 0.0), (0.12, 0.0)))
+        run_batch(s, spec, weights, [(ids, mask, None)], PruningSpec("prune_reduce", (0.08, 0.0), (0.12, 0.0)))
         report = s.meter.report()
     assert set(report.by_op()) == set(OP_CLASSES) and len(report.programs) > 20
     for p in report.programs:

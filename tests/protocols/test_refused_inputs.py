@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+from models import methods
 from models.bert import BertClassifier
 from models.config import BertConfig, GPT2Config
 from models.gpt2 import GPT2LM
@@ -97,6 +98,6 @@ def _broken_copy(checkpoint: Path, tmp_path: Path, breakage: str) -> Path:
 ])
 def test_server_refuses_a_broken_checkpoint(checkpoint: Path, tmp_path: Path, breakage: str, method: str,
                                             error: type, message: str) -> None:
-    assert ServerRequest(str(checkpoint), "none").load().values["l1.w1"].shape == (64, 128)   # the intact one loads
+    assert ServerRequest(str(checkpoint), thresholds=False).load().values["l1.w1"].shape == (64, 128)   # the intact one loads
     with pytest.raises(error, match=message):
-        ServerRequest(str(_broken_copy(checkpoint, tmp_path, breakage)), method).load()
+        ServerRequest(str(_broken_copy(checkpoint, tmp_path, breakage)), methods.get(method).thresholds).load()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import methods
 from protocols import parties as parties_mod
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
@@ -57,7 +58,7 @@ def owned(tmp_path_factory) -> dict:
 
 def _run_owned(session, owned: dict, method: str) -> tuple[list, dict]:
     public = session.provide("client", ClientRequest(str(owned["data"]), (0, 1), str(owned["emb"])))
-    session.provide("server", ServerRequest(str(owned["ckpt"]), method))
+    session.provide("server", ServerRequest(str(owned["ckpt"]), methods.get(method).thresholds))
     return forward(session, SPEC, tuple(public["sizes"]), method), public
 
 
@@ -157,7 +158,7 @@ def test_remote_daemons_authenticated_and_own_data(owned, tmp_path, monkeypatch)
             procs[1].kill()
             t0 = time.monotonic()
             with pytest.raises(PartyFailure, match="party 1"):
-                session.provide("server", ServerRequest(str(owned["ckpt"]), "none"))
+                session.provide("server", ServerRequest(str(owned["ckpt"]), thresholds=False))
             assert time.monotonic() - t0 < 60
     assert "refused a coordinator with a wrong key" in (tmp_path / "party0.log").read_text()
 

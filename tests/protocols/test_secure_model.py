@@ -10,7 +10,7 @@ import pytest
 
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import load_bert_safetensors, random_weights
-from protocols.secure_model import SecureResult, plaintext_forward, run_forward, secure_forward
+from protocols.secure_model import SecureResult, plaintext_forward, run_batch
 from protocols.session import SessionSpec, TwoPartySession
 
 TOL = 1e-2
@@ -56,7 +56,7 @@ def test_secure_matches_plaintext(model: tuple, protocol: str, method: str) -> N
     spec, w, specs = model
     plain = plaintext_forward(spec, w, IDS, MASK, pruning=specs[method])
     with TwoPartySession(SessionSpec(protocol=protocol)) as s:
-        secure = run_forward(s, spec, w, IDS, MASK, pruning=specs[method], trace_positions=True)
+        secure = run_batch(s, spec, w, [(IDS, MASK, None)], specs[method], trace_positions=True)[0]
     assert len(secure.kept_positions) == spec.layers
     _check(secure, plain)
     expected = {"none": [12, 12], "bolt_we": [6, 6], "prune": [6, 4], "prune_reduce": [6, 4]}[method]
@@ -88,7 +88,7 @@ def test_relative_criterion_scales_by_the_real_tokens_entering(model: tuple, pro
     for layer, c in enumerate(scale):                        # the recorded decision scores are c·S
         np.testing.assert_allclose(plain.scores[layer], c * plain_abs.scores[layer], rtol=1e-5)
     with TwoPartySession(SessionSpec(protocol=protocol)) as s:
-        secure = run_forward(s, spec, w, IDS, MASK, pruning=relative, trace_positions=True)
+        secure = run_batch(s, spec, w, [(IDS, MASK, None)], relative, trace_positions=True)[0]
     _check(secure, plain)
     with pytest.raises(ValueError, match=r"theta\[0\]=1.5: expected a finite 0 <= theta <= 1 \(absolute"):
         PruningSpec("prune", (1.5, 0.0))
@@ -100,7 +100,7 @@ def test_edge_all_pruned_and_none_pruned(model: tuple) -> None:
     for pruning, kept in ((PruningSpec("prune", (1.0, 1.0)), [1, 1]), (PruningSpec("prune", (0.0, 0.0)), [10, 10])):
         plain = plaintext_forward(spec, w, IDS, MASK, pruning=pruning)
         with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
-            secure = secure_forward(s, spec, w, IDS, MASK, pruning=pruning)
+            secure = run_batch(s, spec, w, [(IDS, MASK, None)], pruning)[0]
         _check(secure, plain)
         assert plain.kept_per_layer == kept
 
@@ -111,7 +111,7 @@ def test_gpt2_secure_matches_plaintext() -> None:
     ids = IDS[:8]
     plain = plaintext_forward(spec, w, ids, last_only=True)
     with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
-        secure = secure_forward(s, spec, w, ids, last_only=True)
+        secure = run_batch(s, spec, w, [(ids, None, None)], last_only=True)[0]
     assert secure.logits.shape == (50,)
     assert np.max(np.abs(secure.logits - plain.logits)) < TOL
     assert np.argmax(secure.logits) == np.argmax(plain.logits)
@@ -125,7 +125,7 @@ def test_cheetah_end_to_end_prune_reduce(model: tuple) -> None:
     pruning = PruningSpec("prune_reduce", (_mid_gap(s0, 2), 0.0), (_mid_gap(s0, 4), 1.0))
     plain = plaintext_forward(spec, w, ids, mask, pruning=pruning)
     with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
-        secure = run_forward(s, spec, w, ids, mask, pruning=pruning, trace_positions=True)
+        secure = run_batch(s, spec, w, [(ids, mask, None)], pruning, trace_positions=True)[0]
     _check(secure, plain)
     assert plain.kept_per_layer == [4, 4] and plain.high_per_layer == [2, 1]
     assert plain.kept_positions[0][0] == 0 and len(set(plain.kept_positions[0])) == 4   # [CLS] first, 4 distinct
@@ -143,9 +143,9 @@ def test_unpruned_layers_cost_the_same_so_two_layers_compose_the_pass() -> None:
     w = random_weights(spec, seed=9, scale=1.0)
     ids, mask = IDS[:8], np.array([1] * 7 + [0])
     with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
-        full = secure_forward(s, spec, w, ids, mask)
+        full = run_batch(s, spec, w, [(ids, mask, None)])[0]
     with TwoPartySession(SessionSpec(protocol="CHEETAH")) as s:
-        two = secure_forward(s, spec, w, ids, mask, layers=2)
+        two = run_batch(s, spec, w, [(ids, mask, None)], layers=2)[0]
     layer = full.cost.by_layer()
     assert layer[0].bytes_total > 2 * layer[1].bytes_total                     # the setup, in layer 0
     assert layer[2].bytes_total == pytest.approx(layer[1].bytes_total, rel=1e-3)
@@ -156,9 +156,9 @@ def test_unpruned_layers_cost_the_same_so_two_layers_compose_the_pass() -> None:
     assert two.kept_per_layer == [8, 8]
     cut = plaintext_forward(replace(spec, layers=2), w, ids, mask)
     assert np.max(np.abs(two.logits - cut.logits)) < TOL
-    with pytest.raises(ValueError, match="below 3 only for method 'none'"):
+    with pytest.raises(ValueError, match="below 3 only for an unpruned method"):
         with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
-            secure_forward(s, spec, w, ids, mask, pruning=PruningSpec("prune", (0.1, 0.1, 0.1)), layers=2)
+            run_batch(s, spec, w, [(ids, mask, None)], PruningSpec("prune", (0.1, 0.1, 0.1)), layers=2)[0]
 
 
 @pytest.mark.slow
@@ -179,7 +179,7 @@ def test_minilm_secure_prune_matches_plaintext() -> None:
     pruning = PruningSpec("prune", (theta,) + (0.0,) * (spec.layers - 1))
     plain = plaintext_forward(spec, w, ids, mask, pruning=pruning)
     with TwoPartySession(SessionSpec(protocol="SEMI2K")) as s:
-        secure = secure_forward(s, spec, w, ids, mask, pruning=pruning)
+        secure = run_batch(s, spec, w, [(ids, mask, None)], pruning)[0]
     _check(secure, plain)
     assert plain.kept_per_layer[0] < 15
 

@@ -1,0 +1,115 @@
+"""What identifies a stage's result: the config sections that decide it, its upstream runs and the
+code version, hashed by one function (``identity_key``). MLflow-free (``pipeline.tracking`` tags runs
+with these keys; resume and the upstream lookup search for them)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict, dataclass, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from pipeline.config import PipelineConfig, Stage
+
+# Config sections whose values decide a stage's result (its resume identity).
+STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {
+    Stage.prepare: ("model", "data"),
+    Stage.finetune: ("model", "data", "finetune"),
+    Stage.search: ("model", "data", "finetune", "search"),
+    Stage.secure_eval: ("model", "data", "finetune", "search", "protocol", "secure_eval"),
+    Stage.report: ("report",),
+    Stage.benchmark: ("benchmark",),
+}
+
+
+def plain(obj: Any) -> Any:
+    """Dataclasses / enums / paths to JSON-friendly builtins."""
+    if is_dataclass(obj):
+        return {k: plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+
+
+CODE_DIRS = ("protocols", "models", "pipeline", "conf", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """Which code produced a run.
+
+    ``sha`` is the commit checked out (``<sha>+<hash of the diff>`` when ``CODE_DIRS`` differ
+    from it), tagged ``git_sha`` so a run names its commit. ``tree`` hashes the content of
+    ``CODE_DIRS`` only (their git tree ids, the uncommitted diff and untracked files in them),
+    tagged ``code_tree`` and used in the resume key: a commit touching only docs, results or
+    tests keeps ``tree``, so a relaunch resumes the finished (config, input) pairs instead of
+    recomputing hours of secure runs; any change to code or config changes it.
+    """
+
+    sha: str
+    dirty: bool
+    tree: str
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"git_sha": self.sha, "git_dirty": str(self.dirty), "code_tree": self.tree}
+
+
+def _git(root: str, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def code_version(root: str) -> CodeVersion:
+    """The ``CodeVersion`` of the checkout at ``root`` (``unknown``, dirty, outside git)."""
+    try:
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        trees = _git(root, "rev-parse", *(f"HEAD:{path}" for path in CODE_DIRS))
+        diff = _git(root, "diff", "HEAD", "--", *CODE_DIRS)
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_DIRS)
+    except (OSError, subprocess.CalledProcessError):
+        return CodeVersion("unknown", True, "unknown")
+    digest = hashlib.sha256((trees + diff).encode())
+    for name in sorted(filter(None, untracked.split("\0"))):
+        digest.update(name.encode() + b"\0" + (Path(root) / name).read_bytes())
+    dirty = bool(diff or untracked)
+    if dirty:
+        sha = f"{sha}+{hashlib.sha256((diff + untracked).encode()).hexdigest()[:10]}"
+    return CodeVersion(sha, dirty, digest.hexdigest()[:16])
+
+
+RESUME_IGNORED: dict[Stage, dict[str, tuple[str, ...]]] = {
+    Stage.secure_eval: {"secure_eval": ("num_examples", "methods", "generate_tokens")},
+}
+"""Per stage, the config keys that only say how many or which units are run: a unit's result does
+not depend on them, so a relaunch with other values still reuses the units that FINISHED."""
+
+
+def identity_key(cfg: PipelineConfig, stage: Stage, *, upstream: Optional[Mapping[str, str]] = None,
+                 code: Optional[str] = None, ignored: Optional[Mapping[str, tuple[str, ...]]] = None) -> str:
+    """The one identity hash (16 hex digits) of ``stage``'s result under ``cfg``: its config sections
+    (``STAGE_SECTIONS``) less the ``ignored`` keys per section, with, when given, its upstream run ids
+    and the code tree (``CodeVersion.tree``). Equal keys: the same result, computed once.
+
+    Uses: without upstream and code, the tag ``sections_hash`` (the latest FINISHED run of a stage
+    for a config, the prepare cache); with both, the tag ``config_hash`` (a stage run to reuse);
+    with ``ignored=RESUME_IGNORED[stage]``, a unit's ``resume_key`` (one secure_eval batch, one
+    baseline)."""
+    sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
+    for section, keys in (ignored or {}).items():
+        sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
+    blob: dict[str, Any] = {"sections": sections}
+    if upstream is not None:
+        blob["upstream"] = dict(upstream)
+    if code is not None:
+        blob["code"] = code
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
