@@ -19,9 +19,58 @@ import numpy as np
 Truncation = Literal["truncate", "reject"]
 
 
+def _rank(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=float)
+    xs = x[order]
+    i = 0
+    while i < len(x):  # average ranks of ties
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        r[order[i: j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return r
+
+
+def _counts(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Binary confusion counts (tp, fp, fn, tn), class 1 positive."""
+    return (float(((p == 1) & (y == 1)).sum()), float(((p == 1) & (y == 0)).sum()),
+            float(((p == 0) & (y == 1)).sum()), float(((p == 0) & (y == 0)).sum()))
+
+
+def _f1(p: np.ndarray, y: np.ndarray) -> float:
+    tp, fp, fn, _ = _counts(p, y)
+    return 200 * tp / max(2 * tp + fp + fn, 1e-9)
+
+
+def _mcc(p: np.ndarray, y: np.ndarray) -> float:
+    tp, fp, fn, tn = _counts(p, y)
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / den) * 100 if den > 0 else 0.0
+
+
+METRICS: dict[str, Any] = {
+    "accuracy": lambda p, y: float((p == y).mean()) * 100,
+    "f1": _f1,
+    "mcc": _mcc,
+    "pearson": lambda p, y: float(np.corrcoef(p, y)[0, 1]) * 100,
+    "spearman": lambda p, y: float(np.corrcoef(_rank(p), _rank(y))[0, 1]) * 100,
+}
+"""Metric name → ``f(preds, labels) -> percent`` (``[N]`` arrays each)."""
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """Layout of one GLUE task: folder, split files, text/label columns, label mapping."""
+    """A classification or regression task over tsv files in GLUE's layout: ``folder`` under the data
+    directory with the split ``files`` (``train``, ``dev``), the ``text_cols`` (one, or two for a
+    sentence pair) and ``label_col`` (read with ``QUOTE_NONE``; ``header=False``: the file's
+    ``column_names``), ``num_labels`` (1: regression), ``label_map`` (label strings to class ids),
+    the primary ``metric`` and the ``metrics`` reported beside it (``METRICS`` keys), ``label`` (its
+    name in reports), and where the Hugging Face hub has it (``hub_*``). Built-in tasks are
+    ``TASKS``; a new one is declared in its data config (``conf/data/<task>.yaml``, ``spec:``)."""
 
     name: str
     folder: str
@@ -36,30 +85,66 @@ class TaskSpec:
     hub_cols: tuple[str, ...] = ("sentence",)
     hub_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "validation"))
     hub_dataset: tuple[str, ...] = ("nyu-mll/glue",)  # ``load_dataset`` path (+ config: the task name)
+    metrics: tuple[str, ...] = ()
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        for name in (self.metric, *self.metrics):
+            if name not in METRICS:
+                raise ValueError(f"task {self.name}: unknown metric {name!r}; expected one of {sorted(METRICS)}")
+        if (self.num_labels == 1) != (self.metric in REGRESSION_METRICS):
+            raise ValueError(f"task {self.name}: metric {self.metric!r} does not fit num_labels={self.num_labels}")
+        if not 1 <= len(self.text_cols) <= 2 or set(self.files) < {"train", "dev"}:
+            raise ValueError(f"task {self.name}: expected 1 or 2 text_cols and files for train and dev, got "
+                             f"{list(self.text_cols)} and {sorted(self.files)}")
+
+    @property
+    def dev_metrics(self) -> tuple[str, ...]:
+        """The primary metric, then the others, each once."""
+        return tuple(dict.fromkeys((self.metric, *self.metrics)))
+
+    @property
+    def display(self) -> str:
+        """The task's name in reports."""
+        return self.label or self.folder
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
+        """From a config mapping (lists for tuples, ``hub_splits`` as ``[[ours, hub], ...]``);
+        ``ValueError`` naming an unknown or missing field."""
+        known = set(cls.__dataclass_fields__)
+        if set(d) - known or {"name", "folder", "files", "text_cols", "label_col", "num_labels", "metric"} - set(d):
+            raise ValueError(f"task spec: unknown fields {sorted(set(d) - known)}, missing "
+                             f"{sorted({'name', 'folder', 'files', 'text_cols', 'label_col', 'num_labels', 'metric'} - set(d))}")
+        tuples = {k: tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in v)
+                  for k, v in d.items() if isinstance(v, (list, tuple))}
+        return cls(**{**d, **tuples, "files": dict(d["files"]),
+                      "label_map": dict(d["label_map"]) if d.get("label_map") else None})
 
 
 _NLI = {"entailment": 0, "not_entailment": 1}
 TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", "SST-2", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2, "accuracy"),
     "mrpc": TaskSpec("mrpc", "MRPC", {"train": "train.tsv", "dev": "dev.tsv"}, ("#1 String", "#2 String"),
-                     "Quality", 2, "f1", hub_cols=("sentence1", "sentence2")),
+                     "Quality", 2, "f1", hub_cols=("sentence1", "sentence2"), metrics=("accuracy",)),
     "rte": TaskSpec("rte", "RTE", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence1", "sentence2"),
                     "label", 2, "accuracy", label_map=_NLI, hub_cols=("sentence1", "sentence2")),
     "qnli": TaskSpec("qnli", "QNLI", {"train": "train.tsv", "dev": "dev.tsv"}, ("question", "sentence"),
                      "label", 2, "accuracy", label_map=_NLI, hub_cols=("question", "sentence")),
     "stsb": TaskSpec("stsb", "STS-B", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence1", "sentence2"),
-                     "score", 1, "pearson", hub_cols=("sentence1", "sentence2")),
+                     "score", 1, "pearson", hub_cols=("sentence1", "sentence2"), metrics=("spearman",)),
     "mnli": TaskSpec("mnli", "MNLI", {"train": "train.tsv", "dev": "dev_matched.tsv"}, ("sentence1", "sentence2"),
                      "gold_label", 3, "accuracy", label_map={"entailment": 0, "neutral": 1, "contradiction": 2},
                      hub_cols=("premise", "hypothesis"),
                      hub_splits=(("train", "train"), ("dev", "validation_matched"))),
     "cola": TaskSpec("cola", "CoLA", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",), "label", 2,
-                     "accuracy", header=False, column_names=("source", "label", "original_mark", "sentence")),
+                     "accuracy", header=False, column_names=("source", "label", "original_mark", "sentence"),
+                     metrics=("mcc",)),
     # IMDB movie reviews (Maas et al. 2011; 25k train / 25k test, rows grouped by label: subsets are
     # shuffled first); "dev" is the test split. Long inputs: 12-13 % exceed 400 words.
     "imdb": TaskSpec("imdb", "imdb", {"train": "train.tsv", "dev": "test.tsv"}, ("sentence",), "label", 2,
                      "accuracy", hub_cols=("text",), hub_splits=(("train", "train"), ("dev", "test")),
-                     hub_dataset=("stanfordnlp/imdb",)),
+                     hub_dataset=("stanfordnlp/imdb",), label="IMDB"),
     # offline default task written by models.synthetic.write_synthetic_task (GLUE layout)
     "synthetic": TaskSpec("synthetic", "SYNTHETIC", {"train": "train.tsv", "dev": "dev.tsv"}, ("sentence",),
                           "label", 2, "accuracy"),
@@ -67,10 +152,19 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(task: str) -> TaskSpec:
-    """Spec of ``task`` (sst2, mrpc, rte, qnli, stsb, mnli, cola, imdb, synthetic); clear error otherwise."""
+    """Spec of ``task`` (a built-in one of ``TASKS`` or one ``register_task`` added); clear error otherwise."""
     if task not in TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(TASKS)}")
     return TASKS[task]
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` (a task declared in a data config) to ``TASKS``; registering the same spec again is a
+    no-op, another spec under a taken name a ``ValueError``. Returns it."""
+    if TASKS.get(spec.name, spec) != spec:
+        raise ValueError(f"task {spec.name!r} is already defined differently: {TASKS[spec.name]}")
+    TASKS[spec.name] = spec
+    return spec
 
 
 def _number(y: Any) -> float:
@@ -215,39 +309,11 @@ def load_glue(
     return {s: tokenize_split(d, tok, max_length, truncation, f"{task}/{s}") for s, d in raw.items()}
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x), dtype=float)
-    xs = x[order]
-    i = 0
-    while i < len(x):  # average ranks of ties
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        r[order[i: j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return r
-
-
 def compute_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics in percent: ``accuracy`` (+ ``f1`` for MRPC, ``mcc`` for CoLA), or ``pearson`` /
-    ``spearman`` for STS-B (``preds`` are scores there, class ids otherwise). ``metric`` is
-    the task's primary metric."""
+    """The task's ``dev_metrics`` in percent (``preds``: scores for a regression task, class ids
+    otherwise), and ``metric``: the primary one."""
     spec = get_task(task)
     p, y = np.asarray(preds, dtype=float).ravel(), np.asarray(labels, dtype=float).ravel()
-    if spec.num_labels == 1:
-        pr = float(np.corrcoef(p, y)[0, 1]) * 100
-        sp = float(np.corrcoef(_rank(p), _rank(y))[0, 1]) * 100
-        return {"pearson": pr, "spearman": sp, "metric": pr}
-    out = {"accuracy": float((p == y).mean()) * 100}
-    tp = float(((p == 1) & (y == 1)).sum())
-    fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
-    if task == "mrpc":
-        out["f1"] = 200 * tp / max(2 * tp + fp + fn, 1e-9)
-    if task == "cola":
-        tn = float(((p == 0) & (y == 0)).sum())
-        den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["mcc"] = float((tp * tn - fp * fn) / den) * 100 if den > 0 else 0.0
+    out = {name: METRICS[name](p, y) for name in spec.dev_metrics}
     out["metric"] = out[spec.metric]
     return out

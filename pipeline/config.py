@@ -38,19 +38,6 @@ class Family(str, Enum):
     gpt2 = "gpt2"
 
 
-class Task(str, Enum):
-    synthetic = "synthetic"
-    sst2 = "sst2"
-    mrpc = "mrpc"
-    rte = "rte"
-    qnli = "qnli"
-    stsb = "stsb"
-    mnli = "mnli"
-    cola = "cola"
-    imdb = "imdb"
-    wikitext2 = "wikitext2"
-
-
 class Truncation(str, Enum):
     truncate = "truncate"
     reject = "reject"
@@ -117,7 +104,10 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    task: Task = Task.synthetic
+    # a built-in task (models.data.TASKS: synthetic, sst2, mrpc, rte, qnli, stsb, mnli, cola, imdb),
+    # wikitext2 (causal LM), or a new one whose ``spec`` (models.data.TaskSpec fields) this config declares
+    task: str = "synthetic"
+    spec: Optional[dict[str, Any]] = None
     glue_dir: Optional[str] = None  # local GLUE tsv tree; None: Hugging Face hub
     max_length: int = 32
     truncation: Truncation = Truncation.truncate

@@ -10,10 +10,8 @@ from pathlib import Path
 
 from models import methods
 from models.approx import RING_BITS
-from pipeline.config import CHAIN, Family, PipelineConfig, Stage, Task
-
-GLUE_FOLDERS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "stsb": "STS-B",
-                "mnli": "MNLI", "cola": "CoLA", "imdb": "imdb"}
+from pipeline.config import CHAIN, Family, PipelineConfig, Stage
+from pipeline.tasks import LM_TASKS, declared_task, task_module
 
 
 class ConfigError(ValueError):
@@ -103,6 +101,7 @@ def validate(cfg: PipelineConfig) -> None:
     _validate_sweep(cfg)
     _validate_parties(cfg)
     _validate_methods(cfg)
+    _validate_task(cfg)
     _validate_lm(cfg)
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))
@@ -122,15 +121,17 @@ def validate(cfg: PipelineConfig) -> None:
             f"data.max_length={d.max_length} exceeds the model's {max_positions} positions "
             f"(model={m.name}); use data.max_length<={max_positions}"
         )
-    if d.task is Task.synthetic and d.synthetic.seq_len + 2 > d.max_length:
+    if d.task == "synthetic" and d.synthetic.seq_len + 2 > d.max_length:
         raise ConfigError(
             f"data.synthetic.seq_len={d.synthetic.seq_len} needs data.max_length>={d.synthetic.seq_len + 2} "
             f"([CLS]/[SEP] included), got {d.max_length}"
         )
-    if d.glue_dir and d.task.value in GLUE_FOLDERS and cfg.stage in (Stage.all, Stage.prepare):
-        folder = Path(d.glue_dir) / GLUE_FOLDERS[d.task.value]
-        if not folder.is_dir():
-            raise ConfigError(f"data.glue_dir={d.glue_dir!r} has no {GLUE_FOLDERS[d.task.value]}/ folder for task {d.task.value}")
+    if d.glue_dir and d.task not in ("synthetic", *LM_TASKS) and cfg.stage in (Stage.all, Stage.prepare):
+        from models.data import get_task
+
+        folder = get_task(d.task).folder
+        if not (Path(d.glue_dir) / folder).is_dir():
+            raise ConfigError(f"data.glue_dir={d.glue_dir!r} has no {folder}/ folder for task {d.task}")
     for lam in f.lambdas:
         if lam < 0:
             raise ConfigError(f"finetune.lambdas contains {lam}: λ must be >= 0")
@@ -203,19 +204,28 @@ def _validate_methods(cfg: PipelineConfig) -> None:
                           f"thresholds, one of {[m.name for m in methods.registered() if m.thresholds]}")
 
 
+def _validate_task(cfg: PipelineConfig) -> None:
+    """``data.task`` is a built-in task, an LM task or one ``data.spec`` declares (registered here)."""
+    try:
+        declared_task(cfg.data)
+        task_module(cfg.data.task)
+    except ValueError as e:
+        raise ConfigError(f"data.task={cfg.data.task!r}: {e}") from None
+
+
 def _validate_lm(cfg: PipelineConfig) -> None:
     """The causal-LM task (wikitext2) needs a GPT-2; its methods are the engine's causal ones."""
     m, d = cfg.model, cfg.data
-    lm_task = d.task is Task.wikitext2
+    lm_task = d.task in LM_TASKS
     if lm_task and m.family is not Family.gpt2:
         raise ConfigError(f"data.task=wikitext2 is causal language modelling: it needs model.family=gpt2, "
                           f"got model.family={m.family.value} (model={m.name}); use e.g. model=gpt2_small_lm")
     if not lm_task and m.family is Family.gpt2:
         raise ConfigError(f"model.family=gpt2 (model={m.name}) is a causal LM and supports only data.task=wikitext2, "
-                          f"got data.task={d.task.value}; GLUE classification uses a BERT model")
+                          f"got data.task={d.task}; GLUE classification uses a BERT model")
     if not lm_task and cfg.secure_eval.generate_tokens:
         raise ConfigError(f"secure_eval.generate_tokens={cfg.secure_eval.generate_tokens}: generation is defined for "
-                          f"causal language modelling (data.task=wikitext2), not data.task={d.task.value}; set it to 0")
+                          f"causal language modelling (data.task=wikitext2), not data.task={d.task}; set it to 0")
     if not lm_task:
         return
     if cfg.secure_eval.generate_tokens < 0:

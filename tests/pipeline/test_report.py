@@ -119,7 +119,7 @@ def log_seed_searches(tracker: Tracker) -> dict[int, str]:
     ids: dict[int, str] = {}
     for seed, values in [(0, {m: 50.0 for m in METHODS}), *DEV.items()]:
         with tracker.stage_run(Stage.search, {}, params, []) as run:
-            run.set_tags({"seed": seed, "criterion": "relative"})
+            run.set_tags({"seed": seed, "criterion": "relative", "dev_metrics": "f1,accuracy"})
             metrics = {f"dev/{m}/metric": v for m, v in values.items()}
             if values is DEV.get(seed):      # MRPC: F1 is the metric, accuracy (ACC) beside it
                 metrics |= {f"dev/{m}/f1": v for m, v in values.items()} | {f"dev/{m}/accuracy": ACC[seed] for m in METHODS}

@@ -21,6 +21,7 @@ from pipeline.validate import ConfigError, validate
         (["model.checkpoint=/nonexistent/bert"], "model.checkpoint='/nonexistent/bert'"),
         (["data=sst2", "data.glue_dir=/tmp", "model=minilm_l6"], "has no SST-2/ folder"),
         (["secure_eval.methods=[]"], "secure_eval.methods is empty"),
+        (["data.task=imbd"], "data.task='imbd': unknown GLUE task 'imbd'; expected one of"),
         (["secure_eval.methods=[none,magic]"], "secure_eval.methods entry='magic': unknown pruning method 'magic'; "
                                                "expected one of ['none', 'bolt_we', 'prune', 'prune_reduce']"),
         (["secure_eval.methods=[none,none]"], "names a method twice"),
@@ -30,6 +31,24 @@ from pipeline.validate import ConfigError, validate
 )
 def test_bad_values_are_named(compose_cfg, overrides, needle):
     cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert needle in str(err.value)
+
+
+SPEC = {"name": "polarity", "folder": "P", "files": {"train": "t.tsv", "dev": "d.tsv"}, "text_cols": ["s"],
+        "label_col": "y", "num_labels": 2, "metric": "accuracy"}
+
+
+@pytest.mark.parametrize(("task", "spec", "needle"), [
+    ("polarity", {**SPEC, "metric": "acc"}, "data.task='polarity': task polarity: unknown metric 'acc'"),
+    ("other", SPEC, "data.spec.name='polarity' but data.task='other'"),
+    ("polarity", {**SPEC, "labels": 2}, "task spec: unknown fields ['labels']"),
+    ("sst2", {**SPEC, "name": "sst2"}, "task 'sst2' is already defined differently"),
+])
+def test_bad_task_specs_are_named(compose_cfg, task, spec, needle):
+    cfg = compose_cfg(f"data.task={task}")
+    cfg.data.spec = spec
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert needle in str(err.value)
