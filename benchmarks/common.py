@@ -57,8 +57,8 @@ def _warm_up_program(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
 def warm_up(session: Any) -> None:
     """Run ``_warm_up_program`` so that per-session setup is not billed to the first measured op
     (measured CHEETAH, softmax 2×32×32 as the first program of a session: 19.6 s / 10.3 MB,
-    later runs 2.7 s / 7.2 MB; after a 4×4 warm-up the first run still took 12.5 s, after
-    this 64×64 one it takes no longer than later runs). Costs ≈ 20 s and 40 MB once per session."""
+    later runs 2.7 s / 7.2 MB; after this 64×64 warm-up the first run takes no longer than later
+    ones, after a 4×4 one it still took 12.5 s). Costs ≈ 20 s and 40 MB once per session."""
     rng = np.random.default_rng(0)
     session.share("warm_x", rng.normal(size=(64, 64)).astype(np.float32), "client")
     session.share("warm_w", rng.normal(size=(64, 64)).astype(np.float32), "server")

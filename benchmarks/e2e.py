@@ -273,7 +273,7 @@ def measure(session_spec: SessionSpec, shape: TransformerSpec, sizes: list[int],
     for n in sizes:
         done = sizes_done.get(str(n), {})
         if set(done) >= set(LAYER_PARTS) and all(len(v) == len(QUANTITIES) for v in done.values()):
-            continue                  # (files written before rounds were measured are measured again)
+            continue                  # measured before, every quantity of every part
         t0 = time.time()
         layer = measure_layer(session_spec, shape, n)
         programs = measure_programs(session_spec, shape, n)

@@ -17,12 +17,12 @@ highest degree first, as ``numpy.polyval`` expects):
 ``HIGH`` forms are BOLT's. Π_reduce gives the kept tokens of low importance one of the
 ``REDUCE_FORMS`` (named in each checkpoint's ``thresholds.json``):
 
-* ``fast`` (the default since 2026-12-02): ReLU for GELU, and for exp the repeated squaring
+* ``fast`` (the default): ReLU for GELU, and for exp the repeated squaring
   ``exp(x) ≈ (1 + x/2^r)^(2^r)`` (``SquaringExp``; x clipped at ``−2^r``, where it reaches 0): no
   range reduction, no fixed-point → integer conversion, no bit extraction. Measured under CHEETAH
   (BERT-base shapes, secret-shared inputs, ``benchmark=reduce``): the cheap forms' time and bytes
   are a fraction of BOLT's (see benchmarks/RESULTS.md).
-* ``polynomial`` (files without the key): the lower-degree polynomials ``GELU_LOW`` / ``EXP_LOW``
+* ``polynomial``: the lower-degree polynomials ``GELU_LOW`` / ``EXP_LOW``
   with BOLT's range reduction; they saved bytes but no time in this engine (SPU's exp cost is the
   range reduction, not the polynomial's degree).
 """
@@ -146,9 +146,7 @@ REDUCE_FORMS: dict[str, ReduceForms] = {
     "fast": ReduceForms(gelu=None, exp=EXP_SQUARING),
     "polynomial": ReduceForms(gelu=GELU_LOW, exp=EXP_LOW),
 }
-# What new checkpoints use, and what a thresholds file without the key meant (written before it).
-DEFAULT_REDUCE_FORMS = "fast"
-LEGACY_REDUCE_FORMS = "polynomial"
+DEFAULT_REDUCE_FORMS = "fast"          # what fine-tuning uses unless told otherwise
 
 # SPU default encoding used by every secure run and by fixed-point emulation in torch.
 FIXED_POINT = FixedPoint(field="FM64", fraction_bits=18)

@@ -13,11 +13,8 @@ Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
 * ``relative``: ``c·S_i``, the score relative to uniform attention (mean 1 whatever the length),
   ``θ_l ≥ 0``. A θ learned at one length means the same at another.
 
-Files written before the field existed have no ``criterion``: they are ``absolute``.
-
 ``reduce_forms`` names Π_reduce's low-group non-linearities (``models.approx.REDUCE_FORMS``), the
-forms the model was fine-tuned with and the secure run must use; files without it are
-``polynomial`` (``LEGACY_REDUCE_FORMS``), new ones ``fast`` unless told otherwise.
+forms the model was fine-tuned with and the secure run must use (``fast`` unless told otherwise).
 """
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from models.approx import DEFAULT_REDUCE_FORMS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
+from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS
 
 CRITERIA = ("absolute", "relative")
 
@@ -52,12 +49,11 @@ class ThresholdsArtifact:
     @classmethod
     def from_dict(cls, d: dict[str, Any], layers: int | None = None) -> "ThresholdsArtifact":
         """Parse and validate (see :func:`validate_thresholds`)."""
-        missing = [k for k in ("theta", "beta", "temperature", "lambda") if k not in d]
+        missing = [k for k in ("theta", "beta", "temperature", "lambda", "criterion", "reduce_forms") if k not in d]
         if missing:
             raise ValueError(f"thresholds: missing key(s) {missing}; got keys {sorted(d)}")
         a = cls([float(x) for x in d["theta"]], [float(x) for x in d["beta"]],
-                float(d["temperature"]), float(d["lambda"]), str(d.get("criterion", "absolute")),
-                str(d.get("reduce_forms", LEGACY_REDUCE_FORMS)))
+                float(d["temperature"]), float(d["lambda"]), str(d["criterion"]), str(d["reduce_forms"]))
         validate_thresholds(a, layers)
         return a
 

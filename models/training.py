@@ -90,9 +90,9 @@ class EvalResult:
     high_ratio: list[float] = field(default_factory=list)
 
     def flat(self, prefix: str = "dev/") -> dict[str, float]:
-        """Stable metric names: ``{prefix}{metric}``, ``kept_tokens/layer_i``, ``keep_ratio/layer_i``."""
+        """Stable metric names: ``{prefix}{metric}``, ``tokens_kept/layer_i``, ``keep_ratio/layer_i``."""
         out = {f"{prefix}{k}": v for k, v in self.metrics.items()}
-        out.update({f"kept_tokens/layer_{i}": v for i, v in enumerate(self.kept_tokens)})
+        out.update({f"tokens_kept/layer_{i}": v for i, v in enumerate(self.kept_tokens)})
         out.update({f"keep_ratio/layer_{i}": v for i, v in enumerate(self.keep_ratio)})
         return out
 

@@ -55,7 +55,7 @@ def main(dcfg: DictConfig) -> Optional[Objective]:
 
 if __name__ == "__main__":
     # a crash inside a native library (SPU, torch) prints the Python stacks of every thread to stderr
-    # instead of a bare exit status -11 (seen once at interpreter exit, under load, in CI)
+    # instead of a bare exit status -11
     faulthandler.enable()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new sqlite store
     # one "Downloading artifacts" bar per upstream artifact says nothing a stage log needs

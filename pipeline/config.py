@@ -57,7 +57,7 @@ class ReduceFormsName(str, Enum):
     """Π_reduce's low-group non-linearities (``models.approx.REDUCE_FORMS``)."""
 
     fast = "fast"              # ReLU and exp by repeated squaring: cheap in SPU
-    polynomial = "polynomial"  # lower-degree polynomials with BOLT's range reduction (before 2026-12-02)
+    polynomial = "polynomial"  # lower-degree polynomials behind BOLT's range reduction
 
 
 class Protocol(str, Enum):

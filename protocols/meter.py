@@ -37,9 +37,8 @@ NETWORKS = (LAN, WAN)
 # benchmark=link``, CHEETAH, 2-layer tiny BERT, 32 tokens, prune_reduce; parties' link relayed
 # with 20 ms per direction, ≈ 41 ms added RTT probed; benchmarks/RESULTS.md): over the 26 programs
 # the rounds implied by the slow-down, (t(RTT) − t(0)) / RTT, are 0.49-0.50 × party 0's send
-# actions (R² 0.97); the per-pphlo-op table this replaces (2 per matmul, 7 per comparison, 20-24
-# per exp/rsqrt/...) fit with R² 0.93 and put the pass at 883 rounds against 1,032-1,060 implied.
-# On a MiniLM-shaped layer at 16 tokens the factor is 0.38 (whole pass modelled +13 %). Off by op
+# actions (R² 0.97; a per-pphlo-op table of rounds fits worse, R² 0.93). On a MiniLM-shaped layer
+# at 16 tokens the factor is 0.38 (whole pass modelled +13 %). Off by op
 # class: GELU's messages overlap (0.19-0.28 rounds per send action).
 ROUNDS_PER_SEND_ACTION = 0.5
 

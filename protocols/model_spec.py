@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from models import methods
-from models.approx import DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, LEGACY_REDUCE_FORMS, REDUCE_FORMS
+from models.approx import DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, REDUCE_FORMS
 from models.config import hf_shape
 from models.thresholds import CRITERIA
 
@@ -101,9 +101,3 @@ class PruningSpec:
         if methods.get(self.method).thresholds and len(self.theta) != layers:
             raise ValueError(f"PruningSpec: len(theta)={len(self.theta)} but the model has {layers} layers")
 
-    @classmethod
-    def from_thresholds(cls, method: str, thresholds: Mapping[str, Any]) -> "PruningSpec":
-        """From a ``thresholds.json`` dict (``theta``, ``beta`` lists, ``criterion``: absolute if absent,
-        ``reduce_forms``: ``LEGACY_REDUCE_FORMS`` if absent)."""
-        return cls(method, tuple(thresholds.get("theta", ())), tuple(thresholds.get("beta", ())),
-                   str(thresholds.get("criterion", "absolute")), str(thresholds.get("reduce_forms", LEGACY_REDUCE_FORMS)))

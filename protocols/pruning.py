@@ -42,10 +42,9 @@ Cost comparison of the oblivious compaction (n tokens, p pruned, d = 768):
   tokens: 1,727 comparisons at n = 128 and 10,751 at n = 512, below bitonic sort's
   ½·m·log m·(log m + 1)/2 = 1,792 / 11,520, with the payload moved once by the selection matmul
   instead of at every compare-exchange. ``ranking`` (``rank_i = Σ_j [S_j > S_i]``, one n×n
-  comparison matrix: n² + n comparisons in 2 comparison rounds) is kept as the side-by-side
-  reference of ``benchmark=prune`` (measured CHEETAH, BERT-base, n = 128, mask + selection
-  matmul: 82.6 s / 39.9 MB against 19.6 s / 4.65 MB for ``bitonic``; MLflow run
-  ``0add50f17a1e44c7957b2173c2a8c10b``, benchmarks/RESULTS.md).
+  comparison matrix: n² + n comparisons in 2 comparison rounds) is the side-by-side reference
+  of ``benchmark=prune`` (measured CHEETAH, BERT-base, n = 128, mask + selection matmul: 82.6 s /
+  39.9 MB against 19.6 s / 4.65 MB for ``bitonic``; benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -278,7 +278,7 @@ class SecureSession(Session):
 
 
 def TwoPartySession(spec: SessionSpec) -> Session:
-    """The secure session for ``spec`` (kept as the public constructor name)."""
+    """The secure session for ``spec`` (SPU runtimes of both parties over ``spec.transport``)."""
     return SecureSession(spec)
 
 

@@ -73,8 +73,8 @@ class SessionSpec:
     under CHEETAH: the embedding LayerNorm then runs mostly locally, 55.0 → 20.8 MB, and the
     layer itself is unchanged at 804.0 MB). A value of an owner listed here is a ``Priv2k``
     value of that party on protocols in ``PRIVATE_PROTOCOLS`` and secret-shared elsewhere;
-    ``()`` secret-shares everything (the engine before private ownership, kept for
-    comparison). Under CHEETAH a matmul of a secret activation with a server-private weight
+    ``()`` secret-shares everything (the comparison ``benchmark=engine`` measures). Under
+    CHEETAH a matmul of a secret activation with a server-private weight
     is ``mmul_sv`` (one HE product) instead of ``mmul_aa`` (two).
     """
 

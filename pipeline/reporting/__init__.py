@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pandas as pd
 import yaml
 
-from models.approx import LEGACY_REDUCE_FORMS
 from pipeline.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -118,10 +117,8 @@ def search_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     out = pd.DataFrame({k: runs[f"params.{k}"] for k in KEYS})
     out["max_length"] = out["max_length"].astype(int)
     out["seed"] = pd.to_numeric(runs.get("tags.seed", pd.Series(0, index=runs.index)), errors="coerce").fillna(0).astype(int)
-    out["criterion"] = runs.get("tags.criterion", pd.Series("absolute", index=runs.index)).fillna("absolute")
-    # searches before the tag: their candidates used the polynomial low forms (models.approx.LEGACY_REDUCE_FORMS)
-    out["reduce_forms"] = runs.get("tags.reduce_forms", pd.Series(LEGACY_REDUCE_FORMS, index=runs.index)).fillna(
-        LEGACY_REDUCE_FORMS)
+    for tag in ("criterion", "reduce_forms"):              # GLUE searches tag them; LM searches have none
+        out[tag] = runs.get(f"tags.{tag}", pd.Series("", index=runs.index)).fillna("")
     # the task's dev metrics, primary first (tag ``dev_metrics``, written by the search from its task spec)
     out["dev_metrics"] = runs.get("tags.dev_metrics", pd.Series("", index=runs.index)).fillna("")
     out["run_id"], out["experiment"], out["start_time"] = runs["run_id"], runs["experiment"], runs["start_time"]
@@ -143,7 +140,7 @@ def pareto_tables(tracker: "Tracker", ids: Mapping[str, str]) -> dict[tuple[str,
             continue
         try:
             table = pd.read_csv(tracker.download(run["run_id"], "pareto.csv"))
-        except Exception:  # noqa: BLE001 - older search runs without the artifact
+        except Exception:  # noqa: BLE001 - a search run without pareto.csv (GPT-2 searches write front.csv)
             continue
         table.attrs["search_run_id"] = run["run_id"]
         tables[key] = table

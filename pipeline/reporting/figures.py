@@ -30,7 +30,7 @@ class FigureSkipped(Exception):
     """The figure's data is absent; the message says what is missing."""
 
 
-def _layer_columns(frame: pd.DataFrame, prefix: str = "kept_tokens/layer_") -> list[str]:
+def _layer_columns(frame: pd.DataFrame, prefix: str = "tokens_entering/layer_") -> list[str]:
     cols = [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
     return sorted(cols, key=lambda c: int(c[len(prefix):]))
 
@@ -53,7 +53,7 @@ def kept_tokens(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     the input length over relative depth, beside the paper's BERT-base schedule."""
     cols = _layer_columns(methods) if not methods.empty else []
     if not cols:
-        raise FigureSkipped("no secure_eval run logged kept_tokens/layer_{i}")
+        raise FigureSkipped("no secure_eval run logged tokens_entering/layer_{i}")
     rows = newest(methods, GROUP + ["method"])
     rows = rows.sort_values(GROUP + ["method"], key=in_method_order)
     fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5.5))
@@ -141,7 +141,7 @@ def _candidate_points(grp: pd.DataFrame, pareto_csv: pd.DataFrame | None) -> pd.
     """Pruned candidates with on_front / selected, from the search's pareto.csv if present."""
     pruned = grp[grp["method"] != registry.UNPRUNED]
     pts = pd.DataFrame({"run_id": pruned["run_id"], "acc": pruned.get("acc/val"),
-                        "kept_tokens_mean": pruned.get("kept_tokens/mean")}).dropna(subset=["acc", "kept_tokens_mean"])
+                        "kept_tokens_mean": pruned.get("tokens_kept/mean")}).dropna(subset=["acc", "kept_tokens_mean"])
     if pareto_csv is not None and set(pts["run_id"]) & set(pareto_csv["run_id"]):
         flags = pareto_csv.set_index("run_id")[["on_front", "selected"]].astype(bool)
         pts = pts.join(flags, on="run_id")
@@ -158,8 +158,8 @@ def pareto(candidates: pd.DataFrame, tables: Mapping[tuple[str, str, int], pd.Da
            out_dir: Path) -> list[Path]:
     """Validation metric vs mean kept tokens of the fine-tuning candidates, Pareto front highlighted,
     the search's pick starred, the unpruned baseline as a horizontal line."""
-    if candidates.empty or not {"acc/val", "kept_tokens/mean"} <= set(candidates.columns):
-        raise FigureSkipped("no FINISHED fine-tuning candidates with acc/val and kept_tokens/mean")
+    if candidates.empty or not {"acc/val", "tokens_kept/mean"} <= set(candidates.columns):
+        raise FigureSkipped("no FINISHED fine-tuning candidates with acc/val and tokens_kept/mean")
     groups = [(k, g) for k, g in candidates.groupby(CANDIDATE_GROUP) if (g["method"] != registry.UNPRUNED).any()]
     if not groups:
         raise FigureSkipped("no pruned fine-tuning candidates")

@@ -55,8 +55,8 @@ def in_method_order(column: pd.Series) -> pd.Series:
 
 
 def kept_tokens_sum(row: pd.Series) -> float:
-    """Σ over layers of ``kept_tokens/layer_{i}`` (NaN when the run logged none)."""
-    values = [row[c] for c in row.index if c.startswith("kept_tokens/layer_") and pd.notna(row[c])]
+    """Σ over layers of ``tokens_entering/layer_{i}`` (NaN when the run logged none)."""
+    values = [row[c] for c in row.index if c.startswith("tokens_entering/layer_") and pd.notna(row[c])]
     return float(sum(values)) if values else math.nan
 
 
@@ -143,7 +143,7 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     layer (``schedule``, mean over seeds), for Π_reduce rows the share of
     kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
     calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
-    averages. Search runs without dev metrics (older layouts) are skipped."""
+    averages. Search runs without dev metrics (GPT-2's) are skipped."""
     keys = ["model", "task", "max_length", "criterion", "reduce_forms"]
     rows = newest(searches.dropna(subset=["dev/none/metric"]), [*keys, "seed"])
     records: list[dict[str, object]] = []
@@ -152,7 +152,7 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
         for method in (*registry.names(), FIXED_POINT_ROW):
             values = _metric(grp, f"dev/{method}/metric")
             if values.isna().all():
-                continue                                    # e.g. no fixed-point evaluation in older runs
+                continue                                    # a method the search did not evaluate
             drop = values - base
             layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
             reduces = method == FIXED_POINT_ROW or registry.get(method).reduce

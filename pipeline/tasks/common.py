@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
@@ -165,6 +166,16 @@ class Selection:
     def to_dict(self) -> dict[str, str]:
         return {"baseline_run_id": self.baseline_run_id, "selected_run_id": self.selected_run_id,
                 "prepare_run_id": self.prepare_run_id}
+
+    def manifest(self, tracker: Tracker, upstream_prepare: Optional[str]) -> "DatasetManifest":
+        """The data the selected models were trained and scored on: the prepare run this selection
+        names (lineage carried, not looked up again), with a warning when the stage's own upstream
+        prepare run (``upstream_prepare``) is another one."""
+        if upstream_prepare and upstream_prepare != self.prepare_run_id:
+            logging.getLogger(__name__).warning(
+                f"upstream prepare run {upstream_prepare} is not the one the search selected from "
+                f"({self.prepare_run_id}); using the search's")
+        return DatasetManifest.from_run(tracker, self.prepare_run_id)
 
 
 def thresholds_of(tracker: Tracker, run_id: str) -> Any:

@@ -189,7 +189,7 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
         result = continue_unpruned(model, *splits, manifest.task, candidate_cfg, child.log_metrics, step0=steps)
         child.log_metrics({**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
                            "acc/val_start": start.eval.metrics["metric"],
-                           "kept_tokens/mean": float(torch.tensor(result.eval.kept_tokens).mean())})
+                           "tokens_kept/mean": float(torch.tensor(result.eval.kept_tokens).mean())})
         save_model(child, model, "checkpoint", manifest.tokenizer_dir)
     return child.run_id, start_model
 
@@ -197,8 +197,8 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
 def finetune(ctx: StageContext) -> None:
     """The unpruned baseline (``_baseline``), then one crypto-aware candidate per (λ, T, θ-init)
     from its starting point, each a nested run (tag ``kind=candidate``, ``baseline_run``) with its
-    checkpoint, thresholds and metrics on val (``acc/val``, ``kept_tokens/mean``). A job training
-    one candidate also logs them as ``objective/val_metric`` and ``objective/kept_tokens`` on the
+    checkpoint, thresholds and metrics on val (``acc/val``, ``tokens_kept/mean``). A job training
+    one candidate also logs them as ``objective/val_metric`` and ``objective/tokens_kept`` on the
     stage run: what a sweeper (``hydra/sweeper=pareto``) optimises."""
     import torch
 
@@ -225,11 +225,11 @@ def finetune(ctx: StageContext) -> None:
             child.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": train_cfg.method})
             result = train_candidate(model, *splits, manifest.task, train_cfg, log_metrics=child.log_metrics)
             metrics = {**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
-                       "kept_tokens/mean": sum(result.eval.kept_tokens) / len(result.eval.kept_tokens)}
+                       "tokens_kept/mean": sum(result.eval.kept_tokens) / len(result.eval.kept_tokens)}
             child.log_metrics(metrics)
             save_model(child, model, "checkpoint", manifest.tokenizer_dir, result.thresholds)
         ctx.run.log_metrics({f"acc/{name}": metrics["acc/val"]})
     if len(grid) == 1:
-        ctx.run.log_metrics({"objective/val_metric": metrics["acc/val"], "objective/kept_tokens": metrics["kept_tokens/mean"]})
+        ctx.run.log_metrics({"objective/val_metric": metrics["acc/val"], "objective/tokens_kept": metrics["tokens_kept/mean"]})
 
 

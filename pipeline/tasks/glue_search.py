@@ -43,8 +43,7 @@ def _candidates(ctx: StageContext) -> tuple[str, pd.Series, pd.DataFrame, str]:
     prepare_id = finetune_tags["upstream_prepare"]
     baseline_id = finetune_tags.get("baseline_run")
     if baseline_id is None:
-        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run (written before "
-                           "baselines were shared); re-run stage=finetune")
+        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
     runs = ctx.tracker.candidate_runs(prepare_id)
     pruned = runs[(runs["tags.method"] != methods.UNPRUNED) & (runs.get("tags.baseline_run") == baseline_id)]
     if pruned.empty:
@@ -137,7 +136,7 @@ def search(ctx: StageContext) -> None:
     from models.thresholds import Candidate, pareto_front, select_thresholds
 
     baseline_id, baseline, pruned, prepare_id = _candidates(ctx)
-    points = [Candidate(metric=float(r["metrics.acc/val"]), cost=float(r["metrics.kept_tokens/mean"]), name=r["run_id"])
+    points = [Candidate(metric=float(r["metrics.acc/val"]), cost=float(r["metrics.tokens_kept/mean"]), name=r["run_id"])
               for _, r in pruned.iterrows()]
     front = {c.name for c in pareto_front(points)}
     chosen, within = select_thresholds(points, float(baseline["acc/val"]), ctx.cfg.search.max_drop)
@@ -149,7 +148,7 @@ def search(ctx: StageContext) -> None:
         "run_id": pruned["run_id"], "lambda": pruned["tags.lambda"].astype(float),
         "temperature": pruned["tags.temperature"].astype(float),
         "theta_quantile": pd.to_numeric(pruned.get("tags.theta_quantile"), errors="coerce"),
-        "val_metric": pruned["metrics.acc/val"], "kept_tokens_mean": pruned["metrics.kept_tokens/mean"],
+        "val_metric": pruned["metrics.acc/val"], "kept_tokens_mean": pruned["metrics.tokens_kept/mean"],
     })
     table["on_front"] = table["run_id"].isin(front)
     table["selected"] = table["run_id"] == chosen.name
@@ -171,7 +170,7 @@ def search(ctx: StageContext) -> None:
     ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion,
                       "reduce_forms": thresholds.reduce_forms, "dev_metrics": ",".join(get_task(manifest.task).dev_metrics)})
     metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
-                               "kept_tokens/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
+                               "tokens_kept/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
                                "selection/within_max_drop": float(within)}
     dev = _dev_metrics(models, manifest.load("dev"), manifest.task, baseline_id, chosen.name)
     ctx.run.log_metrics({**metrics, **reduce_metrics, **dev})

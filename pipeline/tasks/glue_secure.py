@@ -99,14 +99,14 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_i
     if ran == spec.layers:                             # a truncated model's predictions are not the model's
         metrics["acc/secure"] = 100.0 * correct / n
     mean_kept = np.mean(np.asarray(entering, dtype=float), axis=0)
-    metrics.update({f"kept_tokens/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
+    metrics.update({f"tokens_entering/layer_{i}": float(k) for i, k in enumerate(mean_kept)})
     prefix = f"dev/{method}/entering/layer_"                  # tokens entering each layer, whole dev
-    metrics.update({f"kept_tokens_emulated/layer_{k[len(prefix):]}": v for k, v in searched.items() if k.startswith(prefix)})
+    metrics.update({f"tokens_entering_emulated/layer_{k[len(prefix):]}": v for k, v in searched.items() if k.startswith(prefix)})
     # the torch emulation (hard masks) on the very inputs run securely: its schedule must be the secure one
     same = evaluate(model, dev.select(range(n)), manifest.task, method, ops_cfg=OpsConfig("emulated"))
     same_entering = [float(same.n0), *same.kept_tokens[:-1]]
     gap = float(np.max(np.abs(mean_kept - np.asarray(same_entering))))
-    metrics["kept_tokens/secure_vs_emulated_max_abs_diff"] = gap
+    metrics["tokens_entering/secure_vs_emulated_max_abs_diff"] = gap
     if gap > 0:
         log.warning(f"secure_eval {method}: secure schedule {mean_kept.tolist()} differs from the torch "
                     f"emulation's {same_entering} on the same {n} inputs (max |Δ| {gap:g} tokens)")
@@ -118,12 +118,11 @@ def secure_eval(ctx: StageContext) -> None:
     search_id = ctx.upstream["search"]
     selection = Selection.from_run(ctx.tracker, search_id)
     thresholds = thresholds_of(ctx.tracker, search_id)
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
+    manifest = selection.manifest(ctx.tracker, ctx.upstream.get("prepare"))
     dev = manifest.load("dev")
     searched = ctx.tracker.run_metrics(search_id)
     if "dev/none/metric" not in searched:
-        raise RuntimeError(f"search run {search_id} has no dev metrics (written before the search evaluated dev); "
-                           "re-run stage=search")
+        raise RuntimeError(f"search run {search_id} has no dev metrics; re-run stage=search")
     for method in ctx.cfg.secure_eval.methods:
         spec = methods.get(method)
         run_id = selection.baseline_run_id if spec.checkpoint == "baseline" else selection.selected_run_id

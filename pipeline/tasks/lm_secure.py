@@ -7,8 +7,8 @@ learned at) as a two-party computation, and checks it against an independent ref
 model (``models.gpt2.GPT2LM.pruned``, emulated ops, hard masks) on the same context. Logged per
 method: the cost meter's figures per context, ``agree/secure`` (same argmax as the reference, %),
 ``acc/secure_next_token`` (argmax = target, %), ``logits/max_abs_err`` (per context ``logits/abs_err``,
-step = context index; beside the logits' magnitude ``logits/max_abs``), ``kept_tokens/layer_{l}``
-(tokens entering layer l, secure) and ``kept_tokens/secure_vs_reference_max_abs_diff``, and the
+step = context index; beside the logits' magnitude ``logits/max_abs``), ``tokens_entering/layer_{l}``
+(tokens entering layer l, secure) and ``tokens_entering/secure_vs_reference_max_abs_diff``, and the
 leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` and ``prune_reduce`` its pick
 (``prune_reduce`` only a pick trained with it, whose β was learned). As for the
 classification tasks (``pipeline.tasks.secure_inputs``), the server's party loads the checkpoint and
@@ -24,7 +24,7 @@ import numpy as np
 
 from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, checkpoint_plan, curated_params
+from pipeline.tasks.common import DATA_HELD_BY, Selection, checkpoint_plan, curated_params
 from pipeline.tasks.secure_inputs import method_session, run_method
 from pipeline.tracking import StageRun
 
@@ -93,8 +93,8 @@ def _evaluate(ctx: StageContext, method_run: StageRun, method: str, ckpt: Any, m
     metrics = {**sums, "agree/secure": 100.0 * agree / n, "acc/secure_next_token": 100.0 * hits / n,
                "logits/max_abs_err": max_err, "logits/max_abs": scale,
                "examples/secure": float(n), "batch_size": float(ctx.cfg.secure_eval.batch_size),
-               "seq_len": float(seq_len), "kept_tokens/secure_vs_reference_max_abs_diff": gap}
-    metrics |= {f"kept_tokens/layer_{l}": float(k) for l, k in enumerate(mean_entering)}
+               "seq_len": float(seq_len), "tokens_entering/secure_vs_reference_max_abs_diff": gap}
+    metrics |= {f"tokens_entering/layer_{l}": float(k) for l, k in enumerate(mean_entering)}
     if gap > 0:
         log.warning(f"secure_eval {method}: secure schedule differs from the torch reference by up to {gap:g} tokens")
     declared = f"{methods.get(method).reveals} (the logits: of the last position, to the client)"
@@ -150,7 +150,7 @@ def secure_eval(ctx: StageContext) -> None:
     """Two-party next-token prediction of test contexts for each method (module docstring)."""
     cfg = ctx.cfg
     selection = Selection.from_run(ctx.tracker, ctx.upstream["search"])
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
+    manifest = selection.manifest(ctx.tracker, ctx.upstream.get("prepare"))
     test = manifest.load_blocks("test")
     seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
     n = min(cfg.secure_eval.num_examples, test.shape[0])
@@ -173,4 +173,4 @@ def secure_eval(ctx: StageContext) -> None:
         log.info(f"secure_eval {method}: {n} test context(s) of {seq_len} tokens under "
                  f"{cfg.protocol.protocol.value}: argmax agrees with the torch reference on {metrics['agree/secure']:.0f} %, "
                  f"max |Δlogit| {metrics['logits/max_abs_err']:.3g}, tokens entering each layer "
-                 f"{[round(v, 1) for k, v in metrics.items() if k.startswith('kept_tokens/layer_')]}")
+                 f"{[round(v, 1) for k, v in metrics.items() if k.startswith('tokens_entering/layer_')]}")

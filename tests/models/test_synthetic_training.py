@@ -40,7 +40,7 @@ def test_tiny_training_learns_and_prunes(tmp_path: Path) -> None:
     assert r.eval.metrics["accuracy"] > 90
     n = r.eval.n0
     assert n == 32 and max(r.eval.kept_tokens) < n and r.eval.kept_tokens[-1] < 8  # signals + CLS
-    assert any("kept_tokens/layer_1" in d_ for d_, _ in logs)
+    assert any("tokens_kept/layer_1" in d_ for d_, _ in logs)
     assert all(b >= t for t, b in zip(r.thresholds.theta, r.thresholds.beta))
     # the artifact reproduces the evaluation after a save/load round trip
     from models.weights import save_checkpoint

@@ -25,14 +25,14 @@ def test_roundtrip_and_keys(tmp_path) -> None:
     assert read_thresholds(p, layers=2) == a
 
 
-def test_criterion_bounds_and_legacy_files(tmp_path) -> None:
+def test_criterion_bounds_and_incomplete_files(tmp_path) -> None:
     relative = ThresholdsArtifact([1.5, 0.0], [2.0, 0.5], criterion="relative")  # c·S averages 1: θ > 1 is fine
     assert read_thresholds(write_thresholds(tmp_path / "r.json", relative)) == relative
-    legacy = {"theta": [0.1], "beta": [0.2], "temperature": 1e-3, "lambda": 0.1}  # written before "criterion"
-    (tmp_path / "old.json").write_text(json.dumps(legacy))
-    assert read_thresholds(tmp_path / "old.json").criterion == "absolute"
-    # written before "reduce_forms": the polynomial low forms it was trained with, not today's default
-    assert read_thresholds(tmp_path / "old.json").reduce_forms == "polynomial"
+    legacy = {"theta": [0.1], "beta": [0.2], "temperature": 1e-3, "lambda": 0.1, "criterion": "absolute",
+              "reduce_forms": "fast"}
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in legacy.items() if k != "reduce_forms"}))
+    with pytest.raises(ValueError, match=r"old.json: thresholds: missing key\(s\) \['reduce_forms'\]"):
+        read_thresholds(tmp_path / "old.json")      # the forms the model was trained with cannot be guessed
     assert ThresholdsArtifact([0.1], [0.2]).reduce_forms == "fast"
     with pytest.raises(ValueError, match="reduce_forms='cubic'"):
         ThresholdsArtifact.from_dict({**legacy, "reduce_forms": "cubic"})
@@ -49,6 +49,7 @@ def test_criterion_bounds_and_legacy_files(tmp_path) -> None:
     ({"theta": [0.1], "beta": [0.1], "lambda": 0.1}, "missing key"),
 ])
 def test_validation_errors(tmp_path, d, msg) -> None:
+    d = {"criterion": "absolute", "reduce_forms": "fast", **d}
     (tmp_path / "t.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=msg):
         read_thresholds(tmp_path / "t.json")

@@ -89,8 +89,8 @@ def test_toy_method_through_the_pipeline_and_table1(toy: methods.MethodSpec, com
     by_method = runs[runs["tags.kind"] == "method"].set_index("tags.method")
     row = by_method.loc["topk_quarter"]
     assert row["status"] == "FINISHED" and row["metrics.agree/secure"] == 100.0
-    assert [row[f"metrics.kept_tokens/layer_{i}"] for i in range(2)] == [32.0, 8.0]
-    assert row["metrics.kept_tokens/secure_vs_emulated_max_abs_diff"] == 0
+    assert [row[f"metrics.tokens_entering/layer_{i}"] for i in range(2)] == [32.0, 8.0]
+    assert row["metrics.tokens_entering/secure_vs_emulated_max_abs_diff"] == 0
     assert row["metrics.comm_mb/total"] < by_method.loc["none", "metrics.comm_mb/total"]
     assert row["tags.checkpoint_run"] == by_method.loc["none", "tags.checkpoint_run"]    # the baseline's
     table = (tmp_path / "reports" / "default" / "table1.md").read_text()

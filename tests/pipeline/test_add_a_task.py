@@ -62,6 +62,6 @@ def test_a_new_task_is_one_yaml_file(compose_cfg, tmp_path, monkeypatch) -> None
     assert 80 < search["metrics.dev/none/accuracy"] <= 100
     methods = runs[runs["tags.kind"] == "method"].set_index("tags.method")
     assert set(methods.index) == {"none", "prune"} and (methods["metrics.agree/secure"] == 100.0).all()
-    assert methods.loc["prune", "metrics.kept_tokens/layer_1"] < methods.loc["none", "metrics.kept_tokens/layer_1"]
+    assert methods.loc["prune", "metrics.tokens_entering/layer_1"] < methods.loc["none", "metrics.tokens_entering/layer_1"]
     table2 = (tmp_path / "reports" / "default" / "table2.md").read_text()
     assert "polarity" in table2 and "f1" in table2

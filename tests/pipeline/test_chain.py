@@ -14,7 +14,7 @@ from pipeline.runner import run_pipeline
 from tests.pipeline.conftest import run_cli
 
 SMALL = ["data.synthetic.n_train=600", "data.synthetic.n_dev=120", "finetune.lambdas=[0.2]", "secure_eval.num_examples=1"]
-KEPT = [f"metrics.kept_tokens/layer_{i}" for i in range(2)]
+KEPT = [f"metrics.tokens_entering/layer_{i}" for i in range(2)]
 
 
 def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str) -> pd.DataFrame:
@@ -42,12 +42,12 @@ def _check_chain(tmp_path: Path, out: subprocess.CompletedProcess, protocol: str
         assert row["metrics.time_s/wan"] > row["metrics.time_s/lan"] > 0
         assert (row["metrics.comm_mb/Reduce"] > 0) == (method == "prune_reduce"), method   # Π_reduce's programs only
         assert (row["metrics.comm_mb/Prune"] > 0) == (method != "none"), method
-        assert row["metrics.kept_tokens/layer_0"] == 32
-        assert row["metrics.kept_tokens/secure_vs_emulated_max_abs_diff"] == 0, method   # torch twin agrees
+        assert row["metrics.tokens_entering/layer_0"] == 32
+        assert row["metrics.tokens_entering/secure_vs_emulated_max_abs_diff"] == 0, method   # torch twin agrees
         assert row["metrics.memory/peak_rss_mb/server"] > 100, method                    # SPU runtime resident
-    assert methods.loc["none", "metrics.kept_tokens/layer_1"] == 32
-    assert methods.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 16
-    assert methods.loc["prune", "metrics.kept_tokens/layer_1"] < 16  # learned thresholds prune hard here
+    assert methods.loc["none", "metrics.tokens_entering/layer_1"] == 32
+    assert methods.loc["bolt_we", "metrics.tokens_entering/layer_1"] == 16
+    assert methods.loc["prune", "metrics.tokens_entering/layer_1"] < 16  # learned thresholds prune hard here
     assert methods.loc["prune", "metrics.comm_mb/total"] < methods.loc["none", "metrics.comm_mb/total"]
     report_dir = tmp_path / "reports" / "default"
     for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "kept_tokens.png"):
@@ -141,7 +141,7 @@ def test_unpruned_cost_composed_from_its_first_layers(tmp_path, compose_cfg, mon
     assert composed["metrics.layers/total"] == whole["metrics.layers/total"] == 3
     assert composed["metrics.comm_mb/total"] == pytest.approx(whole["metrics.comm_mb/total"], rel=1e-3)
     assert composed["metrics.rounds/total"] == pytest.approx(whole["metrics.rounds/total"], rel=1e-3)
-    assert composed["metrics.kept_tokens/layer_2"] == whole["metrics.kept_tokens/layer_2"] == 32
+    assert composed["metrics.tokens_entering/layer_2"] == whole["metrics.tokens_entering/layer_2"] == 32
     assert composed["metrics.agree/secure"] == 100.0 and pd.isna(composed["metrics.acc/secure"])
     assert pd.notna(whole["metrics.acc/secure"])
     table = pd.read_csv(tmp_path / "reports" / "default" / "table1.csv")

@@ -112,5 +112,5 @@ def test_secure_eval_with_party_daemons_then_one_killed(compose_cfg, monkeypatch
     threads, daemons = methods[0].data, methods[1].data
     assert "daemon loads its own data" in daemons.tags["data_held_by"]
     assert daemons.metrics["agree/secure"] == 100.0
-    for name in ("kept_tokens/layer_1", "acc/secure", "comm_mb/total"):
+    for name in ("tokens_entering/layer_1", "acc/secure", "comm_mb/total"):
         assert daemons.metrics[name] == pytest.approx(threads.metrics[name], rel=1e-6), name

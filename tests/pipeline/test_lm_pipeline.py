@@ -65,13 +65,13 @@ def test_gpt2_wikitext2_chain(tmp_path: Path, lm_assets: tuple[Path, Path]) -> N
         assert m["metrics.agree/secure"] == 100.0 and m["metrics.comm_mb/total"] > 0, name
         # fixed-point noise against the torch model (measured ≤ 0.0015 on logits up to 2.3): 0.3 % of their magnitude
         assert m["metrics.logits/max_abs"] > 1.0 and 0 < m["metrics.logits/max_abs_err"] < 0.003 * m["metrics.logits/max_abs"], name
-        assert m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0, name
-        assert m["metrics.kept_tokens/layer_0"] == context, name
-    assert method.loc["bolt_we", "metrics.kept_tokens/layer_1"] == 8
-    assert method.loc["prune", "metrics.kept_tokens/layer_1"] < context
+        assert m["metrics.tokens_entering/secure_vs_reference_max_abs_diff"] == 0, name
+        assert m["metrics.tokens_entering/layer_0"] == context, name
+    assert method.loc["bolt_we", "metrics.tokens_entering/layer_1"] == 8
+    assert method.loc["prune", "metrics.tokens_entering/layer_1"] < context
     assert method.loc["prune", "metrics.comm_mb/total"] < method.loc["none", "metrics.comm_mb/total"]
     table = pd.read_csv(tmp_path / "reports" / "lm" / "lm.csv").set_index("method")   # report=lm, from these runs
-    assert method.loc["prune_reduce", "metrics.kept_tokens/layer_1"] == method.loc["prune", "metrics.kept_tokens/layer_1"]
+    assert method.loc["prune_reduce", "metrics.tokens_entering/layer_1"] == method.loc["prune", "metrics.tokens_entering/layer_1"]
     assert list(table.index) == ["none", "bolt_we", "prune", "prune_reduce"]
     for name in table.index:
         assert table.loc[name, "test_ppl"] == pytest.approx(search[f"metrics.test/{name}/next_token_ppl"])
@@ -139,7 +139,7 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
         newest = runs[runs["tags.kind"] == "method"].sort_values("start_time").groupby("tags.method").tail(1)
         for _, m in newest.set_index("tags.method").iterrows():
             assert "each party process loads its own data" in m["tags.data_held_by"]
-            assert m["metrics.agree/secure"] == 100.0 and m["metrics.kept_tokens/secure_vs_reference_max_abs_diff"] == 0
+            assert m["metrics.agree/secure"] == 100.0 and m["metrics.tokens_entering/secure_vs_reference_max_abs_diff"] == 0
             assert m["metrics.examples/reused"] == (0 if launch == 1 else 2)
             assert m["metrics.examples/secure"] == launch + 1
             for owner in ("client", "server"):        # each party process's own peak RSS (an SPU runtime)
@@ -149,7 +149,7 @@ def _check_parties_load_their_own(tmp_path: Path, lm_assets: tuple[Path, Path], 
     assert len(inputs[inputs["tags.examples"] == "2"]) == 4
     processes = newest.set_index("tags.method")
     assert processes.loc["prune", "metrics.comm_mb/total"] < processes.loc["none", "metrics.comm_mb/total"]
-    assert processes.loc["bolt_we", "metrics.kept_tokens/layer_1"] == threads.loc["bolt_we", "metrics.kept_tokens/layer_1"]
+    assert processes.loc["bolt_we", "metrics.tokens_entering/layer_1"] == threads.loc["bolt_we", "metrics.tokens_entering/layer_1"]
     # one attention program per head: the same bytes to 1 %, more rounds per context
     assert processes.loc["none", "metrics.comm_mb/total"] == pytest.approx(threads.loc["none", "metrics.comm_mb/total"], rel=0.01)
     assert processes.loc["none", "metrics.rounds/total"] > threads.loc["none", "metrics.rounds/total"]

@@ -41,7 +41,7 @@ def _populate(tracker: Tracker) -> dict[str, str]:
                 child.log_params({**params, "method": method})
                 t = LAN[method]
                 child.log_metrics({"time_s/lan": t, "time_s/wan": 6 * t, "comm_mb/total": 40 * t, "acc/dev": 90.0,
-                                   "acc/secure": 100.0, "kept_tokens/layer_0": 128.0, "kept_tokens/layer_1": 64.0})
+                                   "acc/secure": 100.0, "tokens_entering/layer_0": 128.0, "tokens_entering/layer_1": 64.0})
                 ids[method] = child.run_id
     ids["report"] = run_stages(tracker.cfg, tracker, (Stage.report,), [])[Stage.report]
     return ids

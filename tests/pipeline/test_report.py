@@ -48,7 +48,7 @@ def fake_method_metrics(model: str, task: str, length: int, method: str, scale: 
     m["time_s/lan/reducible"] = 0.25 * t
     n = float(length)
     for layer in range(LAYERS[model]):
-        m[f"kept_tokens/layer_{layer}"] = n
+        m[f"tokens_entering/layer_{layer}"] = n
         if method == "bolt_we" and layer == 0:
             n = math.ceil(n / 2)
         elif method in ("prune", "prune_reduce"):
@@ -89,7 +89,7 @@ def log_finetune_and_search(tracker: Tracker) -> dict[str, str]:
             tags = {"kind": "candidate", "method": method, "lambda": lam, "temperature": 1e-3}
             with run.child(name, tags) as child:
                 child.log_params({"lambda": lam, "temperature": 1e-3, "method": method})
-                child.log_metrics({"acc/val": acc, "kept_tokens/mean": kept})
+                child.log_metrics({"acc/val": acc, "tokens_kept/mean": kept})
                 ids[name] = child.run_id
     pruned = [c for c in CANDIDATES if c[1] == "prune"]
     table = pd.DataFrame({"run_id": [ids[c[0]] for c in pruned], "lambda": [c[2] for c in pruned],
@@ -119,7 +119,7 @@ def log_seed_searches(tracker: Tracker) -> dict[int, str]:
     ids: dict[int, str] = {}
     for seed, values in [(0, {m: 50.0 for m in METHODS}), *DEV.items()]:
         with tracker.stage_run(Stage.search, {}, params, []) as run:
-            run.set_tags({"seed": seed, "criterion": "relative", "dev_metrics": "f1,accuracy"})
+            run.set_tags({"seed": seed, "criterion": "relative", "reduce_forms": "polynomial", "dev_metrics": "f1,accuracy"})
             metrics = {f"dev/{m}/metric": v for m, v in values.items()}
             if values is DEV.get(seed):      # MRPC: F1 is the metric, accuracy (ACC) beside it
                 metrics |= {f"dev/{m}/f1": v for m, v in values.items()} | {f"dev/{m}/accuracy": ACC[seed] for m in METHODS}
@@ -191,7 +191,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     assert pr["speedup_vs_none"] == pytest.approx(_metric(tr, ids["none"], "time_s/lan") / lan, rel=1e-12)
     assert pr["speedup_vs_bolt_we"] == pytest.approx(_metric(tr, ids["bolt_we"], "time_s/lan") / lan, rel=1e-12)
     kept = tr.run_metrics(ids["prune_reduce"])
-    assert pr["kept_tokens_sum"] == sum(v for k, v in kept.items() if k.startswith("kept_tokens/layer_"))
+    assert pr["kept_tokens_sum"] == sum(v for k, v in kept.items() if k.startswith("tokens_entering/layer_"))
     cell = paper.TABLE1[("bert_base", "prune_reduce")]
     assert (pr["paper_time_lan_s"], pr["paper_comm_gb"]) == (cell.time_lan_s, cell.comm_gb)
     assert pr["paper_speedup_vs_none"] == pytest.approx(484.5 / 79.1)

@@ -47,7 +47,7 @@ def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
     names = {a.path for a in tracker.client.list_artifacts(tags[0]["baseline_run"])}
     assert {"checkpoint_start", "checkpoint"} <= names
     metrics = tracker.run_metrics(produced2[Stage.finetune])   # one candidate per job: the sweeper's objectives
-    assert {"objective/val_metric", "objective/kept_tokens"} <= set(metrics)
+    assert {"objective/val_metric", "objective/tokens_kept"} <= set(metrics)
 
     search_cfg = compose_cfg("stage=search", f"upstream.finetune={produced2[Stage.finetune]}", *QUICK)
     searched = run_stages(search_cfg, Tracker(search_cfg), (Stage.search,), [])[Stage.search]
@@ -77,3 +77,30 @@ def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
     assert tracker.run_metrics(halfway)["reduce/beta_scale"] == 0.5
     assert thresholds_of(tracker, halfway).beta == pytest.approx(
         [t + 0.5 * (b - t) for t, b in zip(learned.theta, learned.beta)])
+
+
+def test_secure_eval_reads_the_data_its_selection_names(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lineage is carried: the search's selection names the prepare run its models were trained and
+    scored on, and secure_eval reads that one even when its own upstream prepare run is another."""
+    import json
+
+    from pipeline.tasks.common import MANIFEST, Selection
+
+    manifests = {}
+    for run in ("prep_a", "prep_b"):
+        split = tmp_path / run / "dev"
+        split.mkdir(parents=True)
+        manifests[run] = tmp_path / run / MANIFEST
+        manifests[run].write_text(json.dumps({"task": run, "splits": {"dev": str(split)}, "tokenizer_dir": "t",
+                                              "num_labels": 2, "max_length": 32, "vocab_size": 10, "checkpoint": None}))
+
+    class Store:
+        def download(self, run_id: str, name: str):
+            assert name == MANIFEST
+            return manifests[run_id]
+
+    selection = Selection("base", "pick", "prep_a")
+    assert selection.manifest(Store(), "prep_a").task == "prep_a"
+    with caplog.at_level("WARNING"):
+        assert selection.manifest(Store(), "prep_b").task == "prep_a"
+    assert "upstream prepare run prep_b is not the one the search selected from (prep_a)" in caplog.text

@@ -98,7 +98,7 @@ def test_optuna_pareto_sweep_returns_stage_metrics_as_objectives(tmp_path):
 
 
 PARETO = CONF_DIR / "hydra" / "sweeper" / "pareto.yaml"
-PARETO_OBJECTIVES = "[objective/val_metric,objective/kept_tokens]"
+PARETO_OBJECTIVES = "[objective/val_metric,objective/tokens_kept]"
 
 
 def _pareto_space() -> tuple[dict, dict]:
@@ -119,7 +119,7 @@ def test_pareto_sweeper_is_seeded_nsga2_over_two_objectives(compose_cfg):
     assert set(space) == {"finetune.lambdas", "finetune.temperatures", "finetune.theta_quantiles"}
     assert fixed == {"sweep.objectives": PARETO_OBJECTIVES}   # not searched: given to every trial
     cfg = compose_cfg(f"sweep.objectives={PARETO_OBJECTIVES}", "stage=finetune")
-    assert cfg.sweep.objectives == ["objective/val_metric", "objective/kept_tokens"] and cfg.sweep.stage is Stage.finetune
+    assert cfg.sweep.objectives == ["objective/val_metric", "objective/tokens_kept"] and cfg.sweep.stage is Stage.finetune
     assert len(cfg.sweep.objectives) == len(sweeper.direction)
     validate(cfg)
 

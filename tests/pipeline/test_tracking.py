@@ -210,14 +210,17 @@ def test_resume_key_ignores_how_many_inputs_but_not_what_decides_one(compose_cfg
     """A secure_eval (method, input) result does not depend on num_examples, on which methods run or
     on how many tokens each method generates afterwards, but does on the batch size (another
     program), the protocol, the upstream runs and the code."""
-    from pipeline.tracking import resume_key
+    from pipeline.identity import RESUME_IGNORED, identity_key
+
+    def resume_key(cfg, up, code):
+        return identity_key(cfg, Stage.secure_eval, upstream=up, code=code, ignored=RESUME_IGNORED[Stage.secure_eval])
 
     up = {"prepare": "p1", "search": "s1"}
-    base = resume_key(compose_cfg("secure_eval.num_examples=2"), Stage.secure_eval, up, "sha")
+    base = resume_key(compose_cfg("secure_eval.num_examples=2"), up, "sha")
     assert resume_key(compose_cfg("secure_eval.num_examples=4", "secure_eval.methods=[prune]",
-                                  "secure_eval.generate_tokens=3"), Stage.secure_eval, up, "sha") == base
-    for other in (resume_key(compose_cfg("secure_eval.batch_size=2"), Stage.secure_eval, up, "sha"),
-                  resume_key(compose_cfg("protocol=semi2k"), Stage.secure_eval, up, "sha"),
-                  resume_key(compose_cfg(), Stage.secure_eval, {**up, "search": "s2"}, "sha"),
-                  resume_key(compose_cfg(), Stage.secure_eval, up, "sha2")):
+                                  "secure_eval.generate_tokens=3"), up, "sha") == base
+    for other in (resume_key(compose_cfg("secure_eval.batch_size=2"), up, "sha"),
+                  resume_key(compose_cfg("protocol=semi2k"), up, "sha"),
+                  resume_key(compose_cfg(), {**up, "search": "s2"}, "sha"),
+                  resume_key(compose_cfg(), up, "sha2")):
         assert other != base

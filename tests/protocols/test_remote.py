@@ -45,7 +45,8 @@ def owned(tmp_path_factory) -> dict:
         "model_type": "bert", "vocab_size": SPEC.vocab_size, "hidden_size": SPEC.hidden, "num_hidden_layers": SPEC.layers,
         "num_attention_heads": SPEC.heads, "intermediate_size": SPEC.intermediate,
         "max_position_embeddings": SPEC.max_positions, "type_vocab_size": SPEC.type_vocab, "num_labels": 2}))
-    (ckpt / "thresholds.json").write_text(json.dumps({"theta": THETA, "beta": BETA, "temperature": 1e-3, "lambda": 0.1}))
+    (ckpt / "thresholds.json").write_text(json.dumps({"theta": THETA, "beta": BETA, "temperature": 1e-3, "lambda": 0.1,
+                                                         "criterion": "absolute", "reduce_forms": "fast"}))
     data = root / "client" / "dev"
     Dataset.from_dict({"input_ids": [i.tolist() for i in IDS], "attention_mask": [m.astype(int).tolist() for m in MASKS],
                        "token_type_ids": [[0] * 8, [0] * 8], "label": [1, 0]}).save_to_disk(str(data))
