@@ -191,6 +191,50 @@ def phase_steps(cfg: FinetuneConfig, batches_per_epoch: int, phase: str) -> int:
     return total if cap is None else min(total, cap)
 
 
+def _optimizer(model: BertClassifier, cfg: FinetuneConfig, phase: str, total: int, learn_beta: bool) -> tuple[Any, Any]:
+    """AdamW over the weights (decay on matrices only) and, in the soft phase, θ (and β when
+    ``learn_beta``) at ``threshold_lr``; a linear schedule over ``total`` steps (warm-up except in
+    the hard phase). Sets which thresholds take gradients."""
+    decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim <= 1]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0}]
+    model.pruning.theta.requires_grad_(phase == "soft")
+    model.pruning.beta.requires_grad_(learn_beta)
+    if phase == "soft":
+        thresholds = [model.pruning.theta] + ([model.pruning.beta] if learn_beta else [])
+        groups.append({"params": thresholds, "weight_decay": 0.0, "lr": cfg.threshold_lr})
+    lr = (cfg.hard_lr or cfg.lr) if phase == "hard" else cfg.lr
+    opt = torch.optim.AdamW(groups, lr=lr)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) if phase != "hard" else 0, total)
+
+
+def _train_step(model: BertClassifier, b: dict[str, torch.Tensor], opt: Any, sched: Any, cfg: FinetuneConfig,
+                phase: str, method: str, learn_beta: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on batch ``b`` (soft phase: task loss + λ·kept share (+ β penalty on the high
+    share)); θ clamped to its criterion's range and β ≥ θ after it. Returns the task loss and the
+    batch's mean kept and high shares."""
+    model.train()
+    out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method=method,
+                mask_mode="soft" if phase == "soft" else "hard", temperature=cfg.temperature,
+                straight_through=phase == "hard")
+    task_loss = _task_loss(out.logits, b["label"])
+    ratio, high = out.keep_ratio.mean(), out.high_ratio.mean()
+    loss = task_loss
+    if phase == "soft":
+        loss = loss + cfg.lambda_ * ratio + (cfg.beta_lambda * high if learn_beta else 0.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for n, p in model.named_parameters() if not n.startswith("pruning.")], cfg.grad_clip)
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.pruning.theta.clamp_(0.0, 1.0 if model.pruning.criterion == "absolute" else None)
+        model.pruning.beta.copy_(torch.maximum(model.pruning.beta, model.pruning.theta))
+    return task_loss, ratio, high
+
+
 def _run_phase(
     model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
     log: LogFn | None, step0: int, history: list[dict[str, float]],
@@ -205,21 +249,8 @@ def _run_phase(
         return step0, None
     unpruned = phase in ("base", "continue")
     learn_beta = phase == "soft" and methods.get(cfg.method).reduce
-    decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if not n.startswith("pruning.") and p.ndim <= 1]
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0}]
-    model.pruning.theta.requires_grad_(phase == "soft")
-    model.pruning.beta.requires_grad_(learn_beta)
-    if phase == "soft":
-        thresholds = [model.pruning.theta] + ([model.pruning.beta] if learn_beta else [])
-        groups.append({"params": thresholds, "weight_decay": 0.0, "lr": cfg.threshold_lr})
-    lr = (cfg.hard_lr or cfg.lr) if phase == "hard" else cfg.lr
-    opt = torch.optim.AdamW(groups, lr=lr)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) if phase != "hard" else 0, total)
-    method = "none" if unpruned else cfg.method
-    top = 1.0 if model.pruning.criterion == "absolute" else None
+    opt, sched = _optimizer(model, cfg, phase, total, learn_beta)
+    method = methods.UNPRUNED if unpruned else cfg.method
     every = cfg.eval_every or len(loader)
     best, best_state, bad, step = -math.inf, None, 0, 0
     best_eval: EvalResult | None = None
@@ -227,25 +258,8 @@ def _run_phase(
     bar = tqdm(total=total, desc=f"{phase}", disable=not cfg.progress)
     while step < total:
         for raw in loader:
-            model.train()
-            b = _batch(raw, cfg.trim_padding)
-            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method=method,
-                        mask_mode="soft" if phase == "soft" else "hard", temperature=cfg.temperature,
-                        straight_through=phase == "hard")
-            task_loss = _task_loss(out.logits, b["label"])
-            ratio, high = out.keep_ratio.mean(), out.high_ratio.mean()
-            loss = task_loss
-            if phase == "soft":
-                loss = loss + cfg.lambda_ * ratio + (cfg.beta_lambda * high if learn_beta else 0.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(
-                [p for n, p in model.named_parameters() if not n.startswith("pruning.")], cfg.grad_clip)
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.pruning.theta.clamp_(0.0, top)
-                model.pruning.beta.copy_(torch.maximum(model.pruning.beta, model.pruning.theta))
+            task_loss, ratio, high = _train_step(model, _batch(raw, cfg.trim_padding), opt, sched, cfg, phase, method,
+                                                 learn_beta)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{task_loss.item():.3f}", keep=f"{ratio.item():.2f}")

@@ -95,7 +95,6 @@ def _validate_outputs(cfg: PipelineConfig) -> None:
 
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
-    m, d, f, p = cfg.model, cfg.data, cfg.finetune, cfg.protocol
     _validate_outputs(cfg)
     _validate_benchmark(cfg)
     _validate_sweep(cfg)
@@ -103,6 +102,15 @@ def validate(cfg: PipelineConfig) -> None:
     _validate_methods(cfg)
     _validate_task(cfg)
     _validate_lm(cfg)
+    _validate_model_and_data(cfg)
+    _validate_training(cfg)
+    _validate_secure_eval(cfg)
+    _validate_protocol(cfg)
+
+
+def _validate_model_and_data(cfg: PipelineConfig) -> None:
+    """The model's shape, and inputs that fit it (length, the task's files)."""
+    m, d = cfg.model, cfg.data
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions"):
         _positive(f"model.{name}", getattr(m, name))
     if m.hidden % m.heads:
@@ -132,6 +140,11 @@ def validate(cfg: PipelineConfig) -> None:
         folder = get_task(d.task).folder
         if not (Path(d.glue_dir) / folder).is_dir():
             raise ConfigError(f"data.glue_dir={d.glue_dir!r} has no {folder}/ folder for task {d.task}")
+
+
+def _validate_training(cfg: PipelineConfig) -> None:
+    """The candidate grid, the validation split and the selection's bounds."""
+    d, f = cfg.data, cfg.finetune
     for lam in f.lambdas:
         if lam < 0:
             raise ConfigError(f"finetune.lambdas contains {lam}: λ must be >= 0")
@@ -150,6 +163,15 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
     if cfg.search.max_drop < 0:
         raise ConfigError(f"search.max_drop={cfg.search.max_drop}: must be >= 0 (accuracy points)")
+    if cfg.search.reduce_max_drop < 0:
+        raise ConfigError(f"search.reduce_max_drop={cfg.search.reduce_max_drop}: must be >= 0 (accuracy points)")
+    bad = [s for s in cfg.search.beta_scales if not (math.isfinite(s) and s >= 0)]
+    if bad:
+        raise ConfigError(f"search.beta_scales={list(cfg.search.beta_scales)}: {bad[0]} is not a finite number >= 0")
+
+
+def _validate_secure_eval(cfg: PipelineConfig) -> None:
+    """What secure_eval runs: composed layers, head ranges, inputs and batches."""
     k = cfg.secure_eval.unpruned_layers
     if k is not None and not 2 <= k <= cfg.model.layers:
         raise ConfigError(f"secure_eval.unpruned_layers={k}: must be in [2, model.layers={cfg.model.layers}] (layer 0 "
@@ -161,11 +183,15 @@ def validate(cfg: PipelineConfig) -> None:
     if hp is not None and not 1 <= hp <= cfg.model.heads:
         raise ConfigError(f"secure_eval.heads_per_program={hp}: must be in [1, model.heads={cfg.model.heads}] or null "
                           "(all heads in one program)")
-    if cfg.search.reduce_max_drop < 0:
-        raise ConfigError(f"search.reduce_max_drop={cfg.search.reduce_max_drop}: must be >= 0 (accuracy points)")
-    bad = [s for s in cfg.search.beta_scales if not (math.isfinite(s) and s >= 0)]
-    if bad:
-        raise ConfigError(f"search.beta_scales={list(cfg.search.beta_scales)}: {bad[0]} is not a finite number >= 0")
+    _positive("secure_eval.num_examples", cfg.secure_eval.num_examples)
+    _positive("secure_eval.batch_size", cfg.secure_eval.batch_size)
+    if not cfg.secure_eval.methods:
+        raise ConfigError(f"secure_eval.methods is empty: give at least one of {list(methods.names())}")
+
+
+def _validate_protocol(cfg: PipelineConfig) -> None:
+    """The ring, the fixed point, the timeouts and who holds its inputs privately."""
+    p = cfg.protocol
     if p.field not in RING_BITS:
         raise ConfigError(f"protocol.field={p.field!r}: expected one of {list(RING_BITS)}")
     ring = RING_BITS[p.field]
@@ -175,13 +201,9 @@ def validate(cfg: PipelineConfig) -> None:
     _positive("protocol.recv_timeout_s", p.recv_timeout_s)
     if p.silence_timeout_s is not None:
         _positive("protocol.silence_timeout_s", p.silence_timeout_s)
-    _positive("secure_eval.num_examples", cfg.secure_eval.num_examples)
-    _positive("secure_eval.batch_size", cfg.secure_eval.batch_size)
     bad = [o for o in p.private_owners if o not in ("client", "server")]
     if bad:
         raise ConfigError(f"protocol.private_owners={list(p.private_owners)}: {bad} not in ['client', 'server']")
-    if not cfg.secure_eval.methods:
-        raise ConfigError(f"secure_eval.methods is empty: give at least one of {list(methods.names())}")
 
 
 def _method(name: str, value: str) -> methods.MethodSpec:

@@ -175,32 +175,19 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     s = session
     layout = Layout(sizes)
     batch = layout.batch
-    eps, heads = spec.layer_norm_eps, spec.heads
     if not spec.causal:
-        s.run(tf.layernorm, ["h", "emb_ln.g", "emb_ln.b"], ["h"], op="LayerNorm", static={"eps": eps})
+        s.run(tf.layernorm, ["h", "emb_ln.g", "emb_ln.b"], ["h"], op="LayerNorm", static={"eps": spec.layer_norm_eps})
     kept: list[list[int]] = [[] for _ in range(batch)]
     entering: list[list[int]] = [[] for _ in range(batch)]
     highs: list[list[Optional[int]]] = [[] for _ in range(batch)]
     scores: list[list[np.ndarray]] = [[] for _ in range(batch)]
     positions: list[list[list[int]]] = [[] for _ in range(batch)]
     for l in range(run_layers):
-        p = f"l{l}."
         layer_start, layer_entering = s.meter.mark(), tuple(layout.sizes)
         for b in range(batch):
             entering[b].append(layout.sizes[b])
-        x = "h"
-        if spec.causal:
-            s.run(tf.layernorm, ["h", p + "ln1.g", p + "ln1.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
-            x = "x"
-        s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
-        _attention(s, l, layout, heads, spec.causal, reduce_forms, heads_per_program)
-        if spec.causal:
-            s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
-        else:
-            s.run(tf.add_layernorm, ["a", "h", p + "ln1.g", p + "ln1.b"], ["h"], op="LayerNorm", layer=l,
-                  static={"eps": eps})
-        s.delete("q", "k", "v", "sc", "a")
-        layout = step(PruneStep(s, l, layout, heads, spec.causal, criterion, record_scores, scores, trace_positions))
+        _attention_block(s, spec, l, layout, reduce_forms, heads_per_program)
+        layout = step(PruneStep(s, l, layout, spec.heads, spec.causal, criterion, record_scores, scores, trace_positions))
         s.delete("A")
         for b in range(batch):
             kept[b].append(layout.sizes[b])
@@ -209,34 +196,62 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             opened = np.asarray(s.reveal("pos", to="both", purpose="test only: kept positions", layer=l)).reshape(-1)
             for b, part in enumerate(layout.split(opened)):
                 positions[b].append([int(round(float(v))) for v in part])
-        x = "h"
-        if spec.causal:
-            s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
-            x = "x"
-        s.run(tf.linear, [x, p + "w1", p + "b1"], ["f"], op="Linear", layer=l)
-        s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout, "forms": reduce_forms})
-        if spec.causal:
-            s.run(tf.linear_residual, ["f", p + "w2", p + "b2", "h"], ["h"], op="Linear", layer=l)
-        else:
-            s.run(tf.linear, ["f", p + "w2", p + "b2"], ["f"], op="Linear", layer=l)
-            s.run(tf.add_layernorm, ["f", "h", p + "ln2.g", p + "ln2.b"], ["h"], op="LayerNorm", layer=l,
-                  static={"eps": eps})
-        s.delete("f", "x")
+        _ffn_block(s, spec, l, layout, reduce_forms)
         if on_layer is not None:
             on_layer(LayerDone(l, run_layers, layer_entering, tuple(layout.sizes), s.meter.since(layer_start)))
+    per_input = _head(s, spec, layout, last_only)
+    cost = s.meter.report()
+    return [SecureResult(logits=np.asarray(per_input[b]), kept_per_layer=kept[b], high_per_layer=highs[b],
+                         reveals=list(s.reveals), cost=cost, entering_per_layer=entering[b], scores=scores[b],
+                         batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
+
+
+def _attention_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, reduce_forms: str,
+                     heads_per_program: Optional[int]) -> None:
+    """Layer ``l``'s attention block on ``h`` ``[Σ n_b, d]``: BERT ``h = LN(h + Attn(h))``, GPT-2
+    ``h = h + Attn(LN(h))``; leaves the probabilities ``A`` for the pruning step."""
+    p, eps, x = f"l{l}.", spec.layer_norm_eps, "h"
+    if spec.causal:
+        s.run(tf.layernorm, ["h", p + "ln1.g", p + "ln1.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
+        x = "x"
+    s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
+    _attention(s, l, layout, spec.heads, spec.causal, reduce_forms, heads_per_program)
+    if spec.causal:
+        s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
+    else:
+        s.run(tf.add_layernorm, ["a", "h", p + "ln1.g", p + "ln1.b"], ["h"], op="LayerNorm", layer=l, static={"eps": eps})
+    s.delete("q", "k", "v", "sc", "a")
+
+
+def _ffn_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, reduce_forms: str) -> None:
+    """Layer ``l``'s FFN on the rows kept (``layout``; Π_reduce's low rows with ``reduce_forms``):
+    BERT ``h = LN(h + FFN(h))``, GPT-2 ``h = h + FFN(LN(h))``."""
+    p, eps, x = f"l{l}.", spec.layer_norm_eps, "h"
+    if spec.causal:
+        s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
+        x = "x"
+    s.run(tf.linear, [x, p + "w1", p + "b1"], ["f"], op="Linear", layer=l)
+    s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout, "forms": reduce_forms})
+    if spec.causal:
+        s.run(tf.linear_residual, ["f", p + "w2", p + "b2", "h"], ["h"], op="Linear", layer=l)
+    else:
+        s.run(tf.linear, ["f", p + "w2", p + "b2"], ["f"], op="Linear", layer=l)
+        s.run(tf.add_layernorm, ["f", "h", p + "ln2.g", p + "ln2.b"], ["h"], op="LayerNorm", layer=l, static={"eps": eps})
+    s.delete("f", "x")
+
+
+def _head(s: Session, spec: TransformerSpec, layout: Layout, last_only: bool) -> Any:
+    """The head (BERT: pooler and classifier on [CLS]; GPT-2: final LN and LM head), its logits
+    revealed to the client: per input ``[num_labels]``, ``[V]`` (last position) or ``[n_b, V]``."""
     if spec.causal:
         s.run(tf.lm_logits, ["h", "lnf.g", "lnf.b", "lm.w"], ["logits"], op="Other",
-              static={"eps": eps, "last_only": last_only, "layout": layout})
+              static={"eps": spec.layer_norm_eps, "last_only": last_only, "layout": layout})
     else:
         s.run(tf.pool_classify, ["h", "pool.w", "pool.b", "cls.w", "cls.b"], ["logits"], op="Other",
               static={"layout": layout})
     s.delete("vis")
     logits = np.asarray(s.reveal("logits", to="client", purpose="final logits"))
-    per_input = logits if (last_only or not spec.causal) else layout.split(logits)
-    cost = s.meter.report()
-    return [SecureResult(logits=np.asarray(per_input[b]), kept_per_layer=kept[b], high_per_layer=highs[b],
-                         reveals=list(s.reveals), cost=cost, entering_per_layer=entering[b], scores=scores[b],
-                         batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
+    return logits if (last_only or not spec.causal) else layout.split(logits)
 
 
 def batch_ranges(count: int, batch_size: int) -> list[range]:
