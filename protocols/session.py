@@ -20,7 +20,7 @@ import numpy as np
 
 from protocols.meter import CostMeter, ProgramCost, estimate_rounds, parse_kernels, parse_profile
 from protocols.parties import ProcessParties, ThreadParties, make_shares, process_log
-from protocols.spec import OWNER_RANK, OWNERS, PartyFailure, SessionSpec
+from protocols.spec import OWNER_RANK, OWNERS, LoadsOwnData, PartyFailure, SessionSpec
 
 Static = Optional[dict[str, Any] | tuple[Any, ...]]
 
@@ -204,7 +204,7 @@ class SecureSession(Session):
         shares, the peer its placeholders; this process sees names, shapes and the public part."""
         if owner not in OWNERS:
             raise ValueError(f"owner={owner!r}: expected one of {list(OWNERS)}")
-        if not hasattr(self._parties, "provide"):
+        if not isinstance(self._parties, LoadsOwnData):
             return super().provide(owner, request)
         metas, public = self._parties.provide(OWNER_RANK[owner], request, self.spec.keeps_private(owner))
         for name, shape, dtype in metas:
@@ -221,7 +221,7 @@ class SecureSession(Session):
 
     def run_on(self, owner: str, job: Any) -> None:
         """``job.run()`` in ``owner``'s party process where the parties hold their own data."""
-        if hasattr(self._parties, "job"):
+        if isinstance(self._parties, LoadsOwnData):
             self._parties.job(OWNER_RANK[owner], job)
         else:
             job.run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from models.approx import FIXED_POINT, RING_BITS
 
@@ -167,3 +167,13 @@ class SessionSpec:
                 raise ValueError(f"session runtime_options: SPU RuntimeConfig has no field {name!r}")
             setattr(cfg, name, value)
         return cfg
+
+
+@runtime_checkable
+class LoadsOwnData(Protocol):
+    """Parties that load their own inputs and run jobs on their own side (``ConnectedParties``: one
+    process or host per party), as opposed to ``ThreadParties``, where this process holds both."""
+
+    def provide(self, owner_rank: int, request: Any, private: bool) -> tuple[list[tuple[str, tuple[int, ...], str]], Any]: ...
+
+    def job(self, rank: int, job: Any) -> None: ...
