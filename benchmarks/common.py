@@ -35,10 +35,18 @@ def shape_spec(shape: Shape, layers: int = 1) -> TransformerSpec:
     return TransformerSpec(layers=layers, **SHAPES[Shape(shape)])
 
 
+def machine_facts() -> dict[str, Any]:
+    """This host: name, processor, the cores this process may use, memory (GiB), platform, Python."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"host": platform.node(), "processor": platform.processor() or platform.machine(), "cores": cores,
+            "memory_gib": round(memory, 1), "platform": platform.platform(), "python": platform.python_version()}
+
+
 def machine() -> str:
     """This host as measured on: name, processor, cores the process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.node()}, {platform.processor() or platform.machine()}, {cores} cores"
+    facts = machine_facts()
+    return f"{facts['host']}, {facts['processor']}, {facts['cores']} cores"
 
 
 def markdown(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -227,6 +227,11 @@ class ReportConfig:
     figures: list[str] = field(
         default_factory=lambda: ["kept_tokens", "breakdown", "pareto", "scaling"]
     )
+    # publish: also write the tables, figures and a record of every FINISHED run read to results_dir/<name>/
+    # (pipeline.record; commit it); source: read a committed record (a directory) instead of the store
+    publish: bool = False
+    source: Optional[str] = None
+    results_dir: str = "${paths.root}/results"
 
 
 @dataclass
@@ -234,6 +239,9 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite under outputs/
     experiment: str = "cipherprune"
     resume: bool = True  # skip a stage whose identical run already FINISHED
+    # committed results records (pipeline.record) brought into the store before the launch: their FINISHED
+    # units (e.g. secure_eval batches) are reused when config and code match, so a campaign continues elsewhere
+    records: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -79,6 +79,10 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = log.info) ->
     validate(cfg)
     overrides, multirun_parent = _hydra_context()
     tracker = Tracker(cfg, parent_run_id=multirun_parent)
+    for record in cfg.tracking.records:
+        from pipeline.record import import_record
+
+        echo(f"brought {len(import_record(tracker.client, Path(record)))} runs of the record {record} into the store")
     if cfg.stage is Stage.all:
         with tracker.parent("chain", {"kind": "chain", "overrides": " ".join(overrides)}) as parent_id:
             produced = run_stages(cfg, tracker, CHAIN, overrides)

@@ -34,6 +34,7 @@ from pipeline.identity import code_version, identity_key, plain
 from pipeline.store_lock import check_store_unlocked
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+RECORDED = "recorded_run_id"     # tag of a run brought in from a results record (pipeline.record): its id there
 
 class UpstreamMissing(RuntimeError):
     """No FINISHED upstream run matches; the message names what to launch."""
@@ -204,7 +205,8 @@ class Tracker:
                 self.parent_run_id = previous
 
     def finished_match(self, stage: Stage, config_hash: str) -> Optional[str]:
-        """Run id of a FINISHED run of ``stage`` with the same config hash and code, if any."""
+        """Run id of a FINISHED run of ``stage`` with the same config hash and code, if any (a run
+        brought in from a results record is not: its artifacts stayed on the machine that made it)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
@@ -212,18 +214,23 @@ class Tracker:
                 "and attributes.status = 'FINISHED'"
             ),
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=100,
         )
-        return runs[0].info.run_id if runs else None
+        return next((r.info.run_id for r in runs if RECORDED not in r.data.tags), None)
+
+    def lineage(self, upstream: Mapping[str, str]) -> dict[str, str]:
+        """The identities (tag ``config_hash``) of the ``upstream`` runs, by stage: what a result depends
+        on, equal on every machine that runs the same config and code (run ids are not)."""
+        return {stage: self.run_tags(run_id).get("config_hash", run_id) for stage, run_id in upstream.items()}
 
     def latest_finished(self, stage: Stage, filters: Mapping[str, str]) -> str:
-        """Newest FINISHED run of ``stage`` whose tags equal ``filters``; clear error if none."""
+        """Newest FINISHED run of ``stage`` whose tags equal ``filters`` (not one brought in from a
+        results record: its artifacts are not here); clear error if none."""
         clauses = [f"tags.stage = '{stage.value}'", "attributes.status = 'FINISHED'"]
         clauses += [f"tags.{k} = '{v}'" for k, v in filters.items()]
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=" and ".join(clauses),
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
+        runs = [r for r in self.client.search_runs([self.experiment_id], filter_string=" and ".join(clauses),
+                                                   order_by=["attributes.start_time DESC"], max_results=100)
+                if RECORDED not in r.data.tags]
         if not runs:
             wanted = ", ".join(f"{k}={v}" for k, v in filters.items())
             raise UpstreamMissing(
@@ -296,7 +303,8 @@ class Tracker:
         """
         if not self.cfg.tracking.resume or stage in (Stage.report, Stage.benchmark):
             return None
-        return self.finished_match(stage, identity_key(self.cfg, stage, upstream=upstream, code=self.code.tree))
+        return self.finished_match(stage, identity_key(self.cfg, stage, upstream=self.lineage(upstream),
+                                                       code=self.code.tree))
 
     @contextmanager
     def stage_run(
@@ -311,7 +319,7 @@ class Tracker:
             "stage": stage.value,
             **self.code.tags,
             "sections_hash": identity_key(self.cfg, stage),
-            "config_hash": identity_key(self.cfg, stage, upstream=upstream, code=self.code.tree),
+            "config_hash": identity_key(self.cfg, stage, upstream=self.lineage(upstream), code=self.code.tree),
         }
         tags.update({f"upstream_{k}": v for k, v in upstream.items()})
         if self.parent_run_id:

@@ -78,6 +78,15 @@ def _validate_parties(cfg: PipelineConfig) -> None:
         raise ConfigError(f"protocol.authkey_file={p.authkey_file!r} does not exist")
 
 
+def _validate_records(cfg: PipelineConfig) -> None:
+    """Records to bring in exist; a record to read exists."""
+    for name, record in [*(("tracking.records entry", r) for r in cfg.tracking.records),
+                         *((("report.source", cfg.report.source),) if cfg.report.source else ())]:
+        if not (Path(record) / "runs").is_dir():
+            raise ConfigError(f"{name}={record!r} is not a results record (no runs/ folder); write one with "
+                              "`python -m pipeline stage=report report.publish=true`")
+
+
 def _validate_outputs(cfg: PipelineConfig) -> None:
     """``paths.outputs`` is (or can be made) a directory this process can write into: probed by
     creating and removing a file, before any run opens."""
@@ -96,6 +105,7 @@ def _validate_outputs(cfg: PipelineConfig) -> None:
 def validate(cfg: PipelineConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     _validate_outputs(cfg)
+    _validate_records(cfg)
     _validate_benchmark(cfg)
     _validate_sweep(cfg)
     _validate_parties(cfg)

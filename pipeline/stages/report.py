@@ -7,13 +7,21 @@ Markdown, CSV and LaTeX tables and PNG figures under
 ``<paths.outputs>/reports/<report.name>/``, all logged as artifacts (``report/``) of
 this run. A table without runs fails the stage, naming the experiment to launch; a
 figure without data is skipped with a note in ``index.md`` and ``summary.json``.
+
+``report.publish=true`` also writes them, with a record of every FINISHED run of the experiments
+read (``pipeline.record``), to ``<report.results_dir>/<report.name>/``: commit it, and the tables
+regenerate from git alone with ``report.source=<that directory>``, which reads the record (brought
+into a temporary store) instead of the tracking store. Run ids shown are the record's.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -114,27 +122,89 @@ def _index(out_dir: Path, sources: dict[str, Any], built: list[str], notes: list
     return path
 
 
+@contextmanager
+def _store(ctx: StageContext) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The tracker the report reads, and store id → record id for runs brought in from a record:
+    this stage's own, or (``report.source``) a temporary store holding the record."""
+    if not ctx.cfg.report.source:
+        yield ctx.tracker, {}
+        return
+    import mlflow
+
+    from pipeline.record import import_record
+    from pipeline.tracking import Tracker
+
+    with tempfile.TemporaryDirectory(prefix="cipherprune-record-") as tmp:
+        cfg = dataclasses.replace(ctx.cfg, tracking=dataclasses.replace(ctx.cfg.tracking, uri=f"sqlite:///{tmp}/record.db"),
+                                  paths=dataclasses.replace(ctx.cfg.paths, outputs=tmp))
+        try:
+            tracker = Tracker(cfg)
+            ids = import_record(tracker.client, Path(ctx.cfg.report.source))
+            yield tracker, {new: recorded for recorded, new in ids.items()}
+        finally:
+            mlflow.set_tracking_uri(ctx.tracker.uri)       # Tracker set the process-wide URI to the record's
+
+
+def _recorded_ids(frame: pd.DataFrame, back: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with store run ids replaced by the record's (cells holding one id or comma-joined ids)."""
+    if not back:
+        return frame
+    out = frame.copy()
+    for col in out.select_dtypes(include="object").columns:
+        out[col] = [",".join(back.get(v, v) for v in x.split(",")) if isinstance(x, str) else x for x in out[col]]
+    return out
+
+
+def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path, back: dict[str, str]) -> Path:
+    """Copy the report to ``<results_dir>/<name>/`` and record every FINISHED run of the experiments
+    read (report runs excepted) beside it (``pipeline.record``)."""
+    from pipeline.record import run_record, write_record
+
+    target = Path(ctx.cfg.report.results_dir) / ctx.cfg.report.name
+    target.mkdir(parents=True, exist_ok=True)
+    for path in out_dir.iterdir():
+        shutil.copy2(path, target / path.name)
+    runs = tracker.runs_frame(list(ids.values()), "attributes.status = 'FINISHED'")
+    names = {v: k for k, v in ids.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        records = [run_record(tracker.client, r["run_id"], names[r["experiment_id"]], Path(tmp))
+                   for _, r in runs.iterrows() if r.get("tags.stage") != "report"]
+    command = "python -m pipeline stage=report " + " ".join(f"report={ctx.cfg.report.name}".split())
+    write_record(target, records, {"report": ctx.cfg.report.name, "experiments": sorted(ids),
+                                   "regenerate": f"{command} report.source=results/{ctx.cfg.report.name}",
+                                   "checkpoints": "not recorded (size): the chain trains them again from the same "
+                                                  "config and code (tags code_tree, git_sha of each run)"})
+    log.info(f"report: published {len(records)} runs and the report to {target}")
+    return target
+
+
 def run(ctx: StageContext) -> None:
     """Build the configured tables (required) and figures (skipped with a note without data)."""
+    with _store(ctx) as (tracker, back):
+        _build(ctx, tracker, back)
+
+
+def _build(ctx: StageContext, tracker: Any, back: dict[str, str]) -> None:
+    """The report from ``tracker``'s runs (see ``run``)."""
     from pipeline import reporting
     from pipeline.reporting import figures, tables
 
     cfg = ctx.cfg
     _check_names(cfg)
     names = list(cfg.report.experiments) or [cfg.tracking.experiment]
-    ids = reporting.experiment_ids(ctx.tracker, names)
+    ids = reporting.experiment_ids(tracker, names)
     out_dir = Path(cfg.paths.outputs).resolve() / "reports" / cfg.report.name
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a report directory holds only the latest regeneration
     out_dir.mkdir(parents=True)
-    methods = reporting.method_runs(ctx.tracker, ids)
-    candidates = reporting.candidate_runs(ctx.tracker, ids) if "pareto" in cfg.report.figures else pd.DataFrame()
-    searches = reporting.search_runs(ctx.tracker, ids)
+    methods = reporting.method_runs(tracker, ids)
+    candidates = reporting.candidate_runs(tracker, ids) if "pareto" in cfg.report.figures else pd.DataFrame()
+    searches = reporting.search_runs(tracker, ids)
 
     built: list[str] = []
     metrics: dict[str, float] = {"method_runs": float(len(methods)), "candidate_runs": float(len(candidates))}
     for name in cfg.report.tables:
-        table = _table(name, methods, searches, names, ctx.tracker.uri)
+        table = _recorded_ids(_table(name, methods, searches, names, tracker.uri), back)
         tables.write_table(table, out_dir, name, TABLES[name])
         metrics.update(_table_metrics(name, table))
         built.append(name)
@@ -143,7 +213,7 @@ def run(ctx: StageContext) -> None:
     builders: dict[str, Callable[[], list[Path]]] = {
         "kept_tokens": lambda: figures.kept_tokens(methods, out_dir),
         "breakdown": lambda: figures.breakdown(methods, out_dir),
-        "pareto": lambda: figures.pareto(candidates, reporting.pareto_tables(ctx.tracker, ids), out_dir),
+        "pareto": lambda: figures.pareto(candidates, reporting.pareto_tables(tracker, ids), out_dir),
         "scaling": lambda: figures.scaling(methods, out_dir),
     }
     notes: list[str] = []
@@ -154,12 +224,15 @@ def run(ctx: StageContext) -> None:
         except figures.FigureSkipped as why:
             notes.append(f"{name}: {why}")
             log.warning(f"report: figure {name} skipped: {why}")
-    sources = {"report": cfg.report.name, "experiments": names, "experiment_ids": ids, "uri": ctx.tracker.uri,
+    uri = cfg.report.source if cfg.report.source else tracker.uri
+    sources = {"report": cfg.report.name, "experiments": names, "experiment_ids": ids, "uri": uri,
                "method_runs": len(methods), "candidate_runs": len(candidates), "search_runs": len(searches),
-               "runs": sorted(methods["run_id"]) if not methods.empty else []}
+               "runs": sorted(back.get(r, r) for r in methods["run_id"]) if not methods.empty else []}
     _index(out_dir, sources, built, notes)
     ctx.run.log_dict({**sources, "tables": built, "figures": figure_files, "skipped": notes},
                      "report/summary.json")
     ctx.run.log_metrics(metrics)
     ctx.run.log_artifact(out_dir, "report")
+    if cfg.report.publish:
+        _publish(ctx, tracker, ids, out_dir, back)
     log.info(f"report: {len(built)} tables, {sum(map(len, figure_files.values()))} figures in {out_dir}")

@@ -32,6 +32,7 @@ from pipeline.tasks.common import (
 )
 from pipeline.tasks.glue_search import search
 from pipeline.tasks.glue_secure import secure_eval
+from pipeline.tracking import RECORDED
 
 __all__ = ["params", "prepare", "finetune", "search", "secure_eval"]
 # finetune fields that shape the candidates only: the baseline is shared across their values
@@ -168,10 +169,13 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
 
     # the baseline's identity: every finetune setting but the candidates' own (their budget is in:
     # the baseline trains on for it), the prepared data's run and the code
-    key = identity_key(ctx.cfg, Stage.finetune, upstream={"prepare": ctx.upstream["prepare"]}, code=ctx.tracker.code.tree,
+    key = identity_key(ctx.cfg, Stage.finetune, upstream=ctx.tracker.lineage({"prepare": ctx.upstream["prepare"]}),
+                       code=ctx.tracker.code.tree,
                        ignored={"finetune": CANDIDATE_ONLY})
     found = ctx.tracker.runs_frame([ctx.tracker.experiment_id],
                                    f"tags.baseline_key = '{key}' and attributes.status = 'FINISHED'")
+    if f"tags.{RECORDED}" in found:                  # brought in from a results record: no checkpoint here
+        found = found[found[f"tags.{RECORDED}"].isna()]
     if ctx.cfg.tracking.resume and not found.empty:
         run_id = str(found.sort_values("start_time").iloc[-1]["run_id"])
         log.warning(f"finetune: reusing the unpruned baseline {run_id} (same model, data, seed and budget)")

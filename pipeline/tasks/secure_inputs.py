@@ -173,7 +173,7 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     with ``threads`` both are the one process)."""
     from protocols.secure_model import batch_ranges
 
-    key = identity_key(ctx.cfg, Stage.secure_eval, upstream=ctx.upstream, code=ctx.tracker.code.tree,
+    key = identity_key(ctx.cfg, Stage.secure_eval, upstream=ctx.tracker.lineage(ctx.upstream), code=ctx.tracker.code.tree,
                        ignored=RESUME_IGNORED[Stage.secure_eval])
     chunks = [tuple(chunk) for chunk in batch_ranges(n, ctx.cfg.secure_eval.batch_size)]
     earlier = finished_records(ctx, key, method) if ctx.cfg.tracking.resume else {}
