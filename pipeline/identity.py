@@ -92,21 +92,28 @@ RESUME_IGNORED: dict[Stage, dict[str, tuple[str, ...]]] = {
 }
 """Per stage, the config keys that only say how many or which units are run: a unit's result does
 not depend on them, so a relaunch with other values still reuses the units that FINISHED."""
+LOCAL_PATHS: dict[str, tuple[str, ...]] = {"data": ("glue_dir", "wikitext_dir", "tokenizer_dir")}
+"""Where this machine keeps the data: not part of any identity (another clone or machine keeps the
+same files elsewhere)."""
 
 
 def identity_key(cfg: PipelineConfig, stage: Stage, *, upstream: Optional[Mapping[str, str]] = None,
-                 code: Optional[str] = None, ignored: Optional[Mapping[str, tuple[str, ...]]] = None) -> str:
+                 code: Optional[str] = None, ignored: Optional[Mapping[str, tuple[str, ...]]] = None,
+                 local: bool = False) -> str:
     """The one identity hash (16 hex digits) of ``stage``'s result under ``cfg``: its config sections
-    (``STAGE_SECTIONS``) less the ``ignored`` keys per section, with, when given, its upstream run ids
-    and the code tree (``CodeVersion.tree``). Equal keys: the same result, computed once.
+    (``STAGE_SECTIONS``) less the ``ignored`` keys per section and, unless ``local``, less where this
+    machine keeps the data (``LOCAL_PATHS``), with, when given, its upstream runs' identities
+    (``Tracker.lineage``) and the code tree (``CodeVersion.tree``). Equal keys: the same result,
+    computed once, on any machine.
 
     Uses: without upstream and code, the tag ``sections_hash`` (the latest FINISHED run of a stage
-    for a config, the prepare cache); with both, the tag ``config_hash`` (a stage run to reuse);
-    with ``ignored=RESUME_IGNORED[stage]``, a unit's ``resume_key`` (one secure_eval batch, one
-    baseline)."""
+    for a config); with ``local``, the prepare cache on this machine; with upstream and code, the tag
+    ``config_hash`` (a stage run to reuse); with ``ignored=RESUME_IGNORED[stage]``, a unit's
+    ``resume_key`` (one secure_eval batch; a shared baseline with the candidates' own keys ignored)."""
     sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
-    for section, keys in (ignored or {}).items():
-        sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
+    for section, keys in [*(() if local else LOCAL_PATHS.items()), *(ignored or {}).items()]:
+        if section in sections:
+            sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
     blob: dict[str, Any] = {"sections": sections}
     if upstream is not None:
         blob["upstream"] = dict(upstream)

@@ -107,7 +107,7 @@ def prepare(ctx: StageContext) -> None:
     from models.data import get_task, tokenize_split
 
     cfg = ctx.cfg
-    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare)
+    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare, local=True)
     cache.mkdir(parents=True, exist_ok=True)
     raw, tokenizer_dir = _raw_splits(cfg, cache)
     raw["train"], raw["val"] = _carve_val(raw["train"], cfg)

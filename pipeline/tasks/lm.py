@@ -86,7 +86,7 @@ def prepare(ctx: StageContext) -> None:
     from models.lm import load_lm_blocks
 
     cfg, d = ctx.cfg, ctx.cfg.data
-    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare)
+    cache = Path(cfg.paths.outputs) / "cache" / "prepare" / identity_key(cfg, Stage.prepare, local=True)
     cache.mkdir(parents=True, exist_ok=True)
     tok_dir = _tokenizer_dir(cfg)
     tokenizer = GPT2TokenizerFast.from_pretrained(str(tok_dir))   # the task is GPT-2 only (validate)
