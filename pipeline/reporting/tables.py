@@ -329,12 +329,38 @@ def to_latex(text: pd.DataFrame, caption: str) -> str:
     return out
 
 
+_T1_KEYS = ("model", "task", "max_length", "protocol", "label")
+_T2_KEYS = ("model", "task", "max_length", "criterion", "reduce_forms", "label")
+VIEWS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "table1": (
+        ("Cost per input", (*_T1_KEYS, "time_lan_s", "time_wan_s", "comm_gb", "inputs", "cost_basis")),
+        ("Speed-ups (LAN)", (*_T1_KEYS, "speedup_vs_none", "speedup_vs_bolt_we", "ideal_vs_none", "reduce_ceiling",
+                             "prune_share_pct")),
+        ("Tokens and accuracy", (*_T1_KEYS, "kept_tokens_sum", "acc_dev", "acc_secure", "paper_acc")),
+        ("The paper beside (BERT, 128 tokens, LAN)", (*_T1_KEYS, "paper_model", "paper_time_lan_s", "paper_comm_gb",
+                                                     "paper_speedup_vs_none", "paper_speedup_vs_bolt_we")),
+    ),
+    "table2": (
+        ("Dev metric", (*_T2_KEYS, "metric_name", "metric_mean", "metric_std", "n_seeds")),
+        ("Drop from unpruned", (*_T2_KEYS, "drop_mean", "drop_std", "paper_metric", "other_metrics")),
+        ("Tokens", (*_T2_KEYS, "schedule", "reduced_pct", "beta_scales")),
+    ),
+}
+"""Per table, the views a reader compares, each one question and at most ten columns (the CSV has all)."""
+
+
 def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> list[Path]:
-    """``<name>.csv`` (raw), ``<name>.md`` and ``<name>.tex`` (formatted); returns the paths."""
+    """``<name>.csv`` (raw, every column), ``<name>.md`` and ``<name>.tex`` (formatted, one table per
+    ``VIEWS[name]`` entry when the table has views, else the whole table); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = display(table)
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
     table.to_csv(paths[0], index=False)
-    paths[1].write_text(f"**{caption}**\n\n" + text.to_markdown(index=False) + "\n")
-    paths[2].write_text(to_latex(text, caption))
+    views = [(title, [c for c in cols if c in table]) for title, cols in VIEWS.get(name, ((caption, tuple(table)),))]
+    texts = [(title, display(table[cols])) for title, cols in views]
+    md = [f"**{caption}**", ""]
+    for title, text in texts:
+        md += ([f"*{title}*", ""] if len(texts) > 1 else []) + [text.to_markdown(index=False), ""]
+    paths[1].write_text("\n".join(md))
+    paths[2].write_text("\n".join(to_latex(text, f"{caption}: {title}" if len(texts) > 1 else caption)
+                                  for title, text in texts))
     return paths

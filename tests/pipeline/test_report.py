@@ -212,6 +212,12 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     md = (out / "table1.md").read_text()
     assert "—" in md and "CipherPrune" in md and "BOLT w/o WE" in md
     assert r"\begin{tabular}" in (out / "table1.tex").read_text()
+    for name, views in (("table1", 4), ("table2", 3)):   # one question per table, at most ten columns each
+        text = (out / f"{name}.md").read_text()
+        headers = [line for line, below in zip(text.splitlines(), text.splitlines()[1:]) if below.startswith("|:")]
+        assert len(headers) == views and all(line.count("|") - 1 <= 10 for line in headers), headers
+        assert (out / f"{name}.tex").read_text().count(r"\begin{table}") == views
+        assert len(pd.read_csv(out / f"{name}.csv").columns) > 10                      # the CSV keeps every column
 
     t2 = pd.read_csv(out / "table2.csv")
     mrpc = t2[(t2.model == "bert_base") & (t2.task == "mrpc") & (t2.max_length == 128)]
