@@ -62,6 +62,7 @@ def test_embedded_default_chain(tmp_path, compose_cfg, monkeypatch):
     agreement, and a leakage record that says who holds what."""
     out = run_cli(tmp_path, "protocol.transport=processes", *SMALL)
     runs = _check_chain(tmp_path, out, "CHEETAH")
+    _check_readme_metrics(runs)
     for _, row in runs[runs["tags.kind"] == "method"].iterrows():
         leakage = mlflow.artifacts.load_dict(f"runs:/{row['run_id']}/leakage.json")
         assert leakage["ownership"]["l0.wq"] == "private to the server (party 1)", leakage["ownership"]
@@ -84,6 +85,23 @@ def test_embedded_default_chain(tmp_path, compose_cfg, monkeypatch):
         counts = [r for r in leakage["reveals"] if r["purpose"] == "kept count"]
         assert all(r["examples"] == [0, 1] and r["shape"] == [2] for r in counts), method
     _check_inputs_and_resume(runs, lambda: run_pipeline(compose_cfg(*semi2k, "secure_eval.num_examples=3")))
+
+
+def _check_readme_metrics(runs: pd.DataFrame) -> None:
+    """Every metric README.md's metric contract names is one this chain logged (placeholders: {op} an
+    op class, {i} a layer, {client,server} either party)."""
+    import re
+
+    from pipeline.config import PROJECT_ROOT
+
+    section = (PROJECT_ROOT / "README.md").read_text().split("## Metric names (stable)")[1].split("\n## ")[0]
+    named = {n for n in re.findall(r"`([^`]+)`", section) if re.fullmatch(r"[a-z][a-z_]*(/[A-Za-z_{},]+)*", n) and n != "step"}
+    logged = {c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()}
+    assert len(named) > 25, named
+    for name in sorted(named):
+        pattern = re.escape(name).replace(r"\{op\}", "[A-Za-z]+").replace(r"\{i\}", r"\d+")
+        pattern = pattern.replace(r"\{client,server\}", "(client|server)")
+        assert any(re.fullmatch(pattern, m) for m in logged), f"README names {name!r}, which no run logged"
 
 
 def _check_inputs_and_resume(runs: pd.DataFrame, relaunch_with_a_third_input: Callable[[], object]) -> None:
