@@ -74,8 +74,10 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 
 
 def process_tags() -> dict[str, str]:
-    """``host`` and ``pid`` of this process: who can close a RUNNING run (``Tracker.reap_dead_runs``)."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+    """``host`` and ``pid`` of this process (who can close a RUNNING run, ``Tracker.reap_dead_runs``),
+    and ``load_1m``, the machine's 1-minute load average as the run starts: a run's times are
+    measured under that load (bytes and rounds are not affected)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "load_1m": f"{os.getloadavg()[0]:.2f}"}
 
 
 @contextmanager

@@ -1,0 +1,37 @@
+"""README.md says what the committed results records say, and stays short."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.headline import BEGIN, END, render, update
+
+
+def test_readme_headline_block_is_the_records() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert render(PROJECT_ROOT / "results") in readme, "README.md disagrees with results/: run `python -m pipeline.headline`"
+    assert len(readme.splitlines()) <= 250
+
+
+def test_headline_block_from_a_record(tmp_path: Path) -> None:
+    record = tmp_path / "results" / "table1"
+    (record / "runs").mkdir(parents=True)
+    pd.DataFrame({"model": ["minilm_l6"] * 2, "task": ["sst2"] * 2, "max_length": [128, 128], "protocol": ["CHEETAH"] * 2,
+                  "method": ["none", "prune"], "label": ["BOLT w/o WE", "CipherPrune†"], "time_lan_s": [620.0, 137.16],
+                  "comm_gb": [4.76, 1.06], "speedup_vs_none": [1.0, 4.52], "speedup_vs_bolt_we": [0.44, 1.99],
+                  "inputs": [4, 4], "run_id": ["a", "b"]}).to_csv(record / "table1.csv", index=False)
+    (record / "record.json").write_text(json.dumps({"machine": {"cores": 2, "memory_gib": 23.5}}))
+    for name, load in (("a", "0.9"), ("b", "2.1")):
+        (record / "runs" / f"{name}.json").write_text(json.dumps({"tags": {"load_1m": load}}))
+    block = render(tmp_path / "results")
+    assert block.startswith(BEGIN) and block.endswith(END)
+    assert "| CipherPrune† |" in block and "137.16" in block and "4.52" in block and "| run_id" not in block
+    assert "2 cores, 23.5 GiB, 1-min load 0.9-2.1 as runs started" in block
+    assert "report.source=results/table1" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{BEGIN}\nstale\n{END}\n\nrest\n")
+    assert update(readme, tmp_path / "results") and not update(readme, tmp_path / "results")
+    assert readme.read_text() == f"# x\n\n{block}\n\nrest\n"
