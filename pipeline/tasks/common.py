@@ -24,6 +24,33 @@ DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads t
 """Who loads which data in secure_eval, per ``protocol.transport`` (the method runs' tag ``data_held_by``)."""
 
 
+# ``finetune`` fields only the pruned candidates use: a baseline's identity leaves them out (its budget
+# is in: the baseline trains on, unpruned, for as many steps as a candidate)
+CANDIDATE_ONLY = ("lambdas", "temperatures", "theta_quantiles", "threshold_lr", "beta_lambda", "criterion", "reduce_forms",
+                  "beta_factor", "candidate_method", "torch_threads")
+
+
+def shared_baseline(ctx: Any, **variant: str) -> tuple[str, Optional[str]]:
+    """The identity of this launch's unpruned baseline (tag ``baseline_key``: model, data, the prepared
+    data's identity, every finetune setting but ``CANDIDATE_ONLY``, the code) and the newest FINISHED
+    baseline run of it trained here (None: none, ``tracking.resume=false``, or only ones brought in
+    from a results record, whose checkpoints are not here). Every candidate and sweep job shares it.
+    ``variant``: what else tells two baselines apart (e.g. whether it trained on for candidates)."""
+    from pipeline.config import Stage
+    from pipeline.identity import identity_key
+    from pipeline.tracking import RECORDED
+
+    key = identity_key(ctx.cfg, Stage.finetune, upstream={**ctx.tracker.lineage({"prepare": ctx.upstream["prepare"]}), **variant},
+                       code=ctx.tracker.code.tree, ignored={"finetune": CANDIDATE_ONLY})
+    found = ctx.tracker.runs_frame([ctx.tracker.experiment_id],
+                                   f"tags.baseline_key = '{key}' and attributes.status = 'FINISHED'")
+    if f"tags.{RECORDED}" in found:
+        found = found[found[f"tags.{RECORDED}"].isna()]
+    if not ctx.cfg.tracking.resume or found.empty:
+        return key, None
+    return key, str(found.sort_values("start_time").iloc[-1]["run_id"])
+
+
 def checkpoint_plan(names: Sequence[str], baseline_id: str, selected_id: str, trained: str) -> list[tuple[str, str]]:
     """``(method, checkpoint run)`` for each of ``names`` the search's outcome can run, in that order:
     a baseline-checkpoint method runs the baseline; a selected-checkpoint one runs the pick when the

@@ -28,16 +28,13 @@ from pipeline.tasks.common import (
     DatasetManifest,
     checkpoint_dir,
     save_model,
+    shared_baseline,
     training_config,
 )
 from pipeline.tasks.glue_search import search
 from pipeline.tasks.glue_secure import secure_eval
-from pipeline.tracking import RECORDED
 
 __all__ = ["params", "prepare", "finetune", "search", "secure_eval"]
-# finetune fields that shape the candidates only: the baseline is shared across their values
-CANDIDATE_ONLY = ("lambdas", "temperatures", "theta_quantiles", "threshold_lr", "beta_lambda", "criterion", "reduce_forms",
-                  "beta_factor", "candidate_method", "torch_threads")
 log = logging.getLogger(__name__)
 
 
@@ -167,17 +164,8 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
     from models.training import finetune as train
     from models.weights import load_checkpoint
 
-    # the baseline's identity: every finetune setting but the candidates' own (their budget is in:
-    # the baseline trains on for it), the prepared data's run and the code
-    key = identity_key(ctx.cfg, Stage.finetune, upstream=ctx.tracker.lineage({"prepare": ctx.upstream["prepare"]}),
-                       code=ctx.tracker.code.tree,
-                       ignored={"finetune": CANDIDATE_ONLY})
-    found = ctx.tracker.runs_frame([ctx.tracker.experiment_id],
-                                   f"tags.baseline_key = '{key}' and attributes.status = 'FINISHED'")
-    if f"tags.{RECORDED}" in found:                  # brought in from a results record: no checkpoint here
-        found = found[found[f"tags.{RECORDED}"].isna()]
-    if ctx.cfg.tracking.resume and not found.empty:
-        run_id = str(found.sort_values("start_time").iloc[-1]["run_id"])
+    key, run_id = shared_baseline(ctx)
+    if run_id is not None:
         log.warning(f"finetune: reusing the unpruned baseline {run_id} (same model, data, seed and budget)")
         return run_id, load_checkpoint(ctx.tracker.artifact_location(run_id, "checkpoint_start"))[0]
     set_seed(ctx.cfg.finetune.seed)

@@ -37,6 +37,7 @@ from pipeline.tasks.common import (
     checkpoint_dir,
     checkpoint_plan,
     save_model,
+    shared_baseline,
     training_config,
 )
 from pipeline.tasks.lm_secure import secure_eval
@@ -159,30 +160,23 @@ def _perplexities(model: Any, dev: Any, test: Any, batch_size: int, n: int | Non
             for suffix, mode in (("", "exact"), ("_emulated", "emulated"))}
 
 
-def finetune(ctx: StageContext) -> None:
-    """The baseline LM (nested run ``baseline``, ``method=none``): trained ``finetune.max_steps``
-    (or ``epochs``), whole-block perplexities; with ``finetune.lambdas``, then trained on unpruned
-    for the candidates' steps on their loss (same budget, artifact ``checkpoint_start`` = where every
-    candidate starts) and scored on the dev contexts for ``none`` and ``bolt_we``. Then one
-    crypto-aware candidate per (λ, T, θ-init) (``models.lm_pruning``, emulated ops), nested runs with
-    ``dev/prune/*`` next-token metrics, checkpoint and ``thresholds.json``."""
+def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str, splits: tuple[Any, Any, Any]
+                    ) -> tuple[str, dict[str, float], Any]:
+    """Train the baseline LM in a nested run ``baseline`` (tag ``baseline_key``); returns its run id,
+    its metrics and, with candidates, the model where they start (see ``finetune``)."""
     import copy
-
-    import torch
 
     from models.config import OpsConfig
     from models.lm import LMTrainConfig, train_lm
     from models.lm_pruning import train_lm_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
-    torch.set_num_threads(f.torch_threads)
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    train, dev, test = (manifest.load_blocks(s) for s in ("train", "dev", "test"))
+    train, dev, test = splits
     n_eval, bs = f.eval_blocks, f.batch_size
     model, port_report = _initial_model(cfg, manifest)
     steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / bs))
-    tags = {"kind": "candidate", "method": methods.UNPRUNED, "lambda": 0.0, "temperature": 0.0,
-            "upstream_prepare": ctx.upstream["prepare"], "weights": port_report[:250]}
+    tags = {"kind": "candidate", "method": methods.UNPRUNED, "lambda": 0.0, "temperature": 0.0, "baseline_key": key,
+            "seed": f.seed, "upstream_prepare": ctx.upstream["prepare"], "weights": port_report[:250]}
     with ctx.run.child("baseline", tags) as child:
         child.log_params({"method": methods.UNPRUNED, "steps": steps, "ops": f.ops.value, "warmup_ratio": f.warmup_ratio})
         result = train_lm(model, train, training_config(f, LMTrainConfig, steps=steps), log=child.log_metrics)
@@ -203,13 +197,39 @@ def finetune(ctx: StageContext) -> None:
         metrics |= _perplexities(model, dev, test, bs, n_eval) | {"eval/seconds": time.time() - t0}
         child.log_metrics(metrics, step=result.steps)
         save_model(child, model, "checkpoint", manifest.tokenizer_dir)
-    ctx.run.set_tags({"baseline_run": child.run_id})
+    return child.run_id, metrics, start
+
+
+def finetune(ctx: StageContext) -> None:
+    """The baseline LM (nested run ``baseline``, ``method=none``): trained ``finetune.max_steps``
+    (or ``epochs``), whole-block perplexities; with ``finetune.lambdas``, then trained on unpruned
+    for the candidates' steps on their loss (same budget, artifact ``checkpoint_start`` = where every
+    candidate starts) and scored on the dev contexts for ``none`` and ``bolt_we``. Then one
+    crypto-aware candidate per (λ, T, θ-init) (``models.lm_pruning``, emulated ops), nested runs with
+    ``dev/prune/*`` next-token metrics, checkpoint and ``thresholds.json``. The baseline is trained
+    once per identity (``shared_baseline``) and reused by every later launch and sweep job."""
+    import torch
+
+    from models.weights import load_hf_gpt2
+
+    f = ctx.cfg.finetune
+    torch.set_num_threads(f.torch_threads)
+    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
+    train, dev, test = (manifest.load_blocks(s) for s in ("train", "dev", "test"))
+    key, baseline_id = shared_baseline(ctx, candidates=str(bool(f.lambdas)))
+    if baseline_id is not None:
+        log.warning(f"finetune: reusing the baseline LM {baseline_id} (same model, data, seed and budget)")
+        metrics = ctx.tracker.run_metrics(baseline_id)
+        start = load_hf_gpt2(ctx.tracker.artifact_location(baseline_id, "checkpoint_start"))[0] if f.lambdas else None
+    else:
+        baseline_id, metrics, start = _train_baseline(ctx, manifest, key, (train, dev, test))
+    ctx.run.set_tags({"baseline_run": baseline_id})
     ctx.run.log_metrics({k: metrics[k] for k in ("dev/perplexity", "test/perplexity")})
-    log.info(f"finetune: baseline {result.steps} steps in {result.seconds:.0f}s; perplexity dev "
+    log.info(f"finetune: baseline {metrics['train/steps']:.0f} steps in {metrics['train/seconds']:.0f}s; perplexity dev "
              f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
              f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
     if start is not None:
-        _candidates(ctx, start, train, dev[:n_eval], manifest, child.run_id, metrics["dev/none/next_token_acc"])
+        _candidates(ctx, start, train, dev[:f.eval_blocks], manifest, baseline_id, metrics["dev/none/next_token_acc"])
 
 
 def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: DatasetManifest, baseline_id: str,

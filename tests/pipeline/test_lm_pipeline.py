@@ -170,6 +170,14 @@ def test_unpruned_lm_chain_selects_the_baseline(tmp_path: Path, lm_assets: tuple
     assert search["metrics.test/bolt_we/kept/layer_0"] == 8
     method = runs[runs["tags.kind"] == "method"]
     assert sorted(method["tags.method"]) == ["bolt_we", "none"] and set(method["metrics.agree/secure"]) == {100.0}
+    # a later launch on the same data, model and budget reuses the baseline instead of training it again
+    again = run_cli(tmp_path, *_lm_overrides(*lm_assets), "finetune.lambdas=[]", "stage=finetune", "tracking.resume=true",
+                    "finetune.temperatures=[0.5]")
+    assert again.returncode == 0, again.stderr[-4000:]
+    runs = mlflow.search_runs(experiment_names=["gpt2_wikitext2"])
+    finetunes = runs[runs["tags.stage"] == "finetune"].sort_values("start_time")
+    assert len(finetunes) == 2 and set(finetunes["tags.baseline_run"]) == {cand.iloc[0]["run_id"]}
+    assert len(runs[runs["tags.kind"] == "candidate"]) == 1
 
 
 @pytest.mark.parametrize(
