@@ -169,9 +169,9 @@ def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path
     with tempfile.TemporaryDirectory() as tmp:
         records = [run_record(tracker.client, r["run_id"], names[r["experiment_id"]], Path(tmp))
                    for _, r in runs.iterrows() if r.get("tags.stage") != "report"]
-    command = "python -m pipeline stage=report " + " ".join(f"report={ctx.cfg.report.name}".split())
-    write_record(target, records, {"report": ctx.cfg.report.name, "experiments": sorted(ids),
-                                   "regenerate": f"{command} report.source=results/{ctx.cfg.report.name}",
+    name = ctx.cfg.report.name
+    write_record(target, records, {"report": name, "experiments": sorted(ids),
+                                   "regenerate": f"python -m pipeline stage=report report={name} report.source=results/{name}",
                                    "checkpoints": "not recorded (size): the chain trains them again from the same "
                                                   "config and code (tags code_tree, git_sha of each run)"})
     log.info(f"report: published {len(records)} runs and the report to {target}")
