@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models.methods import builtin_names
 from protocols.batch import Layout
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
@@ -42,7 +43,7 @@ def test_layout_groups_and_validation() -> None:
         Layout(())
 
 
-@pytest.mark.parametrize("method", ["none", "bolt_we", "prune", "prune_reduce"])
+@pytest.mark.parametrize("method", builtin_names())
 def test_plain_batch_equals_one_at_a_time(model: tuple, method: str) -> None:
     """Same kept counts, high groups, scores and logits as three separate passes."""
     spec, w, specs = model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models.methods import builtin_names
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
 from protocols.secure_model import plaintext_forward, run_batch
@@ -121,7 +122,7 @@ def _settings(method: str) -> object:
     return PruneSettings(method)
 
 
-@pytest.mark.parametrize("method", ["none", "bolt_we", "prune", "prune_reduce"])
+@pytest.mark.parametrize("method", builtin_names())
 def test_causal_engine_matches_the_torch_masked_model(gpt: tuple, reduce_spec: PruningSpec, method: str) -> None:
     """Physical compaction (JAX) == present masks over the full sequence (torch): same counts, same
     high-group shares and next-token logits."""

@@ -13,6 +13,7 @@ import spu.libspu as libspu
 from scipy import stats
 from spu import api
 
+from models.methods import builtin_names
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.parties import make_shares
 from protocols.plaintext import random_weights
@@ -48,7 +49,7 @@ def model():
                            "prune_reduce": PruningSpec("prune_reduce", (theta, 0.0), (beta, 0.0))}
 
 
-@pytest.mark.parametrize("method", ["none", "bolt_we", "prune", "prune_reduce"])
+@pytest.mark.parametrize("method", builtin_names())
 def test_reveals_equal_declared_leakage_and_outputs_stay_secret(model, method, monkeypatch):
     spec, weights, prunings = model
     visibilities: list[str] = []
