@@ -19,6 +19,7 @@ A new method is one module holding those two functions plus one ``MethodSpec`` p
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -84,8 +85,10 @@ class MethodSpec:
         return bool(self.programs) and (self.program_layers == "every" or layer == 0)
 
 
+@functools.cache
 def resolve(target: str) -> Callable[..., Any]:
-    """The function named ``"module:function"``; ``ValueError`` naming it when it does not exist."""
+    """The function named ``"module:function"`` (looked up once: every layer of every forward pass asks);
+    ``ValueError`` naming it when it does not exist."""
     module, _, name = target.partition(":")
     try:
         return getattr(importlib.import_module(module), name)

@@ -114,7 +114,8 @@ class LayerDone:
 
 def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute") -> None:
     """Raise ValueError for a criterion the model family does not define (every method is defined
-    for both families; a causal model's ``prune_reduce`` carries a secret visibility, ``_prune_layer``)."""
+    for both families; a causal model's ``prune_reduce`` carries a secret visibility,
+    ``protocols.method_steps.prune_reduce``)."""
     if spec.causal and methods.get(method).thresholds and criterion != "absolute":
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
