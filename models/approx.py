@@ -21,7 +21,7 @@ highest degree first, as ``numpy.polyval`` expects):
   ``exp(x) ≈ (1 + x/2^r)^(2^r)`` (``SquaringExp``; x clipped at ``−2^r``, where it reaches 0): no
   range reduction, no fixed-point → integer conversion, no bit extraction. Measured under CHEETAH
   (BERT-base shapes, secret-shared inputs, ``benchmark=reduce``): the cheap forms' time and bytes
-  are a fraction of BOLT's (see benchmarks/RESULTS.md).
+  are a fraction of BOLT's (see docs/archive/benchmarks.md).
 * ``polynomial``: the lower-degree polynomials ``GELU_LOW`` / ``EXP_LOW``
   with BOLT's range reduction; they saved bytes but no time in this engine (SPU's exp cost is the
   range reduction, not the polynomial's degree).

@@ -240,7 +240,11 @@ def load_glue_raw(
         hub = dict(spec.hub_splits)
         for s in splits:
             path = spec.hub_dataset + ((task,) if spec.hub_dataset == ("nyu-mll/glue",) else ())
-            ds = datasets.load_dataset(*path, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
+            try:
+                ds = datasets.load_dataset(*path, split=hub[s], cache_dir=str(cache_dir) if cache_dir else None)
+            except ConnectionError as e:
+                raise ConnectionError(f"{task}: could not load {'/'.join(path)} from the Hugging Face hub ({e}); "
+                                      "pass glue_dir, a local copy in GLUE's tsv layout") from e
             out[s] = _normalise(ds, spec, spec.hub_cols, "label", f"hub {'/'.join(path)}:{hub[s]}")
         return out
     for s in splits:

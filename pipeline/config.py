@@ -9,13 +9,14 @@ see these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,8 +288,20 @@ class PipelineConfig:
     benchmark: Any = None  # ``benchmark=<name>``: one of ``benchmarks.configs.BENCHMARKS``
 
 
+DATA_ENV = "CIPHERPRUNE_DATA"
+"""A local data root holding ``glue/`` (GLUE's tsv layout) and ``imdb/``; the ``data`` configs'
+default ``glue_dir`` is under it (``${data_dir:glue}``), and null (the Hugging Face hub) without it."""
+
+
+def data_dir(sub: str) -> Optional[str]:
+    """``$CIPHERPRUNE_DATA/<sub>`` when the variable is set, else None (the hub)."""
+    root = os.environ.get(DATA_ENV)
+    return str(Path(root) / sub) if root else None
+
+
 def register_configs() -> None:
-    """Register the schemas so YAML files can extend them by name."""
+    """Register the schemas so YAML files can extend them by name, and the ``data_dir`` resolver."""
+    OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="pipeline_schema", node=PipelineConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

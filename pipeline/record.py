@@ -55,11 +55,15 @@ def _artifacts(client: MlflowClient, run_id: str, tmp: Path) -> dict[str, str]:
     return out
 
 
-def run_record(client: MlflowClient, run_id: str, experiment: str, tmp: Path) -> dict[str, Any]:
-    """One run as a JSON-able dict (module docstring)."""
+def run_record(client: MlflowClient, run_id: str, experiment: str, tmp: Path,
+               recorded: Mapping[str, str]) -> dict[str, Any]:
+    """One run as a JSON-able dict (module docstring). ``recorded`` maps the store's ids of runs
+    brought in from a record to their recorded ids, so that a run and the tags naming runs (its
+    parent, its upstream runs) are written as the record first wrote them."""
     run = client.get_run(run_id)
-    tags = {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.") or k in KEPT_MLFLOW_TAGS}
-    return {"run_id": run.data.tags.get(RECORDED, run_id), "experiment": experiment, "status": run.info.status,
+    tags = {k: recorded.get(v, v) for k, v in sorted(run.data.tags.items())
+            if (not k.startswith("mlflow.") or k in KEPT_MLFLOW_TAGS) and k != RECORDED}
+    return {"run_id": recorded.get(run_id, run_id), "experiment": experiment, "status": run.info.status,
             "start_time": run.info.start_time, "end_time": run.info.end_time, "params": dict(sorted(run.data.params.items())),
             "tags": tags, "metrics": _metrics(client, run), "artifacts": _artifacts(client, run_id, tmp)}
 

@@ -35,7 +35,7 @@ NETWORKS = (LAN, WAN)
 
 # Sequential rounds per message party 0 sends. Measured (``python -m pipeline stage=benchmark
 # benchmark=link``, CHEETAH, 2-layer tiny BERT, 32 tokens, prune_reduce; parties' link relayed
-# with 20 ms per direction, ≈ 41 ms added RTT probed; benchmarks/RESULTS.md): over the 26 programs
+# with 20 ms per direction, ≈ 41 ms added RTT probed; docs/archive/benchmarks.md): over the 26 programs
 # the rounds implied by the slow-down, (t(RTT) − t(0)) / RTT, are 0.49-0.50 × party 0's send
 # actions (R² 0.97; a per-pphlo-op table of rounds fits worse, R² 0.93). On a MiniLM-shaped layer
 # at 16 tokens the factor is 0.38 (whole pass modelled +13 %). Off by op
@@ -182,7 +182,7 @@ class CostReport:
         for each layer ``measured..total-1`` a copy of layer ``measured-1``'s programs relabelled.
         Only sound where the layers are identical programs on identical shapes (the unpruned pass):
         bytes then agree with an end-to-end run to 0.0002 % on MiniLM-L6, rounds to 1.6 % (the
-        copied layer's send actions), times as noisy as the copied layer's (benchmarks/RESULTS.md)."""
+        copied layer's send actions), times as noisy as the copied layer's (docs/archive/benchmarks.md)."""
         if not 1 <= measured <= total:
             raise ValueError(f"layers measured={measured}: must be in [1, total={total}]")
         ran = {p.layer for p in self.programs if p.layer is not None}

@@ -44,7 +44,7 @@ Cost comparison of the oblivious compaction (n tokens, p pruned, d = 768):
   instead of at every compare-exchange. ``ranking`` (``rank_i = Σ_j [S_j > S_i]``, one n×n
   comparison matrix: n² + n comparisons in 2 comparison rounds) is the side-by-side reference
   of ``benchmark=prune`` (measured CHEETAH, BERT-base, n = 128, mask + selection matmul: 82.6 s /
-  39.9 MB against 19.6 s / 4.65 MB for ``bitonic``; benchmarks/RESULTS.md).
+  39.9 MB against 19.6 s / 4.65 MB for ``bitonic``; docs/archive/benchmarks.md).
 """
 from __future__ import annotations
 

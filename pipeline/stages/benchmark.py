@@ -6,8 +6,8 @@ The benchmark's typed settings (``benchmarks.configs``) are the run's params; ea
 is logged as a metric the moment it completes (a run that fails later keeps them and is marked
 FAILED); at the end the report (Markdown tables and the ratios measured side by side) is
 logged as ``results.md``, the raw records as ``rows.json``, and printed. The report's header
-names the command, the machine and the wall time, so a table pasted into
-``benchmarks/RESULTS.md`` carries what regenerates it and the run id it came from.
+names the command, the machine and the wall time, so a table quoted elsewhere carries what
+regenerates it and the run id it came from.
 """
 from __future__ import annotations
 

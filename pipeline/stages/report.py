@@ -27,13 +27,19 @@ import pandas as pd
 
 from pipeline.config import PipelineConfig
 from pipeline.context import StageContext
+from protocols.meter import NETWORKS, ROUNDS_PER_SEND_ACTION
 
 log = logging.getLogger(__name__)
+LINKS = "; ".join(f"{n.name.upper()} " + (f"{n.bandwidth_bps / 1e9:g} Gbps" if n.bandwidth_bps >= 1e9 else
+                                           f"{n.bandwidth_bps / 1e6:g} Mbps") + f", {n.rtt_s * 1e3:g} ms RTT"
+                  for n in NETWORKS)
 
 TABLES: dict[str, str] = {
     "table1": "Table 1: secure inference cost per model and method, measured end to end unless the cost column "
               "says otherwise (per input, averaged over the inputs column), ours beside the paper's (BERT, 128 "
-              "tokens, LAN)",
+              "tokens, LAN). LAN and WAN times are modelled from measured parts: the compute time plus the "
+              f"bytes at the link's bandwidth and the rounds (estimated: {ROUNDS_PER_SEND_ACTION} per send) at "
+              f"its RTT ({LINKS})",
     "table2": "Table 2: ablation, dev metric per task and method (mean ± std over seeds; models selected on a "
               "validation split carved from train, dev evaluated once), ours vs the paper (BERT-base)",
     "lm": "GPT-2 on WikiText-2: next-token prediction over a pruned context (test contexts; selected on dev), "
@@ -123,11 +129,11 @@ def _index(out_dir: Path, sources: dict[str, Any], built: list[str], notes: list
 
 
 @contextmanager
-def _store(ctx: StageContext) -> Iterator[tuple[Any, dict[str, str]]]:
-    """The tracker the report reads, and store id → record id for runs brought in from a record:
-    this stage's own, or (``report.source``) a temporary store holding the record."""
+def _store(ctx: StageContext) -> Iterator[Any]:
+    """The tracker the report reads: this stage's own, or (``report.source``) a temporary store
+    holding the record."""
     if not ctx.cfg.report.source:
-        yield ctx.tracker, {}
+        yield ctx.tracker
         return
     import mlflow
 
@@ -139,10 +145,19 @@ def _store(ctx: StageContext) -> Iterator[tuple[Any, dict[str, str]]]:
                                   paths=dataclasses.replace(ctx.cfg.paths, outputs=tmp))
         try:
             tracker = Tracker(cfg)
-            ids = import_record(tracker.client, Path(ctx.cfg.report.source))
-            yield tracker, {new: recorded for recorded, new in ids.items()}
+            import_record(tracker.client, Path(ctx.cfg.report.source))
+            yield tracker
         finally:
             mlflow.set_tracking_uri(ctx.tracker.uri)       # Tracker set the process-wide URI to the record's
+
+
+def _recorded(tracker: Any, experiment_ids: list[str]) -> dict[str, str]:
+    """Store id → recorded id of the runs of ``experiment_ids`` brought in from a record
+    (``report.source`` or ``tracking.records``), so that tables and records name them as recorded."""
+    from pipeline.tracking import RECORDED
+
+    runs = tracker.runs_frame(experiment_ids, f"tags.{RECORDED} != ''")
+    return dict(zip(runs["run_id"], runs[f"tags.{RECORDED}"])) if not runs.empty else {}
 
 
 def _recorded_ids(frame: pd.DataFrame, back: dict[str, str]) -> pd.DataFrame:
@@ -167,7 +182,7 @@ def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path
     runs = tracker.runs_frame(list(ids.values()), "attributes.status = 'FINISHED'")
     names = {v: k for k, v in ids.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        records = [run_record(tracker.client, r["run_id"], names[r["experiment_id"]], Path(tmp))
+        records = [run_record(tracker.client, r["run_id"], names[r["experiment_id"]], Path(tmp), back)
                    for _, r in runs.iterrows() if r.get("tags.stage") != "report"]
     name = ctx.cfg.report.name
     write_record(target, records, {"report": name, "experiments": sorted(ids),
@@ -180,11 +195,11 @@ def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path
 
 def run(ctx: StageContext) -> None:
     """Build the configured tables (required) and figures (skipped with a note without data)."""
-    with _store(ctx) as (tracker, back):
-        _build(ctx, tracker, back)
+    with _store(ctx) as tracker:
+        _build(ctx, tracker)
 
 
-def _build(ctx: StageContext, tracker: Any, back: dict[str, str]) -> None:
+def _build(ctx: StageContext, tracker: Any) -> None:
     """The report from ``tracker``'s runs (see ``run``)."""
     from pipeline import reporting
     from pipeline.reporting import figures, tables
@@ -193,6 +208,7 @@ def _build(ctx: StageContext, tracker: Any, back: dict[str, str]) -> None:
     _check_names(cfg)
     names = list(cfg.report.experiments) or [cfg.tracking.experiment]
     ids = reporting.experiment_ids(tracker, names)
+    back = _recorded(tracker, list(ids.values()))
     out_dir = Path(cfg.paths.outputs).resolve() / "reports" / cfg.report.name
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a report directory holds only the latest regeneration

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models import methods
-from pipeline.config import PipelineConfig, Stage
+from pipeline.config import DATA_ENV, PipelineConfig, Stage
 from pipeline.context import StageContext
 from pipeline.identity import identity_key
 from pipeline.tasks.common import (
@@ -81,7 +81,10 @@ def _raw_splits(cfg: PipelineConfig, cache: Path) -> tuple[dict[str, Any], Path]
     glue_dir = Path(cfg.data.glue_dir).resolve() if cfg.data.glue_dir else None
     if glue_dir is not None and not glue_dir.is_dir():
         raise FileNotFoundError(f"data.glue_dir={cfg.data.glue_dir!r} is not a directory")
-    raw = load_glue_raw(cfg.data.task, glue_dir, ("train", "dev"), cache / "hf")
+    try:
+        raw = load_glue_raw(cfg.data.task, glue_dir, ("train", "dev"), cache / "hf")
+    except ConnectionError as e:
+        raise ConnectionError(f"{e}. Offline: set data.glue_dir=<dir> or {DATA_ENV}=<dir holding glue/ and imdb/>") from e
     return raw, ckpt
 
 

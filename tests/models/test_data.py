@@ -1,6 +1,7 @@
-"""GLUE loaders on tiny tsv files written here; real row counts when the shared copy exists."""
+"""GLUE loaders on tiny tsv files written here; real row counts when ``$CIPHERPRUNE_DATA`` holds a copy."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from models.data import compute_metrics, load_glue, load_glue_raw
 from models.synthetic import write_synthetic_task
 
-GLUE = Path("/work/shared/data/glue")
+DATA = Path(os.environ.get("CIPHERPRUNE_DATA", "/nonexistent"))
+GLUE = DATA / "glue"
 
 
 def _write(p: Path, text: str, bom: bool = False) -> None:
@@ -69,7 +71,7 @@ def test_metrics() -> None:
     assert compute_metrics("sst2", np.array([1, 1]), np.array([1, 0]))["metric"] == 50.0
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason=f"shared GLUE copy {GLUE} not present")
+@pytest.mark.skipif(not GLUE.is_dir(), reason="real GLUE tsv files: set CIPHERPRUNE_DATA=<dir holding glue/>")
 def test_real_row_counts(tmp_path: Path) -> None:
     c = str(tmp_path / "cache")
     assert len(load_glue_raw("sst2", GLUE, splits=("dev",), cache_dir=c)["dev"]) == 872
@@ -89,10 +91,10 @@ def test_imdb_layout_quotes_kept(tmp_path: Path) -> None:
     assert raw["dev"]["text_a"] == ['A "so-called" film .  Dull.', 'Great , "great" !'] and raw["dev"]["label"] == [0, 1]
 
 
-IMDB = Path("/work/shared/data/imdb")
+IMDB = DATA / "imdb"
 
 
-@pytest.mark.skipif(not IMDB.is_dir(), reason=f"shared IMDB copy {IMDB} not present")
+@pytest.mark.skipif(not IMDB.is_dir(), reason="real IMDB reviews: set CIPHERPRUNE_DATA=<dir holding imdb/>")
 def test_real_imdb_counts(tmp_path: Path) -> None:
     raw = load_glue_raw("imdb", IMDB.parent, cache_dir=str(tmp_path / "cache"))
     for split in ("train", "dev"):

@@ -1,13 +1,21 @@
-"""README.md says what the committed results records say, and stays short."""
+"""README.md and docs/results.md say what the committed results records say; each committed table
+regenerates from its record alone by the command printed beside it; README.md stays short."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from pipeline import results_page
 from pipeline.config import PROJECT_ROOT
 from pipeline.headline import BEGIN, END, render, update
+from pipeline.record import RECORD
+from tests.pipeline.conftest import run_cli
+
+RECORDS = sorted(p.parent for p in (PROJECT_ROOT / "results").glob(f"*/{RECORD}"))
 
 
 def test_readme_headline_block_is_the_records() -> None:
@@ -35,3 +43,27 @@ def test_headline_block_from_a_record(tmp_path: Path) -> None:
     readme.write_text(f"# x\n\n{BEGIN}\nstale\n{END}\n\nrest\n")
     assert update(readme, tmp_path / "results") and not update(readme, tmp_path / "results")
     assert readme.read_text() == f"# x\n\n{block}\n\nrest\n"
+
+
+def test_results_page_is_the_records() -> None:
+    page = (PROJECT_ROOT / "docs" / "results.md").read_text()
+    assert page == results_page.render(PROJECT_ROOT / "results"), \
+        "docs/results.md disagrees with results/: run `python -m pipeline.headline`"
+    for record in RECORDS:
+        assert f"`{json.loads((record / RECORD).read_text())['regenerate']}`" in page
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r.name for r in RECORDS])
+def test_committed_tables_regenerate_from_their_record(record: Path, tmp_path: Path) -> None:
+    """The record's printed command, run as a user runs it in a fresh clone (no store: a new one
+    under ``tmp_path``), writes the committed tables byte for byte."""
+    committed = [p for ext in ("md", "csv", "tex") for p in sorted(record.glob(f"table*.{ext}"))]
+    if not committed:
+        pytest.skip(f"{record.name}: a partial record, no tables published yet")
+    command = shlex.split(json.loads((record / RECORD).read_text())["regenerate"])
+    assert command[:3] == ["python", "-m", "pipeline"]
+    done = run_cli(tmp_path, *command[3:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "reports" / record.name
+    for table in committed:
+        assert (out / table.name).read_text() == table.read_text(), f"{table} is stale: {' '.join(command)}"

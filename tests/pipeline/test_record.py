@@ -47,10 +47,15 @@ def test_the_record_regenerates_the_tables_without_the_store(published: Path, co
 
     fresh = tmp_path / "fresh"
     run_pipeline(compose_cfg("stage=report", f"report.source={published}", "report.name=from_record",
-                             f"tracking.uri=sqlite:///{fresh}.db"))
+                             f"tracking.uri=sqlite:///{fresh}.db", "report.publish=true",
+                             f"report.results_dir={tmp_path / 'again'}"))
     for table in ("table1.md", "table2.md"):
         assert (tmp_path / "reports" / "from_record" / table).read_text() == (published / table).read_text(), table
     assert "BOLT w/o WE" in (published / "table1.md").read_text()
+    again = tmp_path / "again" / "from_record" / "runs"                 # republished: the same runs, ids and lineage
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in (published / "runs").iterdir())
+    for path in (published / "runs").iterdir():
+        assert (again / path.name).read_text() == path.read_text(), path.name
 
 
 def test_importing_a_record_twice_adds_nothing(published: Path, tmp_path: Path) -> None:

@@ -230,9 +230,9 @@ def test_identity_does_not_depend_on_where_the_data_lies(compose_cfg):
     """Another clone or machine keeps the same tsv files elsewhere: same identity; other data, another."""
     from pipeline.identity import identity_key
 
-    here = identity_key(compose_cfg("data=sst2", "data.glue_dir=/work/shared/glue"), Stage.prepare)
+    here = identity_key(compose_cfg("data=sst2", "data.glue_dir=/data/glue"), Stage.prepare)
     assert identity_key(compose_cfg("data=sst2", "data.glue_dir=/elsewhere/glue"), Stage.prepare) == here
     assert identity_key(compose_cfg("data=sst2", "data.max_length=64"), Stage.prepare) != here
-    assert identity_key(compose_cfg("data=mrpc", "data.glue_dir=/work/shared/glue"), Stage.prepare) != here
-    cache = identity_key(compose_cfg("data=sst2", "data.glue_dir=/work/shared/glue"), Stage.prepare, local=True)
+    assert identity_key(compose_cfg("data=mrpc", "data.glue_dir=/data/glue"), Stage.prepare) != here
+    cache = identity_key(compose_cfg("data=sst2", "data.glue_dir=/data/glue"), Stage.prepare, local=True)
     assert identity_key(compose_cfg("data=sst2", "data.glue_dir=/elsewhere/glue"), Stage.prepare, local=True) != cache
