@@ -143,7 +143,7 @@ def perplexity(
 class LMTrainConfig:
     """Causal-LM training hyper-parameters. ``steps`` optimizer steps of ``batch_size`` blocks
     (blocks are reshuffled every pass), AdamW with linear warm-up over ``warmup_ratio·steps``
-    then linear decay; ``max_minutes`` stops early on wall time; ``ops_mode`` exact or
+    then linear decay; ``max_minutes`` stops early on wall time; ``ops`` exact or
     emulated (the polynomial non-linears of ``models.approx``) while training;
     ``eval_every`` steps the dev perplexity over at most ``eval_blocks`` blocks is logged."""
 
@@ -153,7 +153,7 @@ class LMTrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
-    ops_mode: str = "exact"
+    ops: str = "exact"
     seed: int = 0
     max_minutes: float | None = None
     eval_every: int | None = None
@@ -190,7 +190,7 @@ def train_lm(
     if train_blocks.shape[0] == 0:
         raise ValueError("no training blocks (is the train split shorter than one block?)")
     set_seed(cfg.seed)
-    model.ops_cfg = OpsConfig(mode=cfg.ops_mode)  # type: ignore[arg-type,assignment]
+    model.ops_cfg = OpsConfig(mode=cfg.ops)  # type: ignore[arg-type,assignment]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

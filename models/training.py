@@ -7,7 +7,7 @@ model. ``method="none"`` is the unpruned baseline; :func:`continue_unpruned` tra
 many steps as a candidate's two phases, so that a candidate and the baseline it is compared
 with have had the same training budget. Model selection (early stopping, best checkpoint) uses
 the split passed as ``val_ds``, carved from train: the dev split is for the final report only.
-Training runs with the ops of ``ops_mode`` (``emulated``: the secure run's GELU/exp/rsqrt forms
+Training runs with the ops of ``ops`` (``emulated``: the secure run's GELU/exp/rsqrt forms
 of ``models.approx``; ``fixed_point`` rounds to its fixed-point format too).
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class FinetuneConfig:
     hard_epochs: float = 0.25
     hard_lr: float | None = None
     method: str = "prune"
-    ops_mode: str = "exact"
+    ops: str = "exact"
     fixed_point: bool = False
     seed: int = 0
     max_steps: int | None = None
@@ -304,7 +304,7 @@ def finetune(
     for ``prune_reduce``), then the hard straight-through phase (``cfg.hard_epochs``).
     """
     set_seed(cfg.seed)
-    model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
+    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     if not methods.trainable(cfg.method).thresholds:
         _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
@@ -331,7 +331,7 @@ def continue_unpruned(
     checkpoint restored); returns its evaluation on ``val_ds``. The baseline every pruned
     candidate is compared with has then trained as many steps as the candidate."""
     set_seed(cfg.seed)
-    model.ops_cfg = OpsConfig(cfg.ops_mode, cfg.fixed_point)  # type: ignore[arg-type]
+    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "continue", log_metrics, step0, history)
     ev = ev or evaluate(model, val_ds, task, "none", cfg.eval_batch_size)

@@ -34,6 +34,28 @@ class Stage(str, Enum):
 CHAIN: tuple[Stage, ...] = (Stage.prepare, Stage.finetune, Stage.search, Stage.secure_eval, Stage.report)
 
 
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage's result depends on: the stages whose runs it reads (``upstream``, wired by the
+    runner) and the config sections whose values decide it (its identity, ``pipeline.identity``)."""
+
+    upstream: tuple[Stage, ...]
+    sections: tuple[str, ...]
+
+
+STAGE_INPUTS: dict[Stage, StageInputs] = {
+    Stage.prepare: StageInputs((), ("model", "data")),
+    Stage.finetune: StageInputs((Stage.prepare,), ("model", "data", "finetune")),
+    Stage.search: StageInputs((Stage.finetune,), ("model", "data", "finetune", "search")),
+    Stage.secure_eval: StageInputs((Stage.prepare, Stage.search),
+                                   ("model", "data", "finetune", "search", "protocol", "secure_eval")),
+    Stage.report: StageInputs((), ("report",)),
+    Stage.benchmark: StageInputs((), ("benchmark",)),
+}
+"""Every stage but ``all``: a new stage is its module in ``pipeline/stages/``, its ``Stage`` member
+and its entry here (and in ``CHAIN`` when the chain runs it)."""
+
+
 class Family(str, Enum):
     bert = "bert"
     gpt2 = "gpt2"

@@ -11,17 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.config import PipelineConfig, Stage
-
-# Config sections whose values decide a stage's result (its resume identity).
-STAGE_SECTIONS: dict[Stage, tuple[str, ...]] = {
-    Stage.prepare: ("model", "data"),
-    Stage.finetune: ("model", "data", "finetune"),
-    Stage.search: ("model", "data", "finetune", "search"),
-    Stage.secure_eval: ("model", "data", "finetune", "search", "protocol", "secure_eval"),
-    Stage.report: ("report",),
-    Stage.benchmark: ("benchmark",),
-}
+from pipeline.config import STAGE_INPUTS, PipelineConfig, Stage
 
 
 def plain(obj: Any) -> Any:
@@ -101,7 +91,7 @@ def identity_key(cfg: PipelineConfig, stage: Stage, *, upstream: Optional[Mappin
                  code: Optional[str] = None, ignored: Optional[Mapping[str, tuple[str, ...]]] = None,
                  local: bool = False) -> str:
     """The one identity hash (16 hex digits) of ``stage``'s result under ``cfg``: its config sections
-    (``STAGE_SECTIONS``) less the ``ignored`` keys per section and, unless ``local``, less where this
+    (``pipeline.config.STAGE_INPUTS``) less the ``ignored`` keys per section and, unless ``local``, less where this
     machine keeps the data (``LOCAL_PATHS``), with, when given, its upstream runs' identities
     (``Tracker.lineage``) and the code tree (``CodeVersion.tree``). Equal keys: the same result,
     computed once, on any machine.
@@ -110,7 +100,7 @@ def identity_key(cfg: PipelineConfig, stage: Stage, *, upstream: Optional[Mappin
     for a config); with ``local``, the prepare cache on this machine; with upstream and code, the tag
     ``config_hash`` (a stage run to reuse); with ``ignored=RESUME_IGNORED[stage]``, a unit's
     ``resume_key`` (one secure_eval batch; a shared baseline with the candidates' own keys ignored)."""
-    sections = {name: plain(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
+    sections = {name: plain(getattr(cfg, name)) for name in STAGE_INPUTS[stage].sections}
     for section, keys in [*(() if local else LOCAL_PATHS.items()), *(ignored or {}).items()]:
         if section in sections:
             sections[section] = {k: v for k, v in sections[section].items() if k not in keys}

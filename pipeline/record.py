@@ -29,8 +29,7 @@ from benchmarks.common import machine_facts
 from pipeline.tracking import RECORDED
 
 RECORD = "record.json"
-RECORDED_ARTIFACTS = ("input.json", "leakage.json", "pareto.csv", "selection.json", "thresholds.json",
-                      "dataset.json", "front.csv")
+RECORDED_ARTIFACTS = ("input.json", "leakage.json", "pareto.csv", "thresholds.json", "dataset.json")
 """Artifacts a record carries (small; what reports and resume read)."""
 KEPT_MLFLOW_TAGS = (MLFLOW_PARENT_RUN_ID, "mlflow.runName")
 

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline.config import CHAIN, PipelineConfig, Stage
+from pipeline.config import CHAIN, STAGE_INPUTS, PipelineConfig, Stage
 from pipeline.context import StageContext
 from pipeline.identity import identity_key
 from pipeline.stages import STAGES
@@ -16,16 +16,6 @@ from pipeline.tracking import PARENT_RUN_FILE, Tracker
 from pipeline.validate import validate
 
 log = logging.getLogger(__name__)
-
-UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
-    Stage.prepare: (),
-    Stage.finetune: (Stage.prepare,),
-    Stage.search: (Stage.finetune,),
-    Stage.secure_eval: (Stage.prepare, Stage.search),
-    Stage.report: (),
-    Stage.benchmark: (),
-}
-
 
 def _hydra_context() -> tuple[list[str], Optional[str]]:
     """Task overrides and, inside a multirun, the parent run id the callback wrote."""
@@ -43,7 +33,7 @@ def _hydra_context() -> tuple[list[str], Optional[str]]:
 def _resolve_upstream(cfg: PipelineConfig, tracker: Tracker, stage: Stage, produced: dict[Stage, str]) -> dict[str, str]:
     """Run ids of the stages ``stage`` reads, checked before any expensive work."""
     ids: dict[str, str] = {}
-    for up in UPSTREAM[stage]:
+    for up in STAGE_INPUTS[stage].upstream:
         given = getattr(cfg.upstream, up.value)
         if up in produced:
             ids[up.value] = produced[up]

@@ -11,7 +11,7 @@ from pathlib import Path
 from models import methods
 from models.approx import RING_BITS
 from pipeline.config import CHAIN, Family, PipelineConfig, Stage
-from pipeline.tasks import LM_TASKS, declared_task, task_module
+from pipeline.tasks import LM_TASKS, declared_task, task_of
 
 
 class ConfigError(ValueError):
@@ -240,7 +240,7 @@ def _validate_task(cfg: PipelineConfig) -> None:
     """``data.task`` is a built-in task, an LM task or one ``data.spec`` declares (registered here)."""
     try:
         declared_task(cfg.data)
-        task_module(cfg.data.task)
+        task_of(cfg.data.task)
     except ValueError as e:
         raise ConfigError(f"data.task={cfg.data.task!r}: {e}") from None
 

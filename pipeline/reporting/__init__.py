@@ -140,7 +140,7 @@ def pareto_tables(tracker: "Tracker", ids: Mapping[str, str]) -> dict[tuple[str,
             continue
         try:
             table = pd.read_csv(tracker.download(run["run_id"], "pareto.csv"))
-        except Exception:  # noqa: BLE001 - a search run without pareto.csv (GPT-2 searches write front.csv)
+        except Exception:  # noqa: BLE001 - a search run without pareto.csv (no candidate: the baseline selected)
             continue
         table.attrs["search_run_id"] = run["run_id"]
         tables[key] = table

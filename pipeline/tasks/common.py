@@ -16,7 +16,6 @@ from pipeline.config import FinetuneConfig, PipelineConfig
 from pipeline.tracking import Tracker
 
 MANIFEST = "dataset.json"
-SELECTION = "selection.json"
 THRESHOLDS = "thresholds.json"
 DATA_HELD_BY = {"threads": "one process holds both parties (threads): it loads the checkpoint and the inputs",
                 "processes": "each party process loads its own data (server: checkpoint, client: its inputs)",
@@ -83,10 +82,9 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 # ``finetune`` fields the stages read themselves (candidate grid, threads); every other field is
-# passed on under its own name to the library's training config (``ops`` as ``ops_mode``).
+# passed on under its own name to the library's training config.
 FINETUNE_STAGE_ONLY = frozenset({"prune_epochs", "prune_lr", "lambdas", "temperatures", "theta_quantiles",
                                  "candidate_method", "torch_threads"})
-FINETUNE_RENAMED = {"ops": "ops_mode"}
 
 
 def training_config(section: FinetuneConfig, cls: type, **overrides: Any) -> Any:
@@ -95,7 +93,7 @@ def training_config(section: FinetuneConfig, cls: type, **overrides: Any) -> Any
     ``cls`` declares takes the section's value of the same name, ``overrides`` win.
     ``tests/pipeline/test_config.py`` checks that no section field is silently dropped."""
     wanted = {f.name for f in fields(cls)}
-    values = {FINETUNE_RENAMED.get(k, k): (v.value if isinstance(v, Enum) else v) for k, v in asdict(section).items()
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(section).items()
               if k not in FINETUNE_STAGE_ONLY}
     return cls(**{k: v for k, v in values.items() if k in wanted} | overrides)
 
@@ -176,23 +174,44 @@ def session_spec(cfg: PipelineConfig) -> Any:
 
 @dataclass(frozen=True)
 class Selection:
-    """The search stage's pick (``selection.json``): which candidate run each method evaluates."""
+    """The search stage's pick, saved once as the search run's tags: which candidate run each method
+    evaluates, the prepare run it was trained and scored on, and the selected-checkpoint methods the
+    pick can serve (``serves``)."""
 
     baseline_run_id: str
     selected_run_id: str
     prepare_run_id: str
+    serves: tuple[str, ...] = ()
 
     @classmethod
     def from_run(cls, tracker: Tracker, run_id: str) -> "Selection":
-        data = json.loads(tracker.download(run_id, SELECTION).read_text())
-        missing = [k for k in ("baseline_run_id", "selected_run_id", "prepare_run_id") if k not in data]
+        tags = tracker.run_tags(run_id)
+        missing = [k for k in ("baseline_run_id", "selected_run_id", "prepare_run_id", "serves") if k not in tags]
         if missing:
-            raise ValueError(f"{SELECTION} of search run {run_id} lacks {missing}; re-run stage=search")
-        return cls(data["baseline_run_id"], data["selected_run_id"], data["prepare_run_id"])
+            raise ValueError(f"search run {run_id} has no selection tags {missing}; re-run stage=search")
+        return cls(tags["baseline_run_id"], tags["selected_run_id"], tags["prepare_run_id"],
+                   tuple(m for m in tags["serves"].split(",") if m))
 
     def to_dict(self) -> dict[str, str]:
+        """The search run's tags."""
         return {"baseline_run_id": self.baseline_run_id, "selected_run_id": self.selected_run_id,
-                "prepare_run_id": self.prepare_run_id}
+                "prepare_run_id": self.prepare_run_id, "serves": ",".join(self.serves)}
+
+    def plan(self, names: Sequence[str]) -> list[tuple[str, str]]:
+        """``(method, checkpoint run)`` for each of ``names``: a baseline-checkpoint method runs the
+        baseline, a selected-checkpoint one the pick; ``RuntimeError`` naming a method the pick cannot
+        serve (no candidate, or no β learned or calibrated)."""
+        plan = []
+        for name in names:
+            if methods.get(name).checkpoint == "baseline":
+                plan.append((name, self.baseline_run_id))
+            elif name in self.serves:
+                plan.append((name, self.selected_run_id))
+            else:
+                raise RuntimeError(f"secure_eval: method {name} needs a candidate trained for it; the search's pick "
+                                   f"{self.selected_run_id} serves {list(self.serves) or 'no pruned method'}: set "
+                                   f"finetune.lambdas and finetune.candidate_method, or drop {name} from secure_eval.methods")
+        return plan
 
     def manifest(self, tracker: Tracker, upstream_prepare: Optional[str]) -> "DatasetManifest":
         """The data the selected models were trained and scored on: the prepare run this selection

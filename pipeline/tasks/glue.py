@@ -1,14 +1,17 @@
-"""The classification tasks (synthetic and GLUE, BERT models): prepare, finetune, search and
-secure_eval. Computation lives in ``models/`` and ``protocols/``; this maps the config onto it.
+"""The classification tasks (synthetic and GLUE-style, BERT models): what the stages need from them
+(``pipeline.tasks.Task``). Computation lives in ``models/`` and ``protocols/``; this maps the config
+onto it.
 
 - prepare: the task's train/val/dev splits (generated, local tsv or the hub; val carved from
   train with ``data.split_seed``), tokenised to ``data.max_length``, cached; a ``dataset.json``
   manifest.
-- finetune: the unpruned baseline (trained once per model, data, seed and budget, then reused)
-  and one crypto-aware pruning candidate per (λ, T, θ-init), all selected on val.
-- search (``pipeline.tasks.glue_search``): the val accuracy / kept-token Pareto front, the pick,
-  and the dev evaluation of the picked models, once.
-- secure_eval (``pipeline.tasks.glue_secure``): the four methods under two-party computation.
+- baseline / train_candidate: the unpruned baseline (trained once per model, data, seed and budget,
+  then reused) and one crypto-aware candidate at a grid point, scored on val (``acc/val``: the task's
+  primary metric).
+- after_selection (``pipeline.tasks.glue_search``): β calibrated on val, then the picked models
+  scored on dev, once.
+- secure_evaluator (``pipeline.tasks.glue_secure``): a method on dev inputs under two-party
+  computation, checked against the JAX plaintext twin and the torch emulation.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from models import methods
 from pipeline.config import DATA_ENV, PipelineConfig, Stage
 from pipeline.context import StageContext
 from pipeline.identity import identity_key
+from pipeline.tasks import Baseline, GridPoint
 from pipeline.tasks.common import (
     MANIFEST,
     DatasetManifest,
@@ -31,10 +35,11 @@ from pipeline.tasks.common import (
     shared_baseline,
     training_config,
 )
-from pipeline.tasks.glue_search import search
-from pipeline.tasks.glue_secure import secure_eval
+from pipeline.tasks.glue_search import after_selection
+from pipeline.tasks.glue_secure import secure_evaluator
+from pipeline.tracking import StageRun
 
-__all__ = ["params", "prepare", "finetune", "search", "secure_eval"]
+__all__ = ["params", "prepare", "baseline", "train_candidate", "after_selection", "secure_evaluator"]
 log = logging.getLogger(__name__)
 
 
@@ -152,9 +157,21 @@ def _initial_model(cfg: PipelineConfig, manifest: DatasetManifest) -> Any:
     return BertClassifier(shape), "random initialisation"
 
 
-def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, Any], base_cfg: Any,
-              candidate_cfg: Any) -> tuple[str, Any]:
-    """The unpruned baseline's run id and its model at the candidates' starting point.
+def _training_configs(cfg: PipelineConfig) -> tuple[Any, Any]:
+    """``models.training.FinetuneConfig`` of the baseline and of a candidate (before its grid point)."""
+    from models.training import FinetuneConfig
+
+    f = cfg.finetune
+    base_cfg = training_config(f, FinetuneConfig, method=methods.UNPRUNED)
+    return base_cfg, replace(base_cfg, method=f.candidate_method, epochs=f.prune_epochs, lr=f.prune_lr)
+
+
+def _splits(manifest: DatasetManifest) -> tuple[Any, Any]:
+    return manifest.load("train"), manifest.load("val")
+
+
+def baseline(ctx: StageContext, manifest: DatasetManifest) -> Baseline:
+    """The unpruned baseline's run and its model at the candidates' starting point.
 
     Reused when a FINISHED baseline of the same identity (tag ``baseline_key``) exists (``tracking.resume``);
     otherwise a nested run (tag ``kind=candidate``, ``method=none``) trains it ``finetune.epochs``
@@ -170,7 +187,9 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
     key, run_id = shared_baseline(ctx)
     if run_id is not None:
         log.warning(f"finetune: reusing the unpruned baseline {run_id} (same model, data, seed and budget)")
-        return run_id, load_checkpoint(ctx.tracker.artifact_location(run_id, "checkpoint_start"))[0]
+        return Baseline(run_id, load_checkpoint(ctx.tracker.artifact_location(run_id, "checkpoint_start"))[0])
+    base_cfg, candidate_cfg = _training_configs(ctx.cfg)
+    splits = _splits(manifest)
     set_seed(ctx.cfg.finetune.seed)
     model, port_report = _initial_model(ctx.cfg, manifest)
     tags = {"kind": "candidate", "method": methods.UNPRUNED, "baseline_key": key, "seed": ctx.cfg.finetune.seed,
@@ -186,45 +205,21 @@ def _baseline(ctx: StageContext, manifest: DatasetManifest, splits: tuple[Any, A
                            "acc/val_start": start.eval.metrics["metric"],
                            "tokens_kept/mean": float(torch.tensor(result.eval.kept_tokens).mean())})
         save_model(child, model, "checkpoint", manifest.tokenizer_dir)
-    return child.run_id, start_model
+    return Baseline(child.run_id, start_model)
 
 
-def finetune(ctx: StageContext) -> None:
-    """The unpruned baseline (``_baseline``), then one crypto-aware candidate per (λ, T, θ-init)
-    from its starting point, each a nested run (tag ``kind=candidate``, ``baseline_run``) with its
-    checkpoint, thresholds and metrics on val (``acc/val``, ``tokens_kept/mean``). A job training
-    one candidate also logs them as ``objective/val_metric`` and ``objective/tokens_kept`` on the
-    stage run: what a sweeper (``hydra/sweeper=pareto``) optimises."""
-    import torch
+def train_candidate(ctx: StageContext, run: StageRun, model: Any, manifest: DatasetManifest,
+                    point: GridPoint) -> dict[str, float]:
+    """Train ``model`` (a copy of the baseline's start) crypto-aware at ``point`` (``models.training.finetune``
+    of ``finetune.candidate_method``); logs its metrics on val, checkpoint and thresholds to ``run``."""
+    from models.training import finetune as train
 
-    from models.training import FinetuneConfig
-    from models.training import finetune as train_candidate
-
-    f = ctx.cfg.finetune
-    torch.set_num_threads(f.torch_threads)
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    splits = (manifest.load("train"), manifest.load("val"))
-    base_cfg = training_config(f, FinetuneConfig, method=methods.UNPRUNED)
-    candidate_cfg = replace(base_cfg, method=f.candidate_method, epochs=f.prune_epochs, lr=f.prune_lr)
-    baseline_id, start = _baseline(ctx, manifest, splits, base_cfg, candidate_cfg)
-    ctx.run.set_tags({"baseline_run": baseline_id})
-    grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
-    for lam, temp, quantile in grid:
-        name = f"lambda_{lam:g}_T_{temp:g}_q_{quantile:g}"
-        train_cfg = replace(candidate_cfg, lambda_=lam, temperature=temp, theta_quantile=quantile)
-        tags = {"kind": "candidate", "method": train_cfg.method, "lambda": lam, "temperature": temp,
-                "theta_quantile": quantile, "seed": f.seed, "baseline_run": baseline_id,
-                "upstream_prepare": ctx.upstream["prepare"]}
-        model = copy.deepcopy(start)
-        with ctx.run.child(name, tags) as child:
-            child.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": train_cfg.method})
-            result = train_candidate(model, *splits, manifest.task, train_cfg, log_metrics=child.log_metrics)
-            metrics = {**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
-                       "tokens_kept/mean": sum(result.eval.kept_tokens) / len(result.eval.kept_tokens)}
-            child.log_metrics(metrics)
-            save_model(child, model, "checkpoint", manifest.tokenizer_dir, result.thresholds)
-        ctx.run.log_metrics({f"acc/{name}": metrics["acc/val"]})
-    if len(grid) == 1:
-        ctx.run.log_metrics({"objective/val_metric": metrics["acc/val"], "objective/tokens_kept": metrics["tokens_kept/mean"]})
-
-
+    _, candidate_cfg = _training_configs(ctx.cfg)
+    train_cfg = replace(candidate_cfg, lambda_=point.lambda_, temperature=point.temperature,
+                        theta_quantile=point.theta_quantile)
+    result = train(model, *_splits(manifest), manifest.task, train_cfg, log_metrics=run.log_metrics)
+    metrics = {**result.eval.flat("val/"), "acc/val": result.eval.metrics["metric"],
+               "tokens_kept/mean": sum(result.eval.kept_tokens) / len(result.eval.kept_tokens)}
+    run.log_metrics(metrics)
+    save_model(run, model, "checkpoint", manifest.tokenizer_dir, result.thresholds)
+    return metrics

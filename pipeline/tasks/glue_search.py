@@ -1,54 +1,31 @@
-"""The classification tasks' search stage: select on val, report on dev once.
+"""The classification tasks after the search's pick: β calibrated on val, then dev scored once.
 
-The candidates are every FINISHED pruned candidate trained from the upstream finetune run's
-baseline (tag ``baseline_run``; a Hydra multirun over λ/T/θ-init accumulates them, and so does a
-sweeper such as ``hydra/sweeper=pareto``). Their validation metric (``acc/val``, on the split
-carved from train) against mean kept tokens gives the Pareto front; the pick is the cheapest
-within ``search.max_drop`` points of the baseline's validation metric (none within: the most
-accurate, with a warning and ``selection/within_max_drop = 0``). The pick's β is then calibrated
-on val too: scaled toward θ (``search.beta_scales``, largest first) until Π_reduce costs at most
-``search.reduce_max_drop`` points against Π_prune of the same model (none: β = θ, nothing
-reduced); ``thresholds.json`` carries the calibrated β to secure_eval. Only then is the GLUE dev
-set (IMDB: the fixed test subset) evaluated, once per selected model and method, with the secure
-run's approximations (``OpsConfig("emulated")``): ``none`` and ``bolt_we`` on the baseline,
-``prune`` and ``prune_reduce`` on the pick, plus the pick under fixed-point rounding
-(``prune_reduce_fixed_point``: whether SPU's 18-bit fixed point changes the result).
+The pick's β is calibrated on val: scaled toward θ (``search.beta_scales``, largest first) until
+Π_reduce costs at most ``search.reduce_max_drop`` points against Π_prune of the same model (none:
+β = θ, nothing reduced); ``thresholds.json`` carries the calibrated β to secure_eval, so the pick
+serves every selected-checkpoint method whatever it was trained as. Only then is the GLUE dev set
+(IMDB: the fixed test subset) evaluated, once per selected model and method, with the secure run's
+approximations (``OpsConfig("emulated")``): ``none`` and ``bolt_we`` on the baseline, ``prune`` and
+``prune_reduce`` on the pick, plus the pick under fixed-point rounding (``prune_reduce_fixed_point``:
+whether SPU's 18-bit fixed point changes the result).
 
-Logged: ``pareto.csv``, ``pareto.png``, ``selection.json``, ``thresholds.json``; metrics
-``val/baseline``, ``val/selected``, ``val/prune``, ``val/prune_reduce/scale_<s>``,
-``val/high_ratio/scale_<s>``, ``reduce/beta_scale``, ``reduce/within_max_drop``,
-``dev/{method}/{metric}`` (the task's metrics: accuracy, F1, Pearson, ...),
-``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i), ``dev/{method}/high_ratio/mean``
-(share of kept tokens on the exact forms; 0 unless ``prune_reduce``).
+Logged on the search run: ``thresholds.json``; tags ``criterion``, ``reduce_forms``, ``dev_metrics``;
+metrics ``val/prune``, ``val/prune_reduce/scale_<s>``, ``val/high_ratio/scale_<s>``,
+``reduce/beta_scale``, ``reduce/within_max_drop``, ``dev/{method}/{metric}`` (the task's metrics:
+accuracy, F1, Pearson, ...), ``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i),
+``dev/{method}/high_ratio/mean`` (share of kept tokens on the exact forms; 0 unless ``prune_reduce``).
 """
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import SELECTION, THRESHOLDS, DatasetManifest, Selection, checkpoint_plan, thresholds_of
+from pipeline.tasks import Selected
+from pipeline.tasks.common import THRESHOLDS, DatasetManifest, Selection, checkpoint_plan, thresholds_of
 
 log = logging.getLogger(__name__)
-
-
-def _candidates(ctx: StageContext) -> tuple[str, pd.Series, pd.DataFrame, str]:
-    """(baseline run id, its metrics row, the pruned candidates trained from it, prepare run id)."""
-    finetune_tags = ctx.tracker.run_tags(ctx.upstream["finetune"])
-    prepare_id = finetune_tags["upstream_prepare"]
-    baseline_id = finetune_tags.get("baseline_run")
-    if baseline_id is None:
-        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
-    runs = ctx.tracker.candidate_runs(prepare_id)
-    pruned = runs[(runs["tags.method"] != methods.UNPRUNED) & (runs.get("tags.baseline_run") == baseline_id)]
-    if pruned.empty:
-        raise RuntimeError(f"no FINISHED pruned candidate trained from baseline {baseline_id}; run stage=finetune")
-    return baseline_id, pd.Series(ctx.tracker.run_metrics(baseline_id)), pruned, prepare_id
 
 
 def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, thresholds: Any) -> tuple[Any, dict[str, float]]:
@@ -108,69 +85,21 @@ def _dev_metrics(models: dict[str, Any], dev: Any, task: str, baseline_id: str, 
     return out
 
 
-def _pareto_figure(table: pd.DataFrame, baseline: float, path: Path) -> Path:
-    """Val metric vs mean kept tokens of every candidate, the front and the pick marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter(table["kept_tokens_mean"], table["val_metric"], c="0.6", label="candidates")
-    front = table[table["on_front"]].sort_values("kept_tokens_mean")
-    ax.plot(front["kept_tokens_mean"], front["val_metric"], "o-", c="C0", label="Pareto front")
-    pick = table[table["selected"]]
-    ax.scatter(pick["kept_tokens_mean"], pick["val_metric"], marker="*", s=200, c="C3", label="selected", zorder=3)
-    ax.axhline(baseline, ls="--", c="k", lw=1, label="unpruned (val)")
-    ax.set_xlabel("mean tokens kept per layer (val)")
-    ax.set_ylabel("validation metric (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def search(ctx: StageContext) -> None:
-    """Pareto front and pick on val, then the picked models on dev (see the module docstring)."""
-    from models.thresholds import Candidate, pareto_front, select_thresholds
-
-    baseline_id, baseline, pruned, prepare_id = _candidates(ctx)
-    points = [Candidate(metric=float(r["metrics.acc/val"]), cost=float(r["metrics.tokens_kept/mean"]), name=r["run_id"])
-              for _, r in pruned.iterrows()]
-    front = {c.name for c in pareto_front(points)}
-    chosen, within = select_thresholds(points, float(baseline["acc/val"]), ctx.cfg.search.max_drop)
-    if not within:
-        log.warning(f"search: no candidate within search.max_drop={ctx.cfg.search.max_drop} points of the baseline's "
-                    f"validation metric {float(baseline['acc/val']):.2f}; picked the most accurate, {chosen.metric:.2f} "
-                    "(metric selection/within_max_drop = 0)")
-    table = pd.DataFrame({
-        "run_id": pruned["run_id"], "lambda": pruned["tags.lambda"].astype(float),
-        "temperature": pruned["tags.temperature"].astype(float),
-        "theta_quantile": pd.to_numeric(pruned.get("tags.theta_quantile"), errors="coerce"),
-        "val_metric": pruned["metrics.acc/val"], "kept_tokens_mean": pruned["metrics.tokens_kept/mean"],
-    })
-    table["on_front"] = table["run_id"].isin(front)
-    table["selected"] = table["run_id"] == chosen.name
-    with tempfile.TemporaryDirectory() as tmp:
-        table.to_csv(Path(tmp) / "pareto.csv", index=False)
-        ctx.run.log_artifact(Path(tmp) / "pareto.csv")
-        ctx.run.log_artifact(_pareto_figure(table, float(baseline["acc/val"]), Path(tmp) / "pareto.png"))
+def after_selection(ctx: StageContext, selection: Selection, manifest: DatasetManifest) -> Selected:
+    """β calibrated on val for the pick, then the picked models on dev (module docstring)."""
+    from models.data import get_task
     from models.weights import load_checkpoint
 
-    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
-    models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (baseline_id, chosen.name)}
+    base, pick = selection.baseline_run_id, selection.selected_run_id
+    if pick == base:
+        raise RuntimeError(f"no FINISHED pruned candidate trained from baseline {base}; run stage=finetune "
+                           "with finetune.lambdas")
+    models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (base, pick)}
     thresholds, reduce_metrics = _calibrated_thresholds(
-        ctx, models[chosen.name], manifest.load("val"), manifest.task, thresholds_of(ctx.tracker, chosen.name))
+        ctx, models[pick], manifest.load("val"), manifest.task, thresholds_of(ctx.tracker, pick))
     ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
-    selection = Selection(baseline_id, chosen.name, prepare_id)
-    ctx.run.log_dict(selection.to_dict(), SELECTION)
-    from models.data import get_task
-
-    ctx.run.set_tags({**selection.to_dict(), "seed": ctx.cfg.finetune.seed, "criterion": thresholds.criterion,
-                      "reduce_forms": thresholds.reduce_forms, "dev_metrics": ",".join(get_task(manifest.task).dev_metrics)})
-    metrics: dict[str, Any] = {"val/baseline": float(baseline["acc/val"]), "val/selected": chosen.metric,
-                               "tokens_kept/selected": chosen.cost, "candidates": len(points), "pareto_size": len(front),
-                               "selection/within_max_drop": float(within)}
-    dev = _dev_metrics(models, manifest.load("dev"), manifest.task, baseline_id, chosen.name)
-    ctx.run.log_metrics({**metrics, **reduce_metrics, **dev})
+    dev = _dev_metrics(models, manifest.load("dev"), manifest.task, base, pick)
+    tags = {"criterion": thresholds.criterion, "reduce_forms": thresholds.reduce_forms,
+            "dev_metrics": ",".join(get_task(manifest.task).dev_metrics)}
+    calibrated = next(m.name for m in methods.registered() if m.reduce)       # β calibrated: the pick serves all
+    return Selected({**reduce_metrics, **dev}, tags, tuple(m.name for m in methods.served_by(calibrated)))

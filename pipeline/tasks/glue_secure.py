@@ -1,5 +1,5 @@
-"""The classification tasks' secure_eval stage: for every method a nested run (tag
-``kind=method``) logs the plaintext-emulated dev metric of that method on the whole dev set
+"""The classification tasks' secure evaluation (``secure_evaluator``): each method's run (tag
+``kind=method``, made by ``pipeline.stages.secure_eval``) logs the plaintext-emulated dev metric of that method on the whole dev set
 (torch, hard masks, the secure path's approximations; evaluated once, by the search stage, and
 copied from its run), the secure run's agreement with the JAX plaintext reference (run one
 input at a time) on the first ``secure_eval.num_examples`` dev inputs (with
@@ -24,8 +24,8 @@ import numpy as np
 
 from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import DATA_HELD_BY, DatasetManifest, Selection, curated_params, thresholds_of
-from pipeline.tasks.secure_inputs import InputRecord, run_method
+from pipeline.stages.secure_inputs import InputRecord, run_method
+from pipeline.tasks.common import DatasetManifest, Selection, thresholds_of
 from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -113,27 +113,34 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_i
     return metrics, leakage
 
 
-def secure_eval(ctx: StageContext) -> None:
-    """Two-party secure inference of dev inputs for each method (see the module docstring)."""
-    search_id = ctx.upstream["search"]
-    selection = Selection.from_run(ctx.tracker, search_id)
-    thresholds = thresholds_of(ctx.tracker, search_id)
-    manifest = selection.manifest(ctx.tracker, ctx.upstream.get("prepare"))
-    dev = manifest.load("dev")
-    searched = ctx.tracker.run_metrics(search_id)
-    if "dev/none/metric" not in searched:
-        raise RuntimeError(f"search run {search_id} has no dev metrics; re-run stage=search")
-    for method in ctx.cfg.secure_eval.methods:
-        spec = methods.get(method)
-        run_id = selection.baseline_run_id if spec.checkpoint == "baseline" else selection.selected_run_id
-        tags = {"kind": "method", "method": method, "checkpoint_run": run_id}
-        with ctx.run.child(method, tags) as child:
-            child.log_params({**curated_params(ctx.cfg), "method": method})
-            child.set_tags({"data_held_by": DATA_HELD_BY[ctx.cfg.protocol.transport.value],
-                            "reference_step": "plaintext twin and torch emulation, in the coordinator after the "
-                                              "two-party run (they need both parties' data)"})
-            metrics, leakage = _evaluate_method(ctx, child, method, run_id, thresholds, manifest, dev, searched)
-            child.log_metrics(metrics)
-            child.log_dict({"declared": f"{spec.reveals} (per input)", **leakage}, "leakage.json")
-        ctx.run.log_metrics({f"time_s/lan/{method}": metrics["time_s/lan"],
-                             f"comm_mb/{method}": metrics["comm_mb/total"]})
+class GlueEvaluator:
+    """``pipeline.tasks.SecureEvaluator`` for the classification tasks: the first
+    ``secure_eval.num_examples`` dev inputs, the search's thresholds and dev metrics."""
+
+    reference_step = ("plaintext twin and torch emulation, in the coordinator after the two-party run "
+                      "(they need both parties' data)")
+
+    def __init__(self, ctx: StageContext, manifest: DatasetManifest) -> None:
+        search_id = ctx.upstream["search"]
+        self.ctx, self.manifest = ctx, manifest
+        self.thresholds = thresholds_of(ctx.tracker, search_id)
+        self.dev = manifest.load("dev")
+        self.searched = ctx.tracker.run_metrics(search_id)
+        if "dev/none/metric" not in self.searched:
+            raise RuntimeError(f"search run {search_id} has no dev metrics; re-run stage=search")
+        self.params: dict[str, Any] = {}
+
+    def evaluate(self, run: StageRun, method: str, checkpoint_run: str) -> tuple[dict[str, float], dict[str, Any]]:
+        metrics, leakage = _evaluate_method(self.ctx, run, method, checkpoint_run, self.thresholds, self.manifest,
+                                            self.dev, self.searched)
+        return metrics, {"declared": f"{methods.get(method).reveals} (per input)", **leakage}
+
+    def summary(self, method: str, metrics: dict[str, float]) -> str:
+        return (f"secure_eval {method}: {metrics['examples/secure']:.0f} dev input(s), argmax agrees with the "
+                f"plaintext twin on {metrics['agree/secure']:.0f} %, max |Δlogit| {metrics['logits/max_abs_err']:.3g}, "
+                f"LAN {metrics.get('time_s/lan', float('nan')):.1f} s per input")
+
+
+def secure_evaluator(ctx: StageContext, selection: Selection, manifest: DatasetManifest) -> GlueEvaluator:
+    """The evaluator of every method on ``manifest``'s dev inputs (``selection`` names the checkpoints)."""
+    return GlueEvaluator(ctx, manifest)

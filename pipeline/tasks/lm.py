@@ -1,26 +1,25 @@
-"""The causal-LM task (``data.task=wikitext2`` with a GPT-2): what prepare, finetune, search
-and secure_eval do for it. Computation lives in ``models.lm`` / ``models.lm_pruning``; this maps
-the config onto it.
+"""The causal-LM task (``data.task=wikitext2`` with a GPT-2): what the stages need from it
+(``pipeline.tasks.Task``). Computation lives in ``models.lm`` / ``models.lm_pruning``; this maps the
+config onto it.
 
 - prepare: WikiText-2 (``data.wikitext_dir`` or the hub) → GPT-2 token blocks of
   ``data.max_length`` tokens (``[N, max_length]`` int64 ``.npy``, which the client's party reads
   itself in secure_eval), manifest as for GLUE.
   A block is a context (its first ``max_length − 1`` tokens) and the next token.
-- finetune: the baseline LM (the checkpoint ``model.checkpoint`` or a random GPT-2 of the model
-  config's shape, trained ``finetune.max_steps`` steps or ``finetune.epochs``), then, with
-  ``finetune.lambdas``, causal candidates (``finetune.candidate_method``: ``prune``, or
-  ``prune_reduce``, which learns β too and whose model serves ``prune`` as well) learned on the
-  next-token loss (``finetune``).
-- search: select on WikiText-2 dev, score the picks on test once (``search``).
-- secure_eval (``pipeline.tasks.lm_secure``): ``none``, ``bolt_we``, ``prune`` and ``prune_reduce``
-  as two-party computations on test contexts, checked against the torch model.
+- baseline / train_candidate: the baseline LM (the checkpoint ``model.checkpoint`` or a random GPT-2
+  of the model config's shape, trained ``finetune.max_steps`` steps or ``finetune.epochs``), then
+  causal candidates (``finetune.candidate_method``: ``prune``, or ``prune_reduce``, which learns β too
+  and whose model serves ``prune`` as well) learned on the next-token loss; both scored on the
+  WikiText-2 dev contexts (``acc/val``: next-token accuracy).
+- after_selection: the picks scored on test once.
+- secure_evaluator (``pipeline.tasks.lm_secure``): a method on test contexts as a two-party
+  computation, checked against the torch model.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,9 @@ from models import methods
 from pipeline.config import PipelineConfig, Stage
 from pipeline.context import StageContext
 from pipeline.identity import identity_key
+from pipeline.tasks import Baseline, GridPoint, Selected
 from pipeline.tasks.common import (
     MANIFEST,
-    SELECTION,
     DatasetManifest,
     Selection,
     checkpoint_dir,
@@ -40,9 +39,11 @@ from pipeline.tasks.common import (
     shared_baseline,
     training_config,
 )
-from pipeline.tasks.lm_secure import secure_eval
+from pipeline.tasks.lm_secure import secure_evaluator
+from pipeline.tracking import StageRun
 
-__all__ = ["params", "prepare", "finetune", "search", "secure_eval", "next_token_flat"]
+__all__ = ["params", "prepare", "baseline", "train_candidate", "after_selection", "secure_evaluator",
+           "next_token_flat"]
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,9 @@ def _perplexities(model: Any, dev: Any, test: Any, batch_size: int, n: int | Non
             for suffix, mode in (("", "exact"), ("_emulated", "emulated"))}
 
 
-def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str, splits: tuple[Any, Any, Any]
-                    ) -> tuple[str, dict[str, float], Any]:
+def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str) -> tuple[str, dict[str, float], Any]:
     """Train the baseline LM in a nested run ``baseline`` (tag ``baseline_key``); returns its run id,
-    its metrics and, with candidates, the model where they start (see ``finetune``)."""
+    its metrics and, with candidates, the model where they start (see ``baseline``)."""
     import copy
 
     from models.config import OpsConfig
@@ -171,7 +171,7 @@ def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str, spli
     from models.lm_pruning import train_lm_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
-    train, dev, test = splits
+    train, dev, test = (manifest.load_blocks(s) for s in ("train", "dev", "test"))
     n_eval, bs = f.eval_blocks, f.batch_size
     model, port_report = _initial_model(cfg, manifest)
     steps = f.max_steps or max(1, math.ceil(f.epochs * train.shape[0] / bs))
@@ -190,9 +190,10 @@ def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str, spli
             seconds = train_lm_thresholds(model, train, _prune_config(cfg, train.shape[0], methods.UNPRUNED),
                                           log=_offset(child.log_metrics, result.steps))
             metrics |= {"train/continue_seconds": seconds}
-            for spec in methods.registered():
-                if spec.checkpoint == "baseline":
-                    metrics |= next_token_flat(model, dev[:n_eval], spec.name, "dev/", bs)
+        for spec in methods.registered():
+            if spec.checkpoint == "baseline":
+                metrics |= next_token_flat(model, dev[:n_eval], spec.name, "dev/", bs)
+        metrics |= _selection_metrics(metrics, methods.UNPRUNED)
         t0 = time.time()
         metrics |= _perplexities(model, dev, test, bs, n_eval) | {"eval/seconds": time.time() - t0}
         child.log_metrics(metrics, step=result.steps)
@@ -200,126 +201,78 @@ def _train_baseline(ctx: StageContext, manifest: DatasetManifest, key: str, spli
     return child.run_id, metrics, start
 
 
-def finetune(ctx: StageContext) -> None:
+def _selection_metrics(metrics: dict[str, float], method: str) -> dict[str, float]:
+    """What the search's one rule reads: ``acc/val`` (next-token accuracy of ``method`` on the dev
+    contexts) and ``tokens_kept/mean``."""
+    return {"acc/val": metrics[f"dev/{method}/next_token_acc"], "tokens_kept/mean": metrics[f"dev/{method}/kept_mean"]}
+
+
+def baseline(ctx: StageContext, manifest: DatasetManifest) -> Baseline:
     """The baseline LM (nested run ``baseline``, ``method=none``): trained ``finetune.max_steps``
     (or ``epochs``), whole-block perplexities; with ``finetune.lambdas``, then trained on unpruned
     for the candidates' steps on their loss (same budget, artifact ``checkpoint_start`` = where every
-    candidate starts) and scored on the dev contexts for ``none`` and ``bolt_we``. Then one
-    crypto-aware candidate per (λ, T, θ-init) (``models.lm_pruning``, emulated ops), nested runs with
-    ``dev/prune/*`` next-token metrics, checkpoint and ``thresholds.json``. The baseline is trained
-    once per identity (``shared_baseline``) and reused by every later launch and sweep job."""
-    import torch
-
+    candidate starts); scored on the dev contexts for ``none`` and ``bolt_we``. Trained once per
+    identity (``shared_baseline``) and reused by every later launch and sweep job."""
     from models.weights import load_hf_gpt2
 
     f = ctx.cfg.finetune
-    torch.set_num_threads(f.torch_threads)
-    manifest = DatasetManifest.from_run(ctx.tracker, ctx.upstream["prepare"])
-    train, dev, test = (manifest.load_blocks(s) for s in ("train", "dev", "test"))
     key, baseline_id = shared_baseline(ctx, candidates=str(bool(f.lambdas)))
     if baseline_id is not None:
         log.warning(f"finetune: reusing the baseline LM {baseline_id} (same model, data, seed and budget)")
         metrics = ctx.tracker.run_metrics(baseline_id)
         start = load_hf_gpt2(ctx.tracker.artifact_location(baseline_id, "checkpoint_start"))[0] if f.lambdas else None
     else:
-        baseline_id, metrics, start = _train_baseline(ctx, manifest, key, (train, dev, test))
-    ctx.run.set_tags({"baseline_run": baseline_id})
-    ctx.run.log_metrics({k: metrics[k] for k in ("dev/perplexity", "test/perplexity")})
+        baseline_id, metrics, start = _train_baseline(ctx, manifest, key)
     log.info(f"finetune: baseline {metrics['train/steps']:.0f} steps in {metrics['train/seconds']:.0f}s; perplexity dev "
              f"{metrics['dev/perplexity']:.2f} / test {metrics['test/perplexity']:.2f} (exact ops), "
              f"{metrics['dev/perplexity_emulated']:.2f} / {metrics['test/perplexity_emulated']:.2f} (emulated)")
-    if start is not None:
-        _candidates(ctx, start, train, dev[:f.eval_blocks], manifest, baseline_id, metrics["dev/none/next_token_acc"])
+    return Baseline(baseline_id, start, {k: metrics[k] for k in ("dev/perplexity", "test/perplexity")})
 
 
-def _candidates(ctx: StageContext, start: Any, train: Any, dev: Any, manifest: DatasetManifest, baseline_id: str,
-                baseline_acc: float) -> None:
-    """One crypto-aware causal candidate of ``finetune.candidate_method`` per (λ, T, θ-init), each from
-    ``start`` (the baseline before its continuation), a nested run with ``dev/prune/*`` (and, for
-    ``prune_reduce``, ``dev/prune_reduce/*``) next-token metrics on the dev contexts ``dev``, its
-    checkpoint and ``thresholds.json``."""
-    import copy
-
+def train_candidate(ctx: StageContext, run: StageRun, model: Any, manifest: DatasetManifest,
+                    point: GridPoint) -> dict[str, float]:
+    """One crypto-aware causal candidate of ``finetune.candidate_method`` at ``point`` (``models.lm_pruning``,
+    emulated ops) from ``model`` (a copy of the baseline's start): logs ``dev/prune/*`` (and, for
+    ``prune_reduce``, ``dev/prune_reduce/*``) next-token metrics on the dev contexts, ``acc/val`` and
+    ``tokens_kept/mean`` (its own method's), its checkpoint and ``thresholds.json``."""
     from models.config import OpsConfig
     from models.lm_pruning import train_lm_thresholds
     from models.weights import get_thresholds
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
     method = methods.trainable(f.candidate_method).name
-    grid = [(lam, t, q) for lam in f.lambdas for t in f.temperatures for q in f.theta_quantiles]
-    for lam, temp, quantile in grid:
-        candidate = copy.deepcopy(start)
-        candidate.ops_cfg = OpsConfig("emulated")
-        prune_cfg = _prune_config(cfg, train.shape[0], method, lambda_=lam, temperature=temp, theta_quantile=quantile)
-        tags = {"kind": "candidate", "method": method, "lambda": lam, "temperature": temp, "theta_quantile": quantile,
-                "seed": f.seed, "baseline_run": baseline_id, "upstream_prepare": ctx.upstream["prepare"]}
-        with ctx.run.child(f"lambda_{lam:g}_T_{temp:g}_q_{quantile:g}", tags) as run:
-            run.log_params({"lambda": lam, "temperature": temp, "theta_quantile": quantile, "method": method,
-                            "soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
-            seconds = train_lm_thresholds(candidate, train, prune_cfg, log=run.log_metrics)
-            found = {"train/seconds": seconds}
-            for scored in methods.served_by(method):
-                found |= next_token_flat(candidate, dev, scored.name, "dev/", f.batch_size)
-            run.log_metrics(found)
-            save_model(run, candidate, "checkpoint", manifest.tokenizer_dir, get_thresholds(candidate, temp, lam))
-        log.info(f"finetune: {method} λ={lam:g} T={temp:g} q={quantile:g}: dev next-token acc "
-                 f"{found[f'dev/{method}/next_token_acc']:.2f} % (unpruned {baseline_acc:.2f} %), "
-                 f"mean kept {found[f'dev/{method}/kept_mean']:.1f} of {dev.shape[1] - 1}")
+    train, dev = manifest.load_blocks("train"), manifest.load_blocks("dev")[:f.eval_blocks]
+    model.ops_cfg = OpsConfig("emulated")
+    prune_cfg = _prune_config(cfg, train.shape[0], method, lambda_=point.lambda_, temperature=point.temperature,
+                              theta_quantile=point.theta_quantile)
+    run.log_params({"soft_steps": prune_cfg.soft_steps, "hard_steps": prune_cfg.hard_steps})
+    found = {"train/seconds": train_lm_thresholds(model, train, prune_cfg, log=run.log_metrics)}
+    for scored in methods.served_by(method):
+        found |= next_token_flat(model, dev, scored.name, "dev/", f.batch_size)
+    found |= _selection_metrics(found, method)
+    run.log_metrics(found)
+    save_model(run, model, "checkpoint", manifest.tokenizer_dir, get_thresholds(model, point.temperature, point.lambda_))
+    log.info(f"finetune: {method} {point.name}: dev next-token acc {found['acc/val']:.2f} %, "
+             f"mean kept {found['tokens_kept/mean']:.1f} of {dev.shape[1] - 1}")
+    return found
 
 
-def search(ctx: StageContext) -> None:
-    """Select on WikiText-2 dev, report on test once.
-
-    The unpruned baseline of the upstream finetune run and its pruned candidates (``method`` prune or
-    prune_reduce, tag ``baseline_run``), each judged by its own method's dev metrics; the pick is the
-    one with the fewest mean kept tokens whose dev next-token accuracy is within ``search.max_drop``
-    points of the baseline's (none within: the most accurate, ``selection/within_max_drop = 0``).
-    Without candidates (``finetune.lambdas=[]``) the baseline is selected. Then the test contexts
-    (``finetune.eval_blocks``) are scored once: ``none`` and ``bolt_we`` on the baseline, ``prune``
-    (and ``prune_reduce`` for a prune_reduce pick) on the pick (``test/{method}/next_token_ppl|acc``,
-    ``…/kept/layer_{l}``); ``front.csv`` lists every candidate."""
-    import pandas as pd
-
+def after_selection(ctx: StageContext, selection: Selection, manifest: DatasetManifest) -> Selected:
+    """Score the test contexts (``finetune.eval_blocks``) once: ``none`` and ``bolt_we`` on the
+    baseline, the methods the pick serves on the pick (``test/{method}/next_token_ppl|acc``,
+    ``…/kept/layer_{l}``)."""
     from models.config import OpsConfig
     from models.weights import load_hf_gpt2
 
-    cfg = ctx.cfg
-    finetune_tags = ctx.tracker.run_tags(ctx.upstream["finetune"])
-    prepare_id, baseline_id = finetune_tags["upstream_prepare"], finetune_tags.get("baseline_run")
-    if baseline_id is None:
-        raise RuntimeError(f"finetune run {ctx.upstream['finetune']} names no baseline_run; re-run stage=finetune")
-    runs = ctx.tracker.candidate_runs(prepare_id)
-    trained_from = runs["tags.baseline_run"] if "tags.baseline_run" in runs else pd.Series(None, index=runs.index)
-    learned = [m.name for m in methods.registered() if m.thresholds]
-    pruned = runs[runs["tags.method"].isin(learned) & (trained_from == baseline_id)].copy()
-    base = ctx.tracker.run_metrics(baseline_id)
-    selected, selected_method, within = baseline_id, methods.UNPRUNED, 1.0
-    if not pruned.empty:
-        for name in ("next_token_acc", "next_token_ppl", "kept_mean"):
-            pruned[name] = [float(r[f"metrics.dev/{r['tags.method']}/{name}"]) for _, r in pruned.iterrows()]
-        ok = pruned[pruned["next_token_acc"] >= base["dev/none/next_token_acc"] - cfg.search.max_drop]
-        within = float(not ok.empty)
-        pick = (ok.sort_values("kept_mean") if not ok.empty else pruned.sort_values(
-            "next_token_acc", ascending=False)).iloc[0]
-        selected, selected_method = str(pick["run_id"]), str(pick["tags.method"])
-        if ok.empty:
-            log.warning(f"search: no candidate within search.max_drop={cfg.search.max_drop} of the baseline's dev "
-                        f"next-token accuracy {base['dev/none/next_token_acc']:.2f} %; picking the most accurate")
-        cols = ["run_id", "tags.method", "tags.lambda", "tags.temperature", "tags.theta_quantile", "next_token_acc",
-                "next_token_ppl", "kept_mean"]
-        with tempfile.TemporaryDirectory() as tmp:
-            pruned[cols].to_csv(Path(tmp) / "front.csv", index=False)
-            ctx.run.log_artifact(Path(tmp) / "front.csv")
-    manifest = DatasetManifest.from_run(ctx.tracker, prepare_id)
-    test = manifest.load_blocks("test")[: cfg.finetune.eval_blocks]
-    metrics = {"selection/within_max_drop": within, "test/blocks": float(test.shape[0])}
-    plan = checkpoint_plan(methods.names(), baseline_id, selected, selected_method)
+    base, pick = selection.baseline_run_id, selection.selected_run_id
+    trained = ctx.tracker.run_tags(pick)["method"] if pick != base else methods.UNPRUNED
+    plan = checkpoint_plan(methods.names(), base, pick, trained)
+    test = manifest.load_blocks("test")[: ctx.cfg.finetune.eval_blocks]
+    metrics = {"test/blocks": float(test.shape[0])}
     for method, run_id in plan:
         model, _ = load_hf_gpt2(ctx.tracker.artifact_location(run_id, "checkpoint"), OpsConfig("emulated"))
-        metrics |= next_token_flat(model, test, method, "test/", cfg.finetune.batch_size)
-    ctx.run.log_metrics(metrics)
-    selection = Selection(baseline_id, selected, prepare_id)
-    ctx.run.log_dict(selection.to_dict(), SELECTION)
-    ctx.run.set_tags({**selection.to_dict(), "selected_method": selected_method})
-    log.info(f"search: selected {selected}; test next-token acc " + ", ".join(
+        metrics |= next_token_flat(model, test, method, "test/", ctx.cfg.finetune.batch_size)
+    log.info(f"search: selected {pick}; test next-token acc " + ", ".join(
         f"{m} {metrics[f'test/{m}/next_token_acc']:.2f} % (kept {metrics[f'test/{m}/kept_mean']:.1f})" for m, _ in plan))
+    serves = tuple(m for m, _ in plan if methods.get(m).checkpoint == "selected")
+    return Selected(metrics, {}, serves)

@@ -1,6 +1,5 @@
-"""The causal-LM task's secure_eval stage: for every method (``none``, ``bolt_we``, ``prune``,
-``prune_reduce``) a
-nested run (tag ``kind=method``) runs the next-token prediction of the first
+"""The causal-LM task's secure evaluation (``secure_evaluator``): in each method's run (tag
+``kind=method``, made by ``pipeline.stages.secure_eval``), the next-token prediction of the first
 ``secure_eval.num_examples`` WikiText-2 *test* contexts (``block[:seq_len]``, target
 ``block[seq_len]``; ``seq_len`` defaults to ``data.max_length − 1``, the length the thresholds were
 learned at) as a two-party computation, and checks it against an independent reference: the torch
@@ -11,7 +10,7 @@ step = context index; beside the logits' magnitude ``logits/max_abs``), ``tokens
 (tokens entering layer l, secure) and ``tokens_entering/secure_vs_reference_max_abs_diff``, and the
 leakage record. ``none``/``bolt_we`` run the search's baseline, ``prune`` and ``prune_reduce`` its pick
 (``prune_reduce`` only a pick trained with it, whose β was learned). As for the
-classification tasks (``pipeline.tasks.secure_inputs``), the server's party loads the checkpoint and
+classification tasks (``pipeline.stages.secure_inputs``), the server's party loads the checkpoint and
 the client's party its own test contexts (the prepared ``.npy`` blocks, ``ContextRequest``), each
 context is its own resumable input run, and the torch reference runs after the two-party run.
 """
@@ -24,8 +23,8 @@ import numpy as np
 
 from models import methods
 from pipeline.context import StageContext
-from pipeline.tasks.common import DATA_HELD_BY, Selection, checkpoint_plan, curated_params
-from pipeline.tasks.secure_inputs import method_session, run_method
+from pipeline.stages.secure_inputs import method_session, run_method
+from pipeline.tasks.common import DatasetManifest, Selection
 from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -41,20 +40,6 @@ def _reference(model: Any, context: np.ndarray, method: str) -> tuple[np.ndarray
         out = model.pruned(torch.as_tensor(context)[None], PruneSettings(method))
     kept = out.kept_tokens[0].tolist()
     return out.logits[0].double().numpy(), [float(len(context)), *kept[:-1]]
-
-
-def _checkpoints(ctx: StageContext, selection: Selection) -> list[tuple[str, str]]:
-    """``(method, checkpoint run)`` of every ``secure_eval.methods`` entry (``checkpoint_plan``);
-    ``RuntimeError`` naming a method the search's pick cannot serve (no candidate, or no β learned)."""
-    base, pick = selection.baseline_run_id, selection.selected_run_id
-    trained = ctx.tracker.run_tags(pick).get("method", methods.UNPRUNED) if pick != base else methods.UNPRUNED
-    plan = dict(checkpoint_plan(ctx.cfg.secure_eval.methods, base, pick, trained))
-    for method in ctx.cfg.secure_eval.methods:
-        if method not in plan:
-            raise RuntimeError(f"secure_eval: method {method} needs a candidate trained for it; the search's pick {pick} "
-                               f"was trained as {trained!r}: set finetune.lambdas and finetune.candidate_method, or drop "
-                               f"{method} from secure_eval.methods")
-    return [(m, plan[m]) for m in ctx.cfg.secure_eval.methods]
 
 
 def _reference_model(ckpt: Any) -> Any:
@@ -146,31 +131,36 @@ def generate(ctx: StageContext, method_run: StageRun, method: str, ckpt: Any, mo
             "generate/kept_mean": float(np.mean([np.mean(s["entering"]) for s in steps]))}
 
 
-def secure_eval(ctx: StageContext) -> None:
-    """Two-party next-token prediction of test contexts for each method (module docstring)."""
-    cfg = ctx.cfg
-    selection = Selection.from_run(ctx.tracker, ctx.upstream["search"])
-    manifest = selection.manifest(ctx.tracker, ctx.upstream.get("prepare"))
-    test = manifest.load_blocks("test")
-    seq_len = cfg.secure_eval.seq_len or manifest.max_length - 1
-    n = min(cfg.secure_eval.num_examples, test.shape[0])
-    for method, run_id in _checkpoints(ctx, selection):
-        with ctx.run.child(method, {"kind": "method", "method": method, "checkpoint_run": run_id}) as child:
-            child.log_params({**curated_params(cfg), "method": method, "seq_len": seq_len})
-            child.set_tags({"data_held_by": DATA_HELD_BY[cfg.protocol.transport.value],
-                            "reference_step": "torch model, in the coordinator after the two-party run "
-                                              "(it needs both parties' data)"})
-            ckpt = ctx.tracker.artifact_location(run_id, "checkpoint")
-            model = _reference_model(ckpt)          # used after the two-party runs only
-            metrics, leakage = _evaluate(ctx, child, method, ckpt, model, manifest.splits["test"], test, n, seq_len)
-            if cfg.secure_eval.generate_tokens:
-                metrics |= generate(ctx, child, method, ckpt, model, manifest.splits["test"], test[0].numpy(), seq_len,
-                                    cfg.secure_eval.generate_tokens)
-            child.log_metrics(metrics)
-            child.log_dict(leakage, "leakage.json")
-        ctx.run.log_metrics({f"time_s/lan/{method}": metrics.get("time_s/lan", 0.0),
-                             f"comm_mb/{method}": metrics.get("comm_mb/total", 0.0)})
-        log.info(f"secure_eval {method}: {n} test context(s) of {seq_len} tokens under "
-                 f"{cfg.protocol.protocol.value}: argmax agrees with the torch reference on {metrics['agree/secure']:.0f} %, "
-                 f"max |Δlogit| {metrics['logits/max_abs_err']:.3g}, tokens entering each layer "
-                 f"{[round(v, 1) for k, v in metrics.items() if k.startswith('tokens_entering/layer_')]}")
+class LMEvaluator:
+    """``pipeline.tasks.SecureEvaluator`` for GPT-2: next-token prediction of the first
+    ``secure_eval.num_examples`` test contexts of ``seq_len`` tokens (and, with
+    ``secure_eval.generate_tokens``, greedy generation after the first)."""
+
+    reference_step = "torch model, in the coordinator after the two-party run (it needs both parties' data)"
+
+    def __init__(self, ctx: StageContext, manifest: DatasetManifest) -> None:
+        self.ctx, self.blocks = ctx, manifest.splits["test"]
+        self.test = manifest.load_blocks("test")
+        self.seq_len = ctx.cfg.secure_eval.seq_len or manifest.max_length - 1
+        self.n = min(ctx.cfg.secure_eval.num_examples, self.test.shape[0])
+        self.params: dict[str, Any] = {"seq_len": self.seq_len}
+
+    def evaluate(self, run: StageRun, method: str, checkpoint_run: str) -> tuple[dict[str, float], dict[str, Any]]:
+        ckpt = self.ctx.tracker.artifact_location(checkpoint_run, "checkpoint")
+        model = _reference_model(ckpt)          # used after the two-party runs only
+        metrics, leakage = _evaluate(self.ctx, run, method, ckpt, model, self.blocks, self.test, self.n, self.seq_len)
+        tokens = self.ctx.cfg.secure_eval.generate_tokens
+        if tokens:
+            metrics |= generate(self.ctx, run, method, ckpt, model, self.blocks, self.test[0].numpy(), self.seq_len, tokens)
+        return metrics, leakage
+
+    def summary(self, method: str, metrics: dict[str, float]) -> str:
+        return (f"secure_eval {method}: {self.n} test context(s) of {self.seq_len} tokens under "
+                f"{self.ctx.cfg.protocol.protocol.value}: argmax agrees with the torch reference on "
+                f"{metrics['agree/secure']:.0f} %, max |Δlogit| {metrics['logits/max_abs_err']:.3g}, tokens entering "
+                f"each layer {[round(v, 1) for k, v in metrics.items() if k.startswith('tokens_entering/layer_')]}")
+
+
+def secure_evaluator(ctx: StageContext, selection: Selection, manifest: DatasetManifest) -> LMEvaluator:
+    """The evaluator of every method on ``manifest``'s test contexts (``selection`` names the checkpoints)."""
+    return LMEvaluator(ctx, manifest)

@@ -67,7 +67,7 @@ def test_baseline_continues_for_the_candidates_budget(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cand = FinetuneConfig(method="prune_reduce", epochs=0.5, hard_epochs=0.25, max_steps=4, hard_max_steps=2,
                           batch_size=32, lr=2e-4, threshold_lr=5e-2, beta_lambda=0.5, temperature=0.05,
-                          ops_mode="emulated", eval_every=1, progress=False)
+                          ops="emulated", eval_every=1, progress=False)
     assert [phase_steps(cand, 10, p) for p in ("soft", "hard", "continue")] == [4, 2, 6]
     assert phase_steps(FinetuneConfig(epochs=0.5, hard_epochs=0.25), 10, "continue") == 5 + 3
     d = write_tiny_checkpoint(tmp_path / "ck", seed=0)

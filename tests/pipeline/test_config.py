@@ -80,13 +80,13 @@ def test_every_finetune_field_reaches_a_training_config() -> None:
     from models.lm import LMTrainConfig
     from models.training import FinetuneConfig as TrainConfig
     from pipeline.config import FinetuneConfig
-    from pipeline.tasks.common import FINETUNE_RENAMED, FINETUNE_STAGE_ONLY, training_config
+    from pipeline.tasks.common import FINETUNE_STAGE_ONLY, training_config
 
     library = {f.name for cls in (TrainConfig, LMTrainConfig) for f in fields(cls)}
     dropped = [f.name for f in fields(FinetuneConfig)
-               if f.name not in FINETUNE_STAGE_ONLY and FINETUNE_RENAMED.get(f.name, f.name) not in library]
+               if f.name not in FINETUNE_STAGE_ONLY and f.name not in library]
     assert dropped == []
     section = FinetuneConfig(lr=0.123, warmup_ratio=0.2, patience=None)
     built = training_config(section, TrainConfig, method="none")
-    assert (built.lr, built.warmup_ratio, built.patience, built.ops_mode, built.method) == (0.123, 0.2, None, "emulated", "none")
+    assert (built.lr, built.warmup_ratio, built.patience, built.ops, built.method) == (0.123, 0.2, None, "emulated", "none")
     assert training_config(section, LMTrainConfig, steps=7).steps == 7

@@ -10,7 +10,7 @@ import pytest
 from models.thresholds import with_beta_scale
 from pipeline.config import PipelineConfig, Stage
 from pipeline.runner import run_stages
-from pipeline.tasks.common import thresholds_of
+from pipeline.tasks.common import Selection, thresholds_of
 from pipeline.tasks.glue import _carve_val
 from pipeline.tracking import Tracker
 
@@ -58,7 +58,11 @@ def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
     assert m["dev/bolt_we/entering/layer_1"] == 16                                      # ⌈32/2⌉
     assert m["dev/prune/entering/layer_1"] < 32
     assert m["val/baseline"] == tracker.run_metrics(tags[0]["baseline_run"])["acc/val"]
-    assert {a.path for a in tracker.client.list_artifacts(searched)} >= {"pareto.csv", "pareto.png", "selection.json"}
+    assert {a.path for a in tracker.client.list_artifacts(searched)} >= {"pareto.csv", "pareto.png", "thresholds.json"}
+    selection = Selection.from_run(tracker, searched)                     # saved once, as the search run's tags
+    assert selection.baseline_run_id == tags[0]["baseline_run"] and selection.serves == ("prune", "prune_reduce")
+    assert selection.plan(["none", "prune_reduce"]) == [("none", selection.baseline_run_id),
+                                                        ("prune_reduce", selection.selected_run_id)]
 
     # β calibrated on val: the largest scale within reduce_max_drop of Π_prune, every larger one tried and out
     drop, scale = search_cfg.search.reduce_max_drop, m["reduce/beta_scale"]
@@ -84,7 +88,7 @@ def test_secure_eval_reads_the_data_its_selection_names(tmp_path, caplog: pytest
     scored on, and secure_eval reads that one even when its own upstream prepare run is another."""
     import json
 
-    from pipeline.tasks.common import MANIFEST, Selection
+    from pipeline.tasks.common import MANIFEST
 
     manifests = {}
     for run in ("prep_a", "prep_b"):
