@@ -29,7 +29,7 @@ def _about(record: Path) -> str:
     machine = about.get("machine", {})
     loads = [float(json.loads(p.read_text())["tags"].get("load_1m", "nan")) for p in (record / "runs").glob("*.json")]
     loads = [x for x in loads if x == x]
-    load = f", 1-min load {min(loads):.1f}-{max(loads):.1f} as runs started" if loads else ""
+    load = f", 1-min load {min(loads):.1f}-{max(loads):.1f} as runs started" if loads else ", load not recorded"
     return f"{machine.get('cores', '?')} cores, {machine.get('memory_gib', '?')} GiB{load}"
 
 

@@ -35,7 +35,8 @@ def provenance(record: Path) -> str:
     runs = read_runs(record)
     machine = about.get("machine", {})
     loads = sorted(float(r["tags"]["load_1m"]) for r in runs if "load_1m" in r["tags"])
-    load = f"; 1-minute load {loads[0]:.1f}-{loads[-1]:.1f} as runs started" if loads else ""
+    load = (f"; 1-minute load {loads[0]:.1f}-{loads[-1]:.1f} as runs started" if loads else
+            "; load not recorded (times may include other work on the same cores; bytes and rounds do not)")
     commits = sorted({r["tags"]["git_sha"][:7] for r in runs if r["tags"].get("git_sha")})
     trees = sorted({r["tags"]["code_tree"] for r in runs if r["tags"].get("code_tree")})
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in runs).items()))
