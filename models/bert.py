@@ -215,7 +215,7 @@ class BertClassifier(nn.Module):
         forms = REDUCE_FORMS[self.pruning.reduce_forms]
         for l, layer in enumerate(self.bert.encoder.layer):
             h, probs = layer.attn_block(h, ops.mask_bias(am * present), o, exp_low, forms)
-            s = importance_scores(probs, present)
+            s = importance_scores(probs, am * present)     # over the real query rows: padding moves no score
             all_scores.append(s)
             decision = decide(l, s, present, am, self.pruning, settings)
             present = decision.present

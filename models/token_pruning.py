@@ -2,10 +2,12 @@
 
 Pruning follows docs/ARCHITECTURE.md with a "present" mask ``p`` ``[B, n]`` (no physical removal):
 layer l's attention keys are masked by ``attention_mask ∧ p`` (and, for GPT-2, causally), the
-importance score averages the attention a token receives over heads and over the present query
-rows that can see it, and ``p ← p ∧ M`` after the attention block.
+importance score averages the attention a token receives over heads and over the present real
+query rows that can see it (padding rows never count, so padding moves no decision), and
+``p ← p ∧ M`` after the attention block.
 
-* BERT: ``S_i = (1/(H·Σ_j p_j)) Σ_h Σ_j p_j A_h[j, i]``; [CLS] (index 0) is always kept.
+* BERT: ``S_i = (1/(H·Σ_j a_j p_j)) Σ_h Σ_j a_j p_j A_h[j, i]`` (``a`` the attention mask); [CLS]
+  (index 0) is always kept.
 * GPT-2 (causal): only rows ``j ≥ i`` see token i, so
   ``S_i = (1/(H·Σ_{j≥i} p_j)) Σ_h Σ_{j≥i} p_j A_h[j, i]``; the last position (index ``n−1``, the
   one whose logits predict the next token) is always kept. Kept tokens keep their order and their

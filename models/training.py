@@ -73,7 +73,8 @@ class FinetuneConfig:
     beta_lambda: float = 0.05
     criterion: str = "relative"
     reduce_forms: str = "fast"   # Π_reduce's low-group forms (models.approx.REDUCE_FORMS)
-    trim_padding: bool = True
+    trim_padding: bool = True      # each batch cut to its longest input (``trimmed``)
+    length_buckets: bool = False   # batches of similar lengths (``LengthBatches``): less padding to cut
     grad_clip: float = 1.0
     progress: bool = True
 
@@ -113,11 +114,41 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batch(b: dict[str, torch.Tensor], trim: bool) -> dict[str, torch.Tensor]:
+def trimmed(b: dict[str, torch.Tensor], trim: bool) -> dict[str, torch.Tensor]:
+    """A batch (right-padded rows ``[B, n]``) cut to its longest input when ``trim``: the same
+    decisions and logits as at full padding (scores ignore padding rows), for less compute."""
     am = b["attention_mask"]
     n = int(am.sum(1).max()) if trim else am.shape[1]
     return {"input_ids": b["input_ids"][:, :n], "attention_mask": am[:, :n],
             "token_type_ids": b["token_type_ids"][:, :n], "label": b["label"]}
+
+
+def batch_lengths(ds: Any) -> list[int]:
+    """Each example's real length (``Σ attention_mask``) of a tokenised split."""
+    return [int(x) for x in np.asarray(ds.with_format("numpy")["attention_mask"]).sum(axis=1)]
+
+
+class LengthBatches:
+    """A batch sampler of similar lengths: each epoch a random permutation of the examples is cut
+    into pools of ``pool`` batches, each pool sorted by length and cut into batches, and the
+    batches shuffled; the last incomplete batch is dropped. Trimmed (``trimmed``), a batch then
+    pads to about its own members' length. Deterministic in ``generator``."""
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, pool: int = 50) -> None:
+        self.lengths, self.batch_size, self.generator, self.pool = lengths, batch_size, generator, pool
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()[: len(self) * self.batch_size]
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
 
 
 def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -243,7 +274,9 @@ def _run_phase(
     is restored), ``soft`` or ``hard``; returns the global step and the validation evaluation of
     the model as the phase leaves it (None when it took no step)."""
     g = torch.Generator().manual_seed(cfg.seed + PHASES.index(phase))
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
+    loader = (DataLoader(train_ds, batch_sampler=LengthBatches(batch_lengths(train_ds), cfg.batch_size, g))
+              if cfg.length_buckets else DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                                    drop_last=True))
     total = phase_steps(cfg, len(loader), phase)
     if total <= 0:
         return step0, None
@@ -258,7 +291,7 @@ def _run_phase(
     bar = tqdm(total=total, desc=f"{phase}", disable=not cfg.progress)
     while step < total:
         for raw in loader:
-            task_loss, ratio, high = _train_step(model, _batch(raw, cfg.trim_padding), opt, sched, cfg, phase, method,
+            task_loss, ratio, high = _train_step(model, trimmed(raw, cfg.trim_padding), opt, sched, cfg, phase, method,
                                                  learn_beta)
             step += 1
             bar.update(1)

@@ -184,6 +184,7 @@ class FinetuneConfig:
     beta_factor: float = 2.0  # β starts at beta_factor·θ
     seed: int = 0
     torch_threads: int = 1  # intra-op threads; >1 pays off only for large models on an idle machine
+    length_buckets: bool = False  # GLUE: batches of similar lengths, each cut to its longest (less padding)
     # wikitext2 (causal LM): steps = max_steps or epochs · train blocks / batch_size
     max_minutes: Optional[float] = None  # stop LM training early on wall time
     warmup_ratio: float = 0.05

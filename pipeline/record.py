@@ -29,7 +29,8 @@ from benchmarks.common import machine_facts
 from pipeline.tracking import RECORDED
 
 RECORD = "record.json"
-RECORDED_ARTIFACTS = ("input.json", "leakage.json", "pareto.csv", "thresholds.json", "dataset.json")
+RECORDED_ARTIFACTS = ("input.json", "leakage.json", "pareto.csv", "thresholds.json", "dataset.json", "results.md",
+                      "rows.json")
 """Artifacts a record carries (small; what reports and resume read)."""
 KEPT_MLFLOW_TAGS = (MLFLOW_PARENT_RUN_ID, "mlflow.runName")
 

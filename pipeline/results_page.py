@@ -5,7 +5,8 @@ record's own ``about.md`` (what was launched and why, written by whoever committ
 on what code it was measured (machine, 1-minute load as runs started, commits, run statuses), the
 command that regenerates its tables from the record alone, then the tables the report wrote
 (``table1.md``, ``table2.md``, ``lm.md``, ``ops.md``; their captions say what is measured end to end,
-composed or modelled) and its figures. ``python -m pipeline.headline`` rewrites the page; a test
+composed or modelled), the report of each benchmark run it holds (``results.md``, headed by the
+command that measured it) and its figures. ``python -m pipeline.headline`` rewrites the page; a test
 fails when the page and the records disagree.
 """
 from __future__ import annotations
@@ -39,10 +40,11 @@ def provenance(record: Path) -> str:
             "; load not recorded (times may include other work on the same cores; bytes and rounds do not)")
     commits = sorted({r["tags"]["git_sha"][:7] for r in runs if r["tags"].get("git_sha")})
     trees = sorted({r["tags"]["code_tree"] for r in runs if r["tags"].get("code_tree")})
+    dirty = " with uncommitted changes" if any(r["tags"].get("git_dirty") in ("True", "true") for r in runs) else ""
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in runs).items()))
     return (f"Measured on {machine.get('cores', '?')} cores, {machine.get('memory_gib', '?')} GiB "
             f"({machine.get('processor', '?')}, Python {machine.get('python', '?')}){load}; code "
-            f"{', '.join(commits) or '?'} (`code_tree` {', '.join(trees) or '?'}); {len(runs)} runs: {statuses}.")
+            f"{', '.join(commits) or '?'}{dirty} (`code_tree` {', '.join(trees) or '?'}); runs: {len(runs)}, {statuses}.")
 
 
 def _demoted(markdown: str) -> str:
@@ -58,6 +60,8 @@ def section(record: Path, docs_to_results: str = "../results") -> str:
         parts += [(record / "about.md").read_text().strip(), ""]
     parts += [provenance(record), "", f"Regenerate its tables: `{about['regenerate']}`", ""]
     parts += [_demoted((record / name).read_text()) + "\n" for name in TABLE_FILES if (record / name).is_file()]
+    parts += [_demoted(text) + "\n" for run in read_runs(record) if run["tags"].get("kind") == "benchmark"
+              for path, text in sorted(run["artifacts"].items()) if path.endswith("results.md")]
     parts += [f"![{png.stem}]({docs_to_results}/{record.name}/{png.name})" for png in sorted(record.glob("*.png"))]
     return "\n".join(parts).rstrip() + "\n"
 

@@ -157,14 +157,27 @@ def _above(received: jnp.ndarray, threshold: jnp.ndarray, member: jnp.ndarray, l
     return m, segment_sums(m, layout)
 
 
-def received_rows(probs: jnp.ndarray, layout: Layout, heads: int) -> jnp.ndarray:
+def received_rows(probs: jnp.ndarray, layout: Layout, heads: int, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """``R`` ``[total]``: attention each token received from its own input's queries, summed
-    over heads (``probs`` flat, in ``Layout.groups`` order, as ``attention_probs`` returns it)."""
+    over heads (``probs`` flat, in ``Layout.groups`` order, as ``attention_probs`` returns it);
+    with ``valid`` (the client's secret padding mask ``[total]``) over its real query rows only:
+    ``R_i = Σ_j valid_j Σ_h A_h[j, i]``, so padding does not move a token's score. Cost: local
+    sums; with ``valid`` one secret ``[1, n] × [n, n]`` product per input (n² multiplications)."""
+    rows = layout.split(valid) if valid is not None else None
     parts: dict[int, jnp.ndarray] = {}
     for _, members, a in iter_groups(probs, layout, heads):
-        sums = jnp.sum(a, axis=(1, 2))                        # [g, n]
+        if rows is None:
+            sums = jnp.sum(a, axis=(1, 2))                    # [g, n]
+        else:
+            weights = jnp.stack([rows[b] for b in members])   # [g, n] query rows
+            sums = jnp.einsum("gj,gji->gi", weights, jnp.sum(a, axis=1))
         parts.update({b: sums[i] for i, b in enumerate(members)})
     return unstack_groups(parts, layout)
+
+
+def per_row(values: jnp.ndarray, layout: Layout) -> jnp.ndarray:
+    """``[total]``: input b's entry of ``values`` ``[B]`` on each of its rows (local copies)."""
+    return jnp.concatenate([jnp.broadcast_to(values[b], (n,)) for b, n in enumerate(layout.sizes)])
 
 
 def iter_groups(flat: jnp.ndarray, layout: Layout, heads: int) -> list[tuple[int, tuple[int, ...], jnp.ndarray]]:
@@ -189,32 +202,34 @@ def _as_flat(probs: jnp.ndarray, layout: Optional[Layout], heads: Optional[int])
 def prune_step(probs: jnp.ndarray, theta: jnp.ndarray, valid: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *,
                layout: Optional[Layout] = None, heads: Optional[int] = None, relative: bool = False,
                all_valid: bool = False, causal: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Π_prune's scores and mask: ``R`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
-    ``probs`` flat (a batch) or ``[H, n, n]`` (one input).
+    """Π_prune's scores and mask: ``D`` ``[total]``, ``M`` ``[total]``, ``k`` ``[B]`` from
+    ``probs`` flat (a batch) or ``[H, n, n]`` (one input). ``D`` is the decision score scaled so
+    that ``D > θ·H·n`` (``_above``, a public bound) decides ``S > θ`` (absolute) or ``c·S > θ``
+    (``relative``: the score relative to uniform attention), with ``S_i`` the attention token i
+    receives averaged over heads and over the ``c`` real query rows.
 
-    ``relative`` (the length-aware criterion, ``c·S > θ``): ``R`` is scaled by each input's count
-    ``c`` of valid rows entering the layer, so the same comparison ``R > θ·H·n`` decides
-    ``c·S > θ``. With ``all_valid`` (every row is a real token: any layer after a Π_prune, which
-    drops padding) ``c = n`` is public and the scaling exact; otherwise ``c = Σ valid`` is the
-    client's secret count and ``R·c`` one secret product per row (a fixed-point truncation:
-    scores within an ulp of θ may fall either way).
-    ``vis``: a shuffled causal layout's visibility (module doc), the scale then secret.
-    Cost: ``total`` comparisons (+ ``total`` products when ``relative`` and not ``all_valid``, or
-    with ``vis``). Reveals: nothing (the runner reveals ``k``)."""
+    With ``all_valid`` (every row is a real token: any layer after a Π_prune, which drops padding)
+    ``c = n`` is public: ``D = R`` (absolute) or ``R·n`` (relative), exact. Otherwise (layer 0 of a
+    padded input; not causal) the padding query rows are left out (``received_rows`` with ``valid``)
+    and ``c = Σ valid`` is the client's secret count: ``D = R·n`` (relative, exact: ``c·S = R/H``)
+    or ``R·n/c`` (absolute: one secret reciprocal per input and one product per row, a fixed-point
+    truncation, so scores within an ulp of θ may fall either way). Causal models (no padding)
+    average over the rows that see each token. ``vis``: a shuffled causal layout's visibility
+    (module doc), the scale then secret.
+    Cost: ``total`` comparisons, + layer 0 of a padded input one ``[1, n] × [n, n]`` secret product
+    per input (+ ``total`` products when absolute), + ``total`` products with ``vis``. Reveals:
+    nothing (the runner reveals ``k``)."""
     if relative and causal:
         raise ValueError("prune_step: the relative criterion is not defined for causal models")
     probs, layout, heads = _as_flat(probs, layout, heads)
-    r = received_rows(probs, layout, heads)
+    padded = not (all_valid or causal)
+    r = received_rows(probs, layout, heads, valid if padded else None)
     if relative:
-        r = r * (layout.row_scale(1) if all_valid else _row_counts(valid, layout))
+        r = r * layout.row_scale(1)
+    elif padded:
+        r = r * per_row(jnp.asarray(layout.sizes, dtype=r.dtype) / segment_sums(valid, layout), layout)
     m, k = _above(r, theta[0], valid, layout, heads, causal, vis)
     return r, m, k
-
-
-def _row_counts(valid: jnp.ndarray, layout: Layout) -> jnp.ndarray:
-    """``[total]``: on each row of input b, ``Σ valid`` over input b's rows (local sums and copies)."""
-    sums = segment_sums(valid, layout)
-    return jnp.concatenate([jnp.broadcast_to(sums[b], (n,)) for b, n in enumerate(layout.sizes)])
 
 
 def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *,
@@ -228,12 +243,22 @@ def reduce_step(received: jnp.ndarray, beta: jnp.ndarray, keep: jnp.ndarray, vis
 
 def score_step(probs: jnp.ndarray, vis: Optional[jnp.ndarray] = None, *, layout: Optional[Layout] = None,
                heads: Optional[int] = None, causal: bool = False) -> jnp.ndarray:
-    """Importance ``S = R / scale`` ``[total]`` (BOLT WE; ``Layout.row_scale``). Cost: local (one
-    public scaling); with ``vis`` (shuffled causal rows: the plaintext reference's scores only) a
-    secret division per row."""
+    """Importance ``S = R / scale`` ``[total]`` (BOLT WE; ``Layout.row_scale``) where every row is a
+    real token. Cost: local (one public scaling); with ``vis`` (shuffled causal rows: the plaintext
+    reference's scores only) a secret division per row."""
     probs, layout, heads = _as_flat(probs, layout, heads)
     scale = layout.row_scale(heads, causal) if vis is None else visible_scale(vis, layout, heads).astype(probs.dtype)
     return received_rows(probs, layout, heads) * (1.0 / scale)
+
+
+def padded_score_step(probs: jnp.ndarray, valid: jnp.ndarray, *, layout: Optional[Layout] = None,
+                      heads: Optional[int] = None) -> jnp.ndarray:
+    """``score_step`` at layer 0 of a padded input: the attention each token receives from the real
+    query rows over ``H·c`` (``c = Σ valid``, as ``prune_step``). Cost: one ``[1, n] × [n, n]`` secret
+    product and one reciprocal per input, a product per row."""
+    probs, layout, heads = _as_flat(probs, layout, heads)
+    inverse = 1.0 / (heads * segment_sums(valid, layout))
+    return received_rows(probs, layout, heads, valid) * per_row(inverse, layout)
 
 
 def prune_select(h: jnp.ndarray, keep: jnp.ndarray, valid: jnp.ndarray, *, layout: Layout,

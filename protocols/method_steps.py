@@ -48,9 +48,14 @@ class PruneStep:
 
     def scores(self, op: str = "Other") -> None:
         """Compute the importance scores ``S`` (flat) with ``op``'s cost class, and open them when
-        recording."""
-        vis = ["vis"] if self.layout.shuffled else []
-        self.s.run(bt.score_step, ["A", *vis], ["S"], op=op, layer=self.layer, static=self.static)
+        recording: over each input's real query rows (``batch.padded_score_step``; padding rows stay
+        until a Π_prune drops them), or, causal (no padding), over the rows that see each token."""
+        if not self.causal:
+            self.s.run(bt.padded_score_step, ["A", "valid"], ["S"], op=op, layer=self.layer,
+                       static={"layout": self.layout, "heads": self.heads})
+        else:
+            vis = ["vis"] if self.layout.shuffled else []
+            self.s.run(bt.score_step, ["A", *vis], ["S"], op=op, layer=self.layer, static=self.static)
         if self.record:
             record_scores(self, "S")
 
@@ -111,7 +116,7 @@ def _threshold(step: PruneStep) -> tuple[int, ...]:
     s, l, layout = step.s, step.layer, step.layout
     vis = ["vis"] if layout.shuffled else []
     s.run(bt.prune_step, ["A", f"theta{l}", "valid", *vis], ["R", "M", "k"], op="Prune", layer=l,
-          static={**step.static, "relative": step.criterion == "relative", "all_valid": l > 0})
+          static={**step.static, "relative": step.criterion == "relative", "all_valid": l > 0 or step.causal})
     if step.record and layout.shuffled:                 # the scale is secret: S from the visibility
         step.scores()
     elif step.record:

@@ -10,7 +10,8 @@ Notation: ``n`` tokens entering the layer, ``k`` kept, ``d`` hidden size, ``H`` 
 Protocol outline (one layer; the mask steps are ``protocols.batch.prune_step`` /
 ``reduce_step``, which run them per input of a stacked batch)::
 
-    R      = Σ_h Σ_j A_h[j, ·]                    local (sum of shares)          Reveals: nothing
+    R      = Σ_h Σ_j A_h[j, ·]                    local (sum of shares); layer 0: Reveals: nothing
+                                                 Σ_j valid_j (…), a [1,n]×[n,n] product
     M, k   = [R > θ·H·n] ∧ valid, [CLS] kept      n comparisons                  Reveals: k
     P      = selection(M, k)                     prefix sum (local) + k·n eq.   Reveals: nothing
     h', v' = compact(P, h, valid)                one k×n·n×d secret matmul      Reveals: nothing

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, BertTokenizerFast
@@ -85,3 +86,22 @@ def test_baseline_continues_for_the_candidates_budget(tmp_path: Path) -> None:
     # β moved by its own gradient: off its start 2·θ_init on a layer where the β ≥ θ clamp is not active
     moved = [abs(b - 2 * t0) for t0, t, b in zip(r0.thresholds.theta, r.thresholds.theta, r.thresholds.beta) if b > t]
     assert moved and max(moved) > 1e-3
+
+
+def test_length_batches_group_similar_lengths() -> None:
+    """``LengthBatches``: every example at most once per epoch, full batches only, a new order each
+    epoch, the same orders for the same seed, and batches far tighter in length than random ones."""
+    from models.training import LengthBatches
+
+    lengths = [int(x) for x in np.random.default_rng(0).integers(3, 120, size=1003)]
+    sampler = LengthBatches(lengths, 16, torch.Generator().manual_seed(1), pool=10)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 62 and all(len(b) == 16 for b in first)
+    assert len({i for b in first for i in b}) == 62 * 16 and first != second
+    assert list(LengthBatches(lengths, 16, torch.Generator().manual_seed(1), pool=10)) == first
+
+    def spread(batches: list[list[int]]) -> float:
+        return float(np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]))
+
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(2)).tolist()
+    assert spread(first) < 0.2 * spread([shuffled[j:j + 16] for j in range(0, 62 * 16, 16)])

@@ -31,11 +31,16 @@ def _probs_with_scores(scores: np.ndarray, heads: int = 2) -> np.ndarray:
     return np.broadcast_to(scores[None, None, :], (heads, n, n)).astype(np.float32).copy()
 
 
-def _run_mask(s: Session, scores: np.ndarray, theta: float, valid: np.ndarray) -> tuple[np.ndarray, int]:
-    s.share("A", _probs_with_scores(scores), owner="client")
+def _run_mask(s: Session, scores: np.ndarray, theta: float, valid: np.ndarray, *, all_valid: bool = True,
+              relative: bool = False, probs: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Π_prune's mask as a layer after a Π_prune runs it (``all_valid``: the scores sum every row;
+    ``valid`` still masks the kept tokens), or as layer 0 of a padded input (``all_valid=False``:
+    the padding query rows left out)."""
+    s.share("A", _probs_with_scores(scores) if probs is None else probs, owner="client")
     s.share("theta", np.array([theta], np.float32), owner="server")
     s.share("valid", valid.astype(np.float32), owner="client")
-    s.run(prune_step, ["A", "theta", "valid"], ["R", "M", "k"], op="Prune")
+    s.run(prune_step, ["A", "theta", "valid"], ["R", "M", "k"], op="Prune",
+          static={"all_valid": all_valid, "relative": relative})
     k = int(round(float(np.asarray(s.reveal("k", purpose="kept count")).reshape(-1)[0])))
     return np.asarray(s.reveal("M", purpose="test only")), k
 
@@ -54,6 +59,34 @@ def test_prune_mask_matches_reference(session: Session, theta: float, valid: np.
     ref = _ref_mask(TIE_SCORES, theta, valid)
     np.testing.assert_array_equal(np.round(m), ref)
     assert k == int(ref.sum())
+
+
+def _padded_probs(real: np.ndarray, n: int, heads: int = 2, seed: int = 0) -> np.ndarray:
+    """``[H, n, n]`` probs of an input with ``c = len(real)`` real tokens padded to ``n``: every real
+    query row puts ``real`` on the real keys; padding rows put random weights there, which the
+    scores must ignore."""
+    c = len(real)
+    probs = np.zeros((heads, n, n), np.float32)
+    probs[:, :c, :c] = real
+    noise = np.random.default_rng(seed).random((heads, n - c, c)).astype(np.float32)
+    probs[:, c:, :c] = noise / noise.sum(-1, keepdims=True)
+    return probs
+
+
+def test_layer0_scores_ignore_the_padding_rows(session: Session) -> None:
+    """At layer 0 the scores average over the real query rows only, so the mask of an input padded
+    from 6 to 8 tokens is the mask of the same 6 tokens unpadded, whatever the padding rows attend
+    to. Relative (``c·S = R/H`` against θ, exact, ties dropped as in later layers) and absolute
+    (``S = R/(H·c)``: one truncated product per row, so θ sits away from every score)."""
+    real = np.array([4, 8, 9, 8, 1, 34], np.float32) / 64.0     # a real row, Σ = 1
+    valid = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+    relative_ref = ((6 * real > 6 * 8 / 64) | (np.arange(6) == 0)).astype(np.float32)
+    m, k = _run_mask(session, real, 6 * 8 / 64, valid, all_valid=False, relative=True, probs=_padded_probs(real, 8))
+    np.testing.assert_array_equal(np.round(m), [*relative_ref, 0, 0])
+    assert k == int(relative_ref.sum()) == 3                   # the ties at 8/64 are dropped
+    m, k = _run_mask(session, real, 8.5 / 64, valid, all_valid=False, probs=_padded_probs(real, 8, seed=1))
+    np.testing.assert_array_equal(np.round(m), [1, 0, 1, 0, 0, 1, 0, 0])
+    assert k == 3
 
 
 def test_ties_decided_the_same_way_every_run(session: Session) -> None:

@@ -73,8 +73,9 @@ def test_secure_matches_plaintext(model: tuple, protocol: str, method: str) -> N
 def test_relative_criterion_scales_by_the_real_tokens_entering(model: tuple, protocol: str) -> None:
     """``relative`` compares c·S with θ, c = real tokens entering the layer: 10 at layer 0 (12 rows,
     2 of them padding: the client's secret count), 6 at layer 1 (what layer 0 kept). So θ = (10·t0,
-    6·t1) relative must decide exactly as θ = (t0, t1) absolute on this input; the secure run (the
-    secret product R·c at layer 0, a public scaling after it) must match its plaintext twin."""
+    6·t1) relative must decide exactly as θ = (t0, t1) absolute on this input; the secure run (at
+    layer 0 the padding rows masked out by the client's secret mask, a public scaling after it)
+    must match its plaintext twin."""
     spec, w, specs = model
     absolute = specs["prune_reduce"]
     scale = (10.0, 6.0)
