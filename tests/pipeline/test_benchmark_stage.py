@@ -33,6 +33,7 @@ def test_prune_benchmark_logs_its_measurements_and_report(tracker_for) -> None:
         assert m[f"{n}/bolt_ranking_comparisons"] == n * n + n
         assert (m[f"{n}/bolt_bitonic_comparisons"], m[f"{n}/bitonic_sort_comparisons"]) == {8: (35, 24), 16: (95, 80)}[n]
         assert m[f"{n}/mask_mb"] > 0 and m[f"{n}/bolt_ranking_mb"] > m[f"{n}/bolt_bitonic_mb"] > 0
+        assert m[f"{n}/layer0_mask_mb"] > m[f"{n}/mask_mb"]     # layer 0 also masks the padding rows
     assert m["16/bolt_ranking_mb"] > m["8/bolt_ranking_mb"]
     report = (tracker.download(run_id, "results.md")).read_text()
     assert run_id in report
