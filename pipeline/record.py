@@ -68,15 +68,24 @@ def run_record(client: MlflowClient, run_id: str, experiment: str, tmp: Path,
             "tags": tags, "metrics": _metrics(client, run), "artifacts": _artifacts(client, run_id, tmp)}
 
 
-def write_record(out: Path, runs: Iterable[dict[str, Any]], about: Mapping[str, Any]) -> Path:
+def write_record(out: Path, runs: Iterable[dict[str, Any]], about: Mapping[str, Any],
+                 recorded: Iterable[str] = ()) -> Path:
     """Write ``runs`` (``run_record`` dicts) and ``about`` (command, experiments, ...) to ``out``; the
-    runs of an earlier record there are kept unless rewritten (a record grows over launches)."""
+    runs of an earlier record there are kept unless rewritten (a record grows over launches). A run
+    of ``recorded`` (brought in from a record) whose file is already there is left as recorded, and
+    when every run is, ``record.json`` keeps the machine that measured them."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    ids = []
+    keep, ids, measured = set(recorded), [], False
     for run in runs:
-        (out / "runs" / f"{run['run_id']}.json").write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+        path = out / "runs" / f"{run['run_id']}.json"
         ids.append(run["run_id"])
-    (out / RECORD).write_text(json.dumps({**about, "machine": machine_facts(), "runs_written": len(ids)}, indent=1) + "\n")
+        if run["run_id"] in keep and path.is_file():
+            continue
+        path.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+        measured = measured or run["run_id"] not in keep
+    earlier = json.loads((out / RECORD).read_text()) if (out / RECORD).is_file() else {}
+    machine = machine_facts() if measured or "machine" not in earlier else earlier["machine"]
+    (out / RECORD).write_text(json.dumps({**about, "machine": machine, "runs_written": len(ids)}, indent=1) + "\n")
     return out
 
 

@@ -140,7 +140,8 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     emulated too, ``FIXED_POINT_ROW``): the dev metric's name (``metric_name``), mean and standard deviation
     over seeds (``n_seeds``), the task's other dev metrics (``other_metrics``, ``named_dev_metrics``), its
     drop from unpruned (mean of the per-seed differences, and their std), the mean tokens entering each
-    layer (``schedule``, mean over seeds), for Π_reduce rows the share of
+    layer (``schedule``, padding included, mean over seeds) and the share of each input's real tokens
+    entering it (``real_schedule``, %), for Π_reduce rows the share of
     kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
     calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
     averages. Search runs without dev metrics (GPT-2's) are skipped."""
@@ -154,7 +155,8 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             if values.isna().all():
                 continue                                    # a method the search did not evaluate
             drop = values - base
-            layers = sorted((c for c in grp if c.startswith(f"dev/{method}/entering/layer_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+            layers = _layer_columns(grp, f"dev/{method}/entering/layer_")
+            shares = _layer_columns(grp, f"dev/{method}/real_share/layer_")
             reduces = method == FIXED_POINT_ROW or registry.get(method).reduce
             high = grp.get(f"dev/{method}/high_ratio/mean")
             scales = grp.sort_values("seed").get("reduce/beta_scale")   # in the order of the seeds column
@@ -169,6 +171,7 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
                 "drop_std": float(drop.std(ddof=1)) if method != registry.UNPRUNED and drop.notna().sum() > 1 else math.nan,
                 "n_seeds": int(values.notna().sum()), "other_metrics": other_metrics,
                 "schedule": "-".join(f"{grp[c].astype(float).mean():.1f}" for c in layers),
+                "real_schedule": "-".join(f"{grp[c].astype(float).mean():.0f}" for c in shares),
                 "reduced_pct": 100 * (1 - float(high.astype(float).mean())) if reduces and high is not None else math.nan,
                 "beta_scales": ",".join(f"{v:g}" for v in scales.astype(float)) if reduces and scales is not None
                 and scales.notna().all() else "",
@@ -178,6 +181,11 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             })
     out = pd.DataFrame.from_records(records)
     return out.sort_values([*keys, "method"], key=in_method_order).reset_index(drop=True)
+
+
+def _layer_columns(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """The columns ``{prefix}{i}`` of ``frame``, by layer."""
+    return sorted((c for c in frame if c.startswith(prefix)), key=lambda c: int(c.rsplit("_", 1)[1]))
 
 
 def lm_table(searches: pd.DataFrame, methods: pd.DataFrame) -> pd.DataFrame:
@@ -272,7 +280,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "paper_speedup_vs_none": "paper × vs w/o WE", "paper_speedup_vs_bolt_we": "paper × vs BOLT",
         "metric_name": "dev metric", "other_metrics": "other dev metrics (mean ± std)",
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
-        "n_seeds": "seeds", "schedule": "tokens entering each layer",
+        "n_seeds": "seeds", "schedule": "tokens entering each layer", "real_schedule": "% of real tokens entering",
         "reduced_pct": "kept tokens on cheap forms (%)", "beta_scales": "β scale per seed", "paper_metric": "paper (BERT-base)",
         "test_ppl": "test ppl (next token)", "test_acc": "test top-1 (%)", "kept_mean": "mean kept",
         "kept_after": "tokens left after each layer", "test_contexts": "test contexts", "agree_secure": "secure = torch (%)",
@@ -343,7 +351,7 @@ VIEWS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "table2": (
         ("Dev metric", (*_T2_KEYS, "metric_name", "metric_mean", "metric_std", "n_seeds")),
         ("Drop from unpruned", (*_T2_KEYS, "drop_mean", "drop_std", "paper_metric", "other_metrics")),
-        ("Tokens", (*_T2_KEYS, "schedule", "reduced_pct", "beta_scales")),
+        ("Tokens", (*_T2_KEYS, "schedule", "real_schedule", "reduced_pct", "beta_scales")),
     ),
 }
 """Per table, the views a reader compares, each one question and at most ten columns (the CSV has all)."""

@@ -188,7 +188,8 @@ def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path
     write_record(target, records, {"report": name, "experiments": sorted(ids),
                                    "regenerate": f"python -m pipeline stage=report report={name} report.source=results/{name}",
                                    "checkpoints": "not recorded (size): the chain trains them again from the same "
-                                                  "config and code (tags code_tree, git_sha of each run)"})
+                                                  "config and code (tags code_tree, git_sha of each run)"},
+                 recorded=back.values())
     log.info(f"report: published {len(records)} runs and the report to {target}")
     return target
 

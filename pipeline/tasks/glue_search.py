@@ -12,7 +12,8 @@ whether SPU's 18-bit fixed point changes the result).
 Logged on the search run: ``thresholds.json``; tags ``criterion``, ``reduce_forms``, ``dev_metrics``;
 metrics ``val/prune``, ``val/prune_reduce/scale_<s>``, ``val/high_ratio/scale_<s>``,
 ``reduce/beta_scale``, ``reduce/within_max_drop``, ``dev/{method}/{metric}`` (the task's metrics:
-accuracy, F1, Pearson, ...), ``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i),
+accuracy, F1, Pearson, ...), ``dev/{method}/entering/layer_{i}`` (mean tokens entering layer i, padding included),
+``dev/{method}/real_share/layer_{i}`` (the share of each input's real tokens entering layer i, %),
 ``dev/{method}/high_ratio/mean`` (share of kept tokens on the exact forms; 0 unless ``prune_reduce``).
 """
 from __future__ import annotations
@@ -80,6 +81,8 @@ def _dev_metrics(models: dict[str, Any], dev: Any, task: str, baseline_id: str, 
         out.update({f"dev/{name}/{k}": v for k, v in ev.metrics.items()})
         entering = [float(ev.n0), *ev.kept_tokens[:-1]]
         out.update({f"dev/{name}/entering/layer_{i}": k for i, k in enumerate(entering)})
+        real = [100.0, *(100.0 * r for r in ev.keep_ratio[:-1])]     # % of each input's real tokens
+        out.update({f"dev/{name}/real_share/layer_{i}": r for i, r in enumerate(real)})
         out[f"dev/{name}/entering/mean"] = sum(entering) / len(entering)
         out[f"dev/{name}/high_ratio/mean"] = sum(ev.high_ratio) / len(ev.high_ratio)
     return out

@@ -92,3 +92,20 @@ def test_a_campaign_continues_on_a_fresh_store_from_the_record(published: Path, 
 
     table = pd.read_csv(tmp_path / "reports" / "continued" / "table1.csv").set_index("method")
     assert list(table["inputs"]) == [3.0, 3.0] and set(table["run_id"]) == set(methods["run_id"])   # the new rows
+
+
+def test_a_recorded_run_is_left_as_recorded(tmp_path: Path) -> None:
+    """Republishing over a record keeps its runs' files (what a run logged then, artifacts a later
+    code version no longer records included) and the machine that measured them."""
+    from pipeline.record import RECORD, write_record
+
+    run = {"run_id": "a", "tags": {}, "artifacts": {"old.json": "{}"}, "start_time": 1}
+    write_record(tmp_path, [run], {"report": "r"})
+    about = json.loads((tmp_path / RECORD).read_text())
+    (tmp_path / RECORD).write_text(json.dumps({**about, "machine": {"host": "elsewhere"}}))
+    write_record(tmp_path, [{**run, "artifacts": {}}], {"report": "r"}, recorded=["a"])
+    assert json.loads((tmp_path / "runs" / "a.json").read_text())["artifacts"] == {"old.json": "{}"}
+    assert json.loads((tmp_path / RECORD).read_text())["machine"] == {"host": "elsewhere"}
+    write_record(tmp_path, [{**run, "artifacts": {}}], {"report": "r"})          # measured here: rewritten
+    assert json.loads((tmp_path / "runs" / "a.json").read_text())["artifacts"] == {}
+    assert json.loads((tmp_path / RECORD).read_text())["machine"]["cores"] >= 1

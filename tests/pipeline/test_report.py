@@ -124,7 +124,8 @@ def log_seed_searches(tracker: Tracker) -> dict[int, str]:
             if values is DEV.get(seed):      # MRPC: F1 is the metric, accuracy (ACC) beside it
                 metrics |= {f"dev/{m}/f1": v for m, v in values.items()} | {f"dev/{m}/accuracy": ACC[seed] for m in METHODS}
             for m in METHODS:
-                metrics |= {f"dev/{m}/entering/layer_0": 128.0, f"dev/{m}/entering/layer_1": 60.0 + seed}
+                metrics |= {f"dev/{m}/entering/layer_0": 128.0, f"dev/{m}/entering/layer_1": 60.0 + seed,
+                            f"dev/{m}/real_share/layer_0": 100.0, f"dev/{m}/real_share/layer_1": 40.0 + seed}
             if values is DEV.get(seed):      # Π_reduce calibrated on val: 40 / 30 / 20 % reduced at scale 1 / 0.5 / 0.25
                 metrics |= {"dev/prune_reduce/high_ratio/mean": 0.6 + 0.1 * seed, "reduce/beta_scale": (1, 0.5, 0.25)[seed]}
             run.log_metrics(metrics)
@@ -233,7 +234,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
         assert row2["metric_mean"] == pytest.approx(values.mean()) and row2["metric_std"] == pytest.approx(values.std())
         if method != "none":
             assert row2["drop_mean"] == pytest.approx(drops.mean()) and row2["drop_std"] == pytest.approx(drops.std())
-        assert row2["schedule"] == "128.0-61.0"
+        assert row2["schedule"] == "128.0-61.0" and row2["real_schedule"] == "100-41"
         assert row2["metric_name"] == "f1" and row2["other_metrics"] == "accuracy 73.00 ± 3.61"
         if method == "prune_reduce":
             assert row2["reduced_pct"] == pytest.approx(30.0) and row2["beta_scales"] == "1,0.5,0.25"

@@ -57,6 +57,9 @@ def test_candidate_jobs_share_one_baseline_and_dev_is_evaluated_on_the_pick(
     assert m["dev/none/entering/layer_0"] == m["dev/bolt_we/entering/layer_0"] == 32   # padded length n0
     assert m["dev/bolt_we/entering/layer_1"] == 16                                      # ⌈32/2⌉
     assert m["dev/prune/entering/layer_1"] < 32
+    # the same schedules as shares of each input's real tokens: all of them unpruned, fewer pruned
+    assert m["dev/none/real_share/layer_0"] == m["dev/none/real_share/layer_1"] == m["dev/prune/real_share/layer_0"] == 100
+    assert 0 < m["dev/prune/real_share/layer_1"] < 100 and m["dev/bolt_we/real_share/layer_1"] <= 100
     assert m["val/baseline"] == tracker.run_metrics(tags[0]["baseline_run"])["acc/val"]
     assert {a.path for a in tracker.client.list_artifacts(searched)} >= {"pareto.csv", "pareto.png", "thresholds.json"}
     selection = Selection.from_run(tracker, searched)                     # saved once, as the search run's tags
