@@ -170,6 +170,17 @@ def _recorded_ids(frame: pd.DataFrame, back: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+def _regenerate(cfg: PipelineConfig, experiments: list[str]) -> str:
+    """The command that rebuilds a published report from its record: the report config chosen
+    (``report=<choice>``), and its name and experiments when they were given on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    name = cfg.report.name
+    choice = HydraConfig.get().runtime.choices.get("report") if HydraConfig.initialized() else None
+    extra = f" report.name={name} 'report.experiments=[{','.join(experiments)}]'" if choice and choice != name else ""
+    return f"python -m pipeline stage=report report={choice or name}{extra} report.source=results/{name}"
+
+
 def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path, back: dict[str, str]) -> Path:
     """Copy the report to ``<results_dir>/<name>/`` and record every FINISHED run of the experiments
     read (report runs excepted) beside it (``pipeline.record``)."""
@@ -186,7 +197,7 @@ def _publish(ctx: StageContext, tracker: Any, ids: dict[str, str], out_dir: Path
                    for _, r in runs.iterrows() if r.get("tags.stage") != "report"]
     name = ctx.cfg.report.name
     write_record(target, records, {"report": name, "experiments": sorted(ids),
-                                   "regenerate": f"python -m pipeline stage=report report={name} report.source=results/{name}",
+                                   "regenerate": _regenerate(ctx.cfg, sorted(ids)),
                                    "checkpoints": "not recorded (size): the chain trains them again from the same "
                                                   "config and code (tags code_tree, git_sha of each run)"},
                  recorded=back.values())
