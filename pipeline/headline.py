@@ -27,9 +27,8 @@ def _about(record: Path) -> str:
     """Where a record was measured: its machine's cores and memory, and the load its runs started under."""
     about = json.loads((record / "record.json").read_text()) if (record / "record.json").is_file() else {}
     machine = about.get("machine", {})
-    loads = [float(json.loads(p.read_text())["tags"].get("load_1m", "nan")) for p in (record / "runs").glob("*.json")]
-    loads = [x for x in loads if x == x]
-    load = f", 1-min load {min(loads):.1f}-{max(loads):.1f} as runs started" if loads else ", load not recorded"
+    loads = results_page.load_range([json.loads(p.read_text()) for p in (record / "runs").glob("*.json")])
+    load = f", 1-min load {loads} as runs started" if loads else ", load not recorded"
     return f"{machine.get('cores', '?')} cores, {machine.get('memory_gib', '?')} GiB{load}"
 
 

@@ -30,13 +30,17 @@ Measurements made before the records, whose stores are gone, are in `docs/archiv
 """
 
 
-def provenance(record: Path) -> str:
-    """Where and on what the record's runs were measured: machine, load, commits and run statuses."""
-    about = json.loads((record / RECORD).read_text())
-    runs = read_runs(record)
-    machine = about.get("machine", {})
+def load_range(runs: list[dict[str, Any]]) -> str:
+    """The 1-minute load the runs started under (tag ``load_1m``), as ``low-high``; "" when none says."""
     loads = sorted(float(r["tags"]["load_1m"]) for r in runs if "load_1m" in r["tags"])
-    load = (f"; 1-minute load {loads[0]:.1f}-{loads[-1]:.1f} as runs started" if loads else
+    return f"{loads[0]:.1f}-{loads[-1]:.1f}" if loads else ""
+
+
+def provenance(record: Path, runs: list[dict[str, Any]]) -> str:
+    """Where and on what the record's ``runs`` were measured: machine, load, commits and run statuses."""
+    machine = json.loads((record / RECORD).read_text()).get("machine", {})
+    loads = load_range(runs)
+    load = (f"; 1-minute load {loads} as runs started" if loads else
             "; load not recorded (times may include other work on the same cores; bytes and rounds do not)")
     commits = sorted({r["tags"]["git_sha"][:7] for r in runs if r["tags"].get("git_sha")})
     trees = sorted({r["tags"]["code_tree"] for r in runs if r["tags"].get("code_tree")})
@@ -58,9 +62,10 @@ def section(record: Path, docs_to_results: str = "../results") -> str:
     parts = [f"## `results/{record.name}`", ""]
     if (record / "about.md").is_file():
         parts += [(record / "about.md").read_text().strip(), ""]
-    parts += [provenance(record), "", f"Regenerate its tables: `{about['regenerate']}`", ""]
+    runs = read_runs(record)
+    parts += [provenance(record, runs), "", f"Regenerate its tables: `{about['regenerate']}`", ""]
     parts += [_demoted((record / name).read_text()) + "\n" for name in TABLE_FILES if (record / name).is_file()]
-    parts += [_demoted(text) + "\n" for run in read_runs(record) if run["tags"].get("kind") == "benchmark"
+    parts += [_demoted(text) + "\n" for run in runs if run["tags"].get("kind") == "benchmark"
               for path, text in sorted(run["artifacts"].items()) if path.endswith("results.md")]
     parts += [f"![{png.stem}]({docs_to_results}/{record.name}/{png.name})" for png in sorted(record.glob("*.png"))]
     return "\n".join(parts).rstrip() + "\n"
