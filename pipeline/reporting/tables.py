@@ -17,6 +17,7 @@ from tabulate import LATEX_ESCAPE_RULES, tabulate
 
 from models import methods as registry
 from pipeline.reporting import paper
+from pipeline.reporting.published import PUBLISHED_DEV
 
 MISSING = "—"
 FIXED_POINT_ROW = next(f"{m.name}_fixed_point" for m in registry.registered() if m.reduce)   # the search's
@@ -143,7 +144,8 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     layer (``schedule``, padding included, mean over seeds) and the share of each input's real tokens
     entering it (``real_schedule``, %), for Π_reduce rows the share of
     kept tokens given the cheap forms (``reduced_pct``, mean over seeds) and the β scale each seed's
-    calibration took (``beta_scales``), the paper's BERT-base value beside it, and the search runs it
+    calibration took (``beta_scales``), the paper's BERT-base value beside it, on the unpruned row a
+    published model's value (``published``, ``pipeline.reporting.published``), and the search runs it
     averages. Search runs without dev metrics (GPT-2's) are skipped."""
     keys = ["model", "task", "max_length", "criterion", "reduce_forms"]
     rows = newest(searches.dropna(subset=["dev/none/metric"]), [*keys, "seed"])
@@ -175,6 +177,7 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
                 "reduced_pct": 100 * (1 - float(high.astype(float).mean())) if reduces and high is not None else math.nan,
                 "beta_scales": ",".join(f"{v:g}" for v in scales.astype(float)) if reduces and scales is not None
                 and scales.notna().all() else "",
+                "published": PUBLISHED_DEV[task].label() if method == registry.UNPRUNED and task in PUBLISHED_DEV else math.nan,
                 "paper_metric": paper.ABLATION_ACC.get(method, {}).get(task, math.nan) if int(length) == paper.PAPER_MAX_LENGTH
                 else math.nan,
                 "seeds": ",".join(str(s) for s in sorted(grp["seed"])), "run_id": ",".join(grp["run_id"]),
@@ -282,6 +285,7 @@ def _headers(columns: Iterable[str]) -> list[str]:
         "metric_mean": "dev mean", "metric_std": "± std", "drop_mean": "Δ vs unpruned", "drop_std": "Δ ± std",
         "n_seeds": "seeds", "schedule": "tokens entering each layer", "real_schedule": "% of real tokens entering",
         "reduced_pct": "kept tokens on cheap forms (%)", "beta_scales": "β scale per seed", "paper_metric": "paper (BERT-base)",
+        "published": "published, unpruned (model)",
         "test_ppl": "test ppl (next token)", "test_acc": "test top-1 (%)", "kept_mean": "mean kept",
         "kept_after": "tokens left after each layer", "test_contexts": "test contexts", "agree_secure": "secure = torch (%)",
         "secure_contexts": "secure contexts", "paper_speedup": "paper GPT-2 ×", "search_run": "search run",
@@ -352,9 +356,19 @@ VIEWS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("Dev metric", (*_T2_KEYS, "metric_name", "metric_mean", "metric_std", "n_seeds")),
         ("Drop from unpruned", (*_T2_KEYS, "drop_mean", "drop_std", "paper_metric", "other_metrics")),
         ("Tokens", (*_T2_KEYS, "schedule", "real_schedule", "reduced_pct", "beta_scales")),
+        ("Unpruned beside a published model of its depth", ("model", "task", "max_length", "label", "metric_name",
+                                                            "metric_mean", "metric_std", "published")),
     ),
 }
 """Per table, the views a reader compares, each one question and at most ten columns (the CSV has all)."""
+VIEW_ROWS: dict[str, str] = {"Unpruned beside a published model of its depth": registry.UNPRUNED}
+"""Views that show one method's rows only (by title): the method."""
+
+
+def _view_rows(table: pd.DataFrame, title: str) -> pd.Series:
+    """The rows view ``title`` shows: those of ``VIEW_ROWS[title]``'s method, else all."""
+    only = VIEW_ROWS.get(title)
+    return table["method"] == only if only is not None and "method" in table else pd.Series(True, index=table.index)
 
 
 def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> list[Path]:
@@ -364,7 +378,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> 
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
     table.to_csv(paths[0], index=False)
     views = [(title, [c for c in cols if c in table]) for title, cols in VIEWS.get(name, ((caption, tuple(table)),))]
-    texts = [(title, display(table[cols])) for title, cols in views]
+    texts = [(title, display(table.loc[_view_rows(table, title), cols])) for title, cols in views]
     md = [f"**{caption}**", ""]
     for title, text in texts:
         md += ([f"*{title}*", ""] if len(texts) > 1 else []) + [text.to_markdown(index=False), ""]

@@ -213,7 +213,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
     md = (out / "table1.md").read_text()
     assert "—" in md and "CipherPrune" in md and "BOLT w/o WE" in md
     assert r"\begin{tabular}" in (out / "table1.tex").read_text()
-    for name, views in (("table1", 4), ("table2", 3)):   # one question per table, at most ten columns each
+    for name, views in (("table1", 4), ("table2", 4)):   # one question per table, at most ten columns each
         text = (out / f"{name}.md").read_text()
         headers = [line for line, below in zip(text.splitlines(), text.splitlines()[1:]) if below.startswith("|:")]
         assert len(headers) == views and all(line.count("|") - 1 <= 10 for line in headers), headers
@@ -242,6 +242,7 @@ def test_report_tables_and_figures_match_runs(store: dict, compose_cfg: Callable
             assert pd.isna(row2["reduced_pct"]) and pd.isna(row2["beta_scales"])
         assert set(row2["run_id"].split(",")) == set(store["searches"].values())
     assert mrpc2.loc["prune", "paper_metric"] == paper.ABLATION_ACC["prune"]["mrpc"]
+    assert mrpc2.loc["none", "published"] == "87.5 score (DistilBERT-6L)" and pd.isna(mrpc2.loc["prune", "published"])
     assert "± std" in (out / "table2.md").read_text() and "accuracy 73.00 ± 3.61" in (out / "table2.md").read_text()
     assert fast.loc["prune", "metric_name"] == "metric" and pd.isna(fast.loc["prune", "other_metrics"])
 

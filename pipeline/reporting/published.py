@@ -1,0 +1,42 @@
+"""Published dev metrics of unpruned models of MiniLM-L6's size, printed beside our baselines.
+
+A baseline's dev metric means little without what a model of its size reaches when fine-tuned
+well. The closest published, peer-reviewed numbers are DistilBERT's (6 layers like MiniLM-L6, but
+768 wide where MiniLM-L6 is 384: about 4x its parameters outside the embeddings), GLUE dev, median of 5
+runs (Sanh et al., 2019, "DistilBERT, a distilled version of BERT", Table 1; IMDB test accuracy
+from its Table 2), in percent. The paper does not name the metric of its MRPC and STS-B columns
+(F1 or accuracy; Pearson or Spearman), so those cells say "score".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class PublishedMetric:
+    """One published dev (IMDB: test) value: the metric's value (%), its name and the model."""
+
+    value: float
+    metric: str
+    model: str
+
+    def label(self) -> str:
+        """``"91.3 acc (DistilBERT-6L)"``: what a table cell prints."""
+        return f"{self.value:g} {self.metric} ({self.model})"
+
+
+DISTILBERT = "DistilBERT-6L"
+
+PUBLISHED_DEV: Mapping[str, PublishedMetric] = MappingProxyType({
+    "sst2": PublishedMetric(91.3, "acc", DISTILBERT),
+    "mrpc": PublishedMetric(87.5, "score", DISTILBERT),
+    "stsb": PublishedMetric(86.9, "score", DISTILBERT),
+    "rte": PublishedMetric(59.9, "acc", DISTILBERT),
+    "cola": PublishedMetric(51.3, "MCC", DISTILBERT),
+    "qnli": PublishedMetric(89.2, "acc", DISTILBERT),
+    "mnli": PublishedMetric(82.2, "acc", DISTILBERT),
+    "imdb": PublishedMetric(92.82, "test acc", DISTILBERT),
+})
+"""Per task, the published unpruned value beside our unpruned baseline (module docstring)."""
