@@ -270,9 +270,11 @@ def _run_phase(
     model: BertClassifier, train_ds: Any, val_ds: Any, task: str, cfg: FinetuneConfig, phase: str,
     log: LogFn | None, step0: int, history: list[dict[str, float]],
 ) -> tuple[int, EvalResult | None]:
-    """One phase of ``PHASES``: ``base``/``continue`` (no pruning; the best validation checkpoint
-    is restored), ``soft`` or ``hard``; returns the global step and the validation evaluation of
-    the model as the phase leaves it (None when it took no step)."""
+    """One phase of ``PHASES``: ``base`` (no pruning; the best validation checkpoint is restored:
+    the epochs are chosen on val), ``continue`` (no pruning), ``soft`` or ``hard``; returns the
+    global step and the validation evaluation of the model as the phase leaves it (None when it
+    took no step). ``continue`` keeps its last state like a candidate's phases, so that neither
+    side of a drop is the best of several validation evaluations."""
     g = torch.Generator().manual_seed(cfg.seed + PHASES.index(phase))
     loader = (DataLoader(train_ds, batch_sampler=LengthBatches(batch_lengths(train_ds), cfg.batch_size, g))
               if cfg.length_buckets else DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
@@ -281,6 +283,7 @@ def _run_phase(
     if total <= 0:
         return step0, None
     unpruned = phase in ("base", "continue")
+    keep_best = phase == "base"
     learn_beta = phase == "soft" and methods.get(cfg.method).reduce
     opt, sched = _optimizer(model, cfg, phase, total, learn_beta)
     method = methods.UNPRUNED if unpruned else cfg.method
@@ -307,7 +310,7 @@ def _run_phase(
                     log(ev.flat("val/"), step0 + step)
                 if ev.metrics["metric"] > best:
                     best, bad = ev.metrics["metric"], 0
-                    if unpruned:
+                    if keep_best:
                         best_state, best_eval = copy.deepcopy(model.state_dict()), ev
                 else:
                     bad += 1
@@ -360,9 +363,10 @@ def continue_unpruned(
     log_metrics: LogFn | None = None, step0: int = 0,
 ) -> FinetuneResult:
     """Train the unpruned ``model`` on for a candidate's budget (``cfg`` is the candidates'
-    config: ``phase_steps(cfg, ·, "continue")`` steps at ``cfg.lr``, no pruning, best validation
-    checkpoint restored); returns its evaluation on ``val_ds``. The baseline every pruned
-    candidate is compared with has then trained as many steps as the candidate."""
+    config: ``phase_steps(cfg, ·, "continue")`` steps at ``cfg.lr``, no pruning, its last state
+    kept, as a candidate keeps its own); returns its evaluation on ``val_ds``. The baseline every
+    pruned candidate is compared with has then trained as many steps as the candidate, and
+    neither side's validation metric is the best of several evaluations."""
     set_seed(cfg.seed)
     model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []

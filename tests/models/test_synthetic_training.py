@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,6 +87,33 @@ def test_baseline_continues_for_the_candidates_budget(tmp_path: Path) -> None:
     # β moved by its own gradient: off its start 2·θ_init on a layer where the β ≥ θ clamp is not active
     moved = [abs(b - 2 * t0) for t0, t, b in zip(r0.thresholds.theta, r.thresholds.theta, r.thresholds.beta) if b > t]
     assert moved and max(moved) > 1e-3
+
+
+@pytest.mark.parametrize("phase, expect_eval", [("base", 1), ("continue", 2)])
+def test_only_the_base_phase_restores_its_best_validation_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                phase: str, expect_eval: int) -> None:
+    """Validation metrics 50, 70, 60 at three evaluations: the base phase (epochs chosen on val)
+    ends with the weights and evaluation of the second, ``continue`` with its last, like a candidate."""
+    from models import training
+    from models.training import EvalResult, _run_phase
+
+    torch.set_num_threads(1)
+    d = write_tiny_checkpoint(tmp_path / "ck", seed=0)
+    data = load_glue("synthetic", d, d, max_length=32, cache_dir=str(tmp_path / "cache"), max_train=96)
+    model, _ = load_hf_bert(d)
+    states: list[dict[str, torch.Tensor]] = []
+
+    def scripted(m: Any, *args: Any, **kwargs: Any) -> EvalResult:
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+        return EvalResult({"metric": [50.0, 70.0, 60.0][len(states) - 1]}, [1.0], [1.0], 32)
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    cfg = FinetuneConfig(method="none", epochs=1.0, hard_epochs=0.0, batch_size=32, lr=1e-3, eval_every=1, progress=False)
+    _, ev = _run_phase(model, data["train"], data["dev"], "synthetic", cfg, phase, None, 0, [])
+    assert len(states) == 3 and ev is not None and ev.metrics["metric"] == [50.0, 70.0, 60.0][expect_eval]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], states[expect_eval][k]) for k in final)
+    assert not all(torch.equal(states[1][k], states[2][k]) for k in final)     # the weights did move after it
 
 
 def test_length_batches_group_similar_lengths() -> None:
