@@ -43,6 +43,18 @@ def test_every_experiment_composes(compose_cfg, name):
     assert cfg.model.layers > 0 and cfg.data.max_length > 0
 
 
+def test_a_task_gets_its_experiment_budget_and_the_command_line_wins(compose_cfg):
+    """``conf/budget/<experiment>_<task>.yaml`` applies after the experiment (IMDB at 512 tokens,
+    4,000 reviews; RTE batches of 16), the command line over it, and no budget without its file."""
+    imdb = compose_cfg("experiment=table2", "data=imdb")
+    assert (imdb.data.max_length, imdb.data.train_limit, imdb.data.dev_limit, imdb.finetune.batch_size) == (512, 4000, 1000, 16)
+    rte = compose_cfg("experiment=table2", "data=rte", "finetune.epochs=2")
+    assert (rte.finetune.epochs, rte.finetune.batch_size, rte.finetune.candidate_method) == (2.0, 16, "prune")
+    cola = compose_cfg("experiment=table2", "data=cola")
+    assert (cola.data.max_length, cola.finetune.epochs, cola.finetune.batch_size) == (128, 3.0, 32)
+    assert compose_cfg("data=imdb").data.max_length == 512 and compose_cfg("data=imdb").finetune.epochs == 5.0
+
+
 def test_typo_in_key_names_the_key(compose_cfg):
     with pytest.raises(ConfigCompositionException) as err:
         compose_cfg("finetune.lamdas=[0.1]")
