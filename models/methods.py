@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 Checkpoint = Literal["baseline", "selected"]
 UNPRUNED = "none"          # the unpruned method: the baseline every report compares with
 Sizes = Literal["unpruned", "halved_once", "schedule"]
+Padding = Literal["kept", "pruned", "counted"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ class MethodSpec:
     tokens per layer are composed for the modelled tables (``unpruned``: n0 throughout;
     ``halved_once``: ⌈n0/2⌉ after layer 0; ``schedule``: a measured schedule); ``programs``: the
     pruning programs it runs per pruned layer, named as ``benchmark=prune`` measures them, and
-    ``program_layers`` which layers run them (``first`` or ``every``).
+    ``program_layers`` which layers run them (``first`` or ``every``). ``padding``: what its
+    decisions make of padding positions, which tells whether an evaluation may cut a batch to its
+    longest input: ``kept`` (present in every layer, moving no decision: cut, and the counts add
+    the padding back), ``pruned`` (removed by layer 0's prune, moving no decision: cut as is) or
+    ``counted`` (a decision depends on the padded length, e.g. ⌈n/2⌉: never cut; the default).
     """
 
     name: str
@@ -58,10 +63,13 @@ class MethodSpec:
     sizes: Sizes = "schedule"
     programs: tuple[str, ...] = ()
     program_layers: Literal["first", "every"] = "every"
+    padding: Padding = "counted"
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"MethodSpec.name={self.name!r}: expected an identifier (it names configs and metrics)")
+        if self.padding not in ("kept", "pruned", "counted"):
+            raise ValueError(f"MethodSpec {self.name}: padding={self.padding!r}, expected 'kept', 'pruned' or 'counted'")
         if self.checkpoint not in ("baseline", "selected"):
             raise ValueError(f"MethodSpec {self.name}: checkpoint={self.checkpoint!r}, expected 'baseline' or 'selected'")
         if self.reduce and not self.thresholds:
@@ -98,18 +106,20 @@ def resolve(target: str) -> Callable[..., Any]:
 
 _BUILTIN = (
     MethodSpec(UNPRUNED, "BOLT w/o WE", "#4c72b0", "nothing beyond the final logits (to the client)",
-               "models.token_pruning:keep_all", "protocols.method_steps:keep_all", reference=True, sizes="unpruned"),
+               "models.token_pruning:keep_all", "protocols.method_steps:keep_all", reference=True, sizes="unpruned",
+               padding="kept"),
     MethodSpec("bolt_we", "BOLT", "#dd8452",
                "the kept count after layer 0 (⌈n/2⌉ of the padded length, public) and the final logits",
                "models.token_pruning:bolt_we_decide", "protocols.method_steps:bolt_we", reference=True,
                sizes="halved_once", programs=("bolt_we",), program_layers="first"),
     MethodSpec("prune", "CipherPrune†", "#55a868", "per layer: the kept token count; the final logits",
                "models.token_pruning:threshold_decide", "protocols.method_steps:prune", checkpoint="selected",
-               thresholds=True, programs=("prune",)),
+               thresholds=True, programs=("prune",), padding="pruned"),
     MethodSpec("prune_reduce", "CipherPrune", "#c44e52",
                "per layer: the kept token count and the high-group count; the final logits",
                "models.token_pruning:threshold_reduce_decide", "protocols.method_steps:prune_reduce",
-               checkpoint="selected", thresholds=True, reduce=True, programs=("prune", "reduce")),
+               checkpoint="selected", thresholds=True, reduce=True, programs=("prune", "reduce"),
+               padding="pruned"),
 )
 _REGISTRY: dict[str, MethodSpec] = {m.name: m for m in _BUILTIN}
 

@@ -157,25 +157,41 @@ def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y.long())
 
 
+def eval_batches(ds: Any, method: str, batch_size: int) -> Any:
+    """The batches ``evaluate`` runs ``method`` on: by length and each cut to its longest input when
+    the method's decisions ignore padding (``models.methods.MethodSpec.padding``), else in order at the
+    full padded length. Yields ``(batch, padding_cut)``, the positions cut per row (``n0 − n``)."""
+    n0 = int(ds[0]["input_ids"].shape[0])
+    cut = methods.get(method).padding != "counted"
+    order = sorted(range(len(ds)), key=batch_lengths(ds).__getitem__) if cut else list(range(len(ds)))
+    for start in range(0, len(order), batch_size):
+        b = trimmed(ds[order[start:start + batch_size]], cut)
+        yield b, n0 - b["input_ids"].shape[1]
+
+
 @torch.no_grad()
 def evaluate(
     model: BertClassifier, ds: Any, task: str, method: str = "prune", batch_size: int = 128,
     ops_cfg: OpsConfig | None = None, progress: bool = False,
 ) -> EvalResult:
-    """Hard-mask evaluation on a tokenised split at its full padded length ``n0``.
+    """Hard-mask evaluation on a tokenised split, as at its full padded length ``n0``: a method whose
+    decisions ignore padding runs on batches of similar lengths cut to their longest input
+    (``eval_batches``; the same logits and decisions, a fraction of the compute), its kept counts
+    counting the cut padding where the method keeps padding (``none``).
 
     ``ops_cfg`` overrides the model's ops for this call only."""
     model.eval()
     saved = model.ops_cfg
     if ops_cfg is not None:
         model.ops_cfg = ops_cfg
+    adds_padding = methods.get(method).padding == "kept"
     preds, labels, kept, ratio, high = [], [], [], [], []
-    for b in tqdm(DataLoader(ds, batch_size=batch_size), desc="eval", disable=not progress, leave=False):
+    for b, cut in tqdm(eval_batches(ds, method, batch_size), desc="eval", disable=not progress, leave=False):
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method=method, mask_mode="hard")
         lg = out.logits
         preds.append(lg.squeeze(-1) if lg.shape[-1] == 1 else lg.argmax(-1))
         labels.append(b["label"])
-        kept.append(out.kept_tokens)
+        kept.append(out.kept_tokens + (cut if adds_padding else 0))
         ratio.append(out.keep_ratio * len(lg))
         high.append(out.high_ratio * len(lg))
     k = torch.cat(kept).mean(0).tolist()
