@@ -16,7 +16,7 @@ import copy
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y.long())
 
 
-def eval_batches(ds: Any, method: str, batch_size: int) -> Any:
+def eval_batches(ds: Any, method: str, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
     """The batches ``evaluate`` runs ``method`` on: by length and each cut to its longest input when
     the method's decisions ignore padding (``models.methods.MethodSpec.padding``), else in order at the
     full padded length. Yields ``(batch, padding_cut)``, the positions cut per row (``n0 − n``)."""
