@@ -6,12 +6,13 @@ on what code it was measured (machine, 1-minute load as runs started, commits, r
 command that regenerates its tables from the record alone, then the tables the report wrote
 (``table1.md``, ``table2.md``, ``lm.md``, ``ops.md``; their captions say what is measured end to end,
 composed or modelled), the report of each benchmark run it holds (``results.md``, headed by the
-command that measured it) and its figures. ``python -m pipeline.headline`` rewrites the page; a test
-fails when the page and the records disagree.
+command that measured it, its absolute paths shown as ``<local path>``) and its figures.
+``python -m pipeline.headline`` rewrites the page; a test fails when the page and the records disagree.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,15 @@ def _demoted(markdown: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in markdown.strip().splitlines())
 
 
+LOCAL_PATH = re.compile(r"(?<=[=\s`])/[^\s`]+")
+
+
+def without_local_paths(markdown: str) -> str:
+    """``markdown`` with the absolute paths of the machine that ran it (a benchmark's command names
+    its checkpoints, data and store there) shown as ``<local path>``: they lead nowhere elsewhere."""
+    return LOCAL_PATH.sub("<local path>", markdown)
+
+
 def section(record: Path, docs_to_results: str = "../results") -> str:
     """One record's section: about, provenance, regenerate command, tables, figures."""
     about: dict[str, Any] = json.loads((record / RECORD).read_text())
@@ -65,7 +75,7 @@ def section(record: Path, docs_to_results: str = "../results") -> str:
     runs = read_runs(record)
     parts += [provenance(record, runs), "", f"Regenerate its tables: `{about['regenerate']}`", ""]
     parts += [_demoted((record / name).read_text()) + "\n" for name in TABLE_FILES if (record / name).is_file()]
-    parts += [_demoted(text) + "\n" for run in runs if run["tags"].get("kind") == "benchmark"
+    parts += [_demoted(without_local_paths(text)) + "\n" for run in runs if run["tags"].get("kind") == "benchmark"
               for path, text in sorted(run["artifacts"].items()) if path.endswith("results.md")]
     parts += [f"![{png.stem}]({docs_to_results}/{record.name}/{png.name})" for png in sorted(record.glob("*.png"))]
     return "\n".join(parts).rstrip() + "\n"

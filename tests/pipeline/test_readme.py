@@ -45,6 +45,17 @@ def test_headline_block_from_a_record(tmp_path: Path) -> None:
     assert readme.read_text() == f"# x\n\n{block}\n\nrest\n"
 
 
+def test_benchmark_commands_show_no_path_of_the_machine_that_ran_them() -> None:
+    from pipeline.results_page import without_local_paths
+
+    header = ("### 2026-12-08: `python -m pipeline stage=benchmark +benchmark.checkpoints.unpruned=/work/o/ck "
+              "+benchmark.sources.rte=/data/glue benchmark.limit=277 paths.outputs=/work/o`")
+    assert without_local_paths(header) == ("### 2026-12-08: `python -m pipeline stage=benchmark "
+                                           "+benchmark.checkpoints.unpruned=<local path> +benchmark.sources.rte=<local path> "
+                                           "benchmark.limit=277 paths.outputs=<local path>`")
+    assert without_local_paths("| rte:128 | 50.18 |") == "| rte:128 | 50.18 |"
+
+
 def test_results_page_is_the_records() -> None:
     page = (PROJECT_ROOT / "docs" / "results.md").read_text()
     assert page == results_page.render(PROJECT_ROOT / "results"), \
