@@ -160,13 +160,15 @@ def _task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def eval_batches(ds: Any, method: str, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
     """The batches ``evaluate`` runs ``method`` on: by length and each cut to its longest input when
     the method's decisions ignore padding (``models.methods.MethodSpec.padding``), else in order at the
-    full padded length. Yields ``(batch, padding_cut)``, the positions cut per row (``n0 − n``)."""
+    full padded length ``n0``. Yields ``(batch, padding_kept)``: the cut positions per row the method
+    would have kept (``n0 − n`` for one that keeps padding, else 0), for its kept counts."""
     n0 = int(ds[0]["input_ids"].shape[0])
-    cut = methods.get(method).padding != "counted"
+    padding = methods.get(method).padding
+    cut = padding != "counted"
     order = sorted(range(len(ds)), key=batch_lengths(ds).__getitem__) if cut else list(range(len(ds)))
     for start in range(0, len(order), batch_size):
         b = trimmed(ds[order[start:start + batch_size]], cut)
-        yield b, n0 - b["input_ids"].shape[1]
+        yield b, n0 - b["input_ids"].shape[1] if padding == "kept" else 0
 
 
 @torch.no_grad()
@@ -184,14 +186,13 @@ def evaluate(
     saved = model.ops_cfg
     if ops_cfg is not None:
         model.ops_cfg = ops_cfg
-    adds_padding = methods.get(method).padding == "kept"
     preds, labels, kept, ratio, high = [], [], [], [], []
-    for b, cut in tqdm(eval_batches(ds, method, batch_size), desc="eval", disable=not progress, leave=False):
+    for b, padding_kept in tqdm(eval_batches(ds, method, batch_size), desc="eval", disable=not progress, leave=False):
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], method=method, mask_mode="hard")
         lg = out.logits
         preds.append(lg.squeeze(-1) if lg.shape[-1] == 1 else lg.argmax(-1))
         labels.append(b["label"])
-        kept.append(out.kept_tokens + (cut if adds_padding else 0))
+        kept.append(out.kept_tokens + padding_kept)
         ratio.append(out.keep_ratio * len(lg))
         high.append(out.high_ratio * len(lg))
     k = torch.cat(kept).mean(0).tolist()
