@@ -79,8 +79,8 @@ class PruneBench:
 
 @dataclass
 class ReduceBench:
-    """Π_reduce's high and low forms per kernel: softmax of ``rows`` query rows (all heads) over
-    ``tokens`` keys, GELU of ``rows`` FFN rows."""
+    """Each non-linearity family's high forms and Π_reduce's low forms per kernel: softmax of
+    ``rows`` query rows (all heads) over ``tokens`` keys, GELU of ``rows`` FFN rows."""
 
     name: str = "reduce"
     protocol: str = "CHEETAH"
@@ -89,6 +89,8 @@ class ReduceBench:
     rows: int = 16
     repeats: int = 3                 # measured runs per kernel (after a warm-up); the table gives their median
     recv_timeout_s: float = 1800.0
+    # sets of boolean SPU RuntimeConfig fields set true, each measured in its own session ([]: SPU's defaults)
+    option_sets: list[list[str]] = field(default_factory=lambda: [[]])
 
 
 @dataclass

@@ -44,7 +44,7 @@ from benchmarks.composition import (
     table_rows,
 )
 from benchmarks.configs import E2EBench
-from models.approx import DEFAULT_REDUCE_FORMS, EXP_HIGH, GELU_HIGH, REDUCE_FORMS
+from models.approx import DEFAULT_FAMILY, DEFAULT_REDUCE_FORMS, EXP_BOLT, GELU_BOLT, REDUCE_FORMS
 from models.methods import builtin_names
 from models.methods import get as get_method
 from protocols import nonlinear
@@ -63,6 +63,18 @@ LOW = REDUCE_FORMS[DEFAULT_REDUCE_FORMS]
 Measured = dict[str, dict[str, tuple[float, ...]]]
 
 
+def bolt_thresholds(checkpoint: Path) -> Any:
+    """The checkpoint's ``thresholds.json``; ValueError unless it was trained with BOLT's forms, the
+    ones whose per-op costs this benchmark composes."""
+    from models.thresholds import read_thresholds
+
+    th = read_thresholds(checkpoint / "thresholds.json")
+    if th.nonlinear != DEFAULT_FAMILY:
+        raise ValueError(f"benchmark.checkpoint={checkpoint}: trained with nonlinear={th.nonlinear}, but benchmark=e2e "
+                         f"composes the costs of BOLT's forms; measure it end to end with stage=secure_eval")
+    return th
+
+
 def dev_inputs(task: str, checkpoint: Path, glue_dir: Path, seq: int, count: int) -> list[dict[str, list[int]]]:
     """The first ``count`` real dev examples of a GLUE ``task`` (pairs for pair tasks),
     tokenised by the checkpoint's tokenizer and padded to ``seq``."""
@@ -78,11 +90,10 @@ def dev_inputs(task: str, checkpoint: Path, glue_dir: Path, seq: int, count: int
 
 def real_schedules(checkpoint: Path, task: str, glue_dir: Path, seq: int, count: int, layers: int) -> dict[str, Schedule]:
     """Schedules of the fine-tuned model on real dev examples of ``task``, stretched to ``layers``."""
-    from models.thresholds import read_thresholds
     from models.weights import load_checkpoint, to_numpy_weights
 
     model, _ = load_checkpoint(checkpoint)
-    th = read_thresholds(checkpoint / "thresholds.json")
+    th = bolt_thresholds(checkpoint)
     spec = TransformerSpec.from_hf_config(json.loads((checkpoint / "config.json").read_text()))
     weights = to_numpy_weights(model)
     inputs = dev_inputs(task, checkpoint, glue_dir, seq, count)
@@ -152,9 +163,9 @@ def measure_programs(session_spec: SessionSpec, shape: TransformerSpec, n: int) 
             ("reduce", reduce_step, ["R", "beta", "M"], ["high", "kh"], {"layout": Layout((n,)), "heads": heads}),
             ("reduce", pr.reduce_select, ["h", "M", "high", "valid"], ["h2", "v2"], {"k": k, "k_high": max(1, k // 2)}),
             ("bolt_we", pr.bolt_we_select, ["h", "R", "valid"], ["h3", "v3"], {"keep": k}),  # rank(R) = rank(S)
-            ("Softmax_high", nonlinear.softmax, ["sc"], ["p1"], {"bias": None, "approx": EXP_HIGH}),
+            ("Softmax_high", nonlinear.softmax, ["sc"], ["p1"], {"bias": None, "approx": EXP_BOLT}),
             ("Softmax_low", nonlinear.softmax, ["sc"], ["p2"], {"bias": None, "approx": LOW.exp}),
-            ("GELU_high", nonlinear.gelu, ["f"], ["g1"], {"approx": GELU_HIGH}),
+            ("GELU_high", nonlinear.gelu, ["f"], ["g1"], {"approx": GELU_BOLT}),
             ("GELU_low", nonlinear.gelu_form, ["f"], ["g2"], {"approx": LOW.gelu}),
         ]
         for name, fn, ins, outs, static in steps:
@@ -184,9 +195,7 @@ def validate(session_spec: SessionSpec, shape: TransformerSpec, checkpoint: Path
     seconds, layers only (embedding and head excluded on both sides). ``unpruned_layers``: ``none``
     runs only its first that many layers and the rest are its last layer repeated
     (``CostReport.with_layers_repeated``; the row's ``layers_run`` says so); None runs every layer."""
-    from models.thresholds import read_thresholds
-
-    th = read_thresholds(checkpoint / "thresholds.json")
+    th = bolt_thresholds(checkpoint)
     depth = np.linspace(0.0, len(th.theta) - 1, shape.layers)
     stretch = lambda v: tuple(np.interp(depth, np.arange(len(v)), v).tolist())  # noqa: E731
     enc = dev_inputs(task, checkpoint, glue_dir, seq, 1)[0]
@@ -242,9 +251,9 @@ def anchor(session_spec: SessionSpec, shape: TransformerSpec, n: int, layer_fit:
     softmax of one head ``[1, n, n]`` and GELU on ``gelu_rows`` rows ``[r, f]``, against the
     fitted whole-layer kernels scaled to the slice. ``[(name, s, MB, fitted s, fitted MB)]``."""
     rng = np.random.default_rng(n)
-    cases = [("Softmax 1 head", nonlinear.softmax, (1, n, n), {"bias": None, "approx": EXP_HIGH}, "Softmax_high",
+    cases = [("Softmax 1 head", nonlinear.softmax, (1, n, n), {"bias": None, "approx": EXP_BOLT}, "Softmax_high",
               1.0 / shape.heads),
-             (f"GELU {gelu_rows} rows", nonlinear.gelu, (gelu_rows, shape.intermediate), {"approx": GELU_HIGH},
+             (f"GELU {gelu_rows} rows", nonlinear.gelu, (gelu_rows, shape.intermediate), {"approx": GELU_BOLT},
               "GELU_high", gelu_rows / n)]
     out = []
     with TwoPartySession(session_spec) as s:

@@ -14,8 +14,11 @@ highest degree first, as ``numpy.polyval`` expects):
   the result is 0 (so masked logits vanish instead of saturating at ``2**-z_max``).
 * LayerNorm: mean, variance, then reciprocal square root of ``var + eps``.
 
-``HIGH`` forms are BOLT's. Π_reduce gives the kept tokens of low importance one of the
-``REDUCE_FORMS`` (named in each checkpoint's ``thresholds.json``):
+A ``NonlinearFamily`` (``FAMILIES``; a run's ``nonlinear=`` choice) fixes the high forms every
+token gets: ``bolt`` (the paper's engine, the default) or ``bumblebee`` (SPU's own Cheetah
+engine: exp by repeated squaring, a 3-segment GELU). Π_reduce gives the kept tokens of low
+importance one of the ``REDUCE_FORMS`` the family allows (named in each checkpoint's
+``thresholds.json`` with the family):
 
 * ``fast`` (the default): ReLU for GELU, and for exp the repeated squaring
   ``exp(x) ≈ (1 + x/2^r)^(2^r)`` (``SquaringExp``; x clipped at ``−2^r``, where it reaches 0): no
@@ -68,14 +71,22 @@ class ExpApprox:
 @dataclass(frozen=True)
 class SquaringExp:
     """``exp(x) ≈ (1 + x/2^r)^(2^r)`` for ``x <= 0`` (``r = squarings``), with ``x`` clipped at
-    ``x_min = −2^r``, where the base and so the result is 0. Cost per element: 1 comparison (the clip)
-    and ``r`` products."""
+    ``x_min`` (``clip``; None: ``−2^r``, where the base and so the result is 0). A clip above
+    ``−2^r`` leaves ``(1 + x_min/2^r)^(2^r)`` below it: BumbleBee's ``−14`` with ``r = 5`` leaves
+    1.0e-8, under the fixed point's 2^-18 (3.8e-6). Cost per element: 1 comparison (the clip) and
+    ``r`` products."""
 
     squarings: int
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.squarings < 1 or (self.clip is not None and not -float(2**self.squarings) <= self.clip < 0):
+            raise ValueError(f"SquaringExp(squarings={self.squarings}, clip={self.clip}): need squarings >= 1 "
+                             f"and -2^squarings <= clip < 0 (below -2^squarings the base turns negative)")
 
     @property
     def x_min(self) -> float:
-        return -float(2**self.squarings)
+        return -float(2**self.squarings) if self.clip is None else self.clip
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,20 @@ class ReduceForms:
 
     gelu: GeluApprox | None
     exp: ExpApprox | SquaringExp
+
+
+@dataclass(frozen=True)
+class NonlinearFamily:
+    """A secure engine's non-linearities: the GELU and softmax exp every token gets (Π_reduce's high
+    group included), the Π_reduce low forms that stay cheaper than them (``REDUCE_FORMS`` keys), and
+    the SPU runtime options the family runs with (``(field, value)``; a dotted field names a nested
+    config, e.g. ``cheetah_2pc_config.enable_mul_lsb_error``)."""
+
+    name: str
+    gelu: GeluApprox
+    exp: ExpApprox | SquaringExp
+    reduce_forms: tuple[str, ...]
+    runtime_options: tuple[tuple[str, bool | int], ...] = ()
 
 
 # SPU's rings: field name -> bits (the one statement of it; sessions and config checks use it)
@@ -115,7 +140,7 @@ LN2 = math.log(2.0)
 
 # BOLT's degree-4 GELU polynomial (EzPC `bert` branch), |x| < 2.7. Error against the exact
 # (erf) GELU over all x: max |Δ| = 0.0094 (measured on a 1e-4 grid over [-8, 8]).
-GELU_HIGH = GeluApprox(
+GELU_BOLT = GeluApprox(
     coeffs=(
         0.020848611754127593,
         -0.18352506127082727,
@@ -131,7 +156,7 @@ GELU_LOW = GeluApprox(coeffs=(0.058236, 0.38950313, -0.08375522), clip=2.7)
 
 # BOLT's quadratic for exp on (-ln2, 0]: 0.3585 (p + 1.353)^2 + 0.344, expanded. With the range
 # reduction, for -13 ln2 <= x <= 0: max relative error 0.0031, max |Δ| 0.0021 (same grid).
-EXP_HIGH = ExpApprox(
+EXP_BOLT = ExpApprox(
     coeffs=(0.3585, 0.3585 * 2 * 1.353, 0.3585 * 1.353**2 + 0.344),
     z_max=13,
 )
@@ -147,6 +172,48 @@ REDUCE_FORMS: dict[str, ReduceForms] = {
     "polynomial": ReduceForms(gelu=GELU_LOW, exp=EXP_LOW),
 }
 DEFAULT_REDUCE_FORMS = "fast"          # what fine-tuning uses unless told otherwise
+
+# BumbleBee (NDSS'25; OpenBumbleBee's seg3 GELU): BOLT's degree-4 polynomial in |x| on |x| < 3, 0
+# below −3 and x above 3 (ReLU outside, as BOLT's). Error against the exact GELU: max |Δ| 0.0052
+# on the 1e-4 grid over [-8, 8] and on all-MiniLM-L6-v2's own GELU inputs (BOLT's: 0.0094 on both;
+# tests/protocols/test_real_weights.py). OpenBumbleBee computes it on a 32-bit ring with 12
+# fraction bits and a batched three-point comparison, C++ kernels SPU 0.9.5 does not have: here it
+# runs in the session's ring with SPU's comparisons, the same operations as BOLT's GELU.
+GELU_BUMBLEBEE = GeluApprox(coeffs=GELU_BOLT.coeffs, clip=3.0)
+
+# BumbleBee's softmax exp: (1 + x/32)^32, inputs below −14 set to 0 (here clipped at −14, which
+# leaves 1.0e-8, under the fixed point's resolution). Max |Δ| against exp over x <= 0: 0.0085 (at
+# x ≈ −2); the softmax it gives is within 0.036 of the exact one on all-MiniLM-L6-v2's attention
+# rows (BOLT's exp: 0.0008), which are close to one-hot, so a relative error of the exp shows.
+EXP_BUMBLEBEE = SquaringExp(squarings=5, clip=-14.0)
+
+FAMILIES: dict[str, NonlinearFamily] = {
+    # the paper's (BOLT, S&P'24): both low-form sets are cheaper than its range-reduced exp
+    "bolt": NonlinearFamily("bolt", GELU_BOLT, EXP_BOLT, reduce_forms=("fast", "polynomial")),
+    # BumbleBee's: only the `fast` low forms (ReLU, 3 squarings) are cheaper than its own exp
+    # (5 squarings); `polynomial`'s range reduction would cost more than the high form. Of its
+    # published SPU settings, Cheetah's multiplication with an error in the last bit is the one SPU
+    # 0.9.5 exposes that changes these programs (benchmark=reduce: fewer bytes for every form);
+    # `fxp_exp_iters` sets SPU's own exp, which no program here calls; `approx_less_precision` is
+    # OpenBumbleBee's, not SPU 0.9.5's; Cheetah's OT kind cannot be set from SPU 0.9.5's Python
+    # binding (its enum is unregistered there).
+    "bumblebee": NonlinearFamily("bumblebee", GELU_BUMBLEBEE, EXP_BUMBLEBEE, reduce_forms=("fast",),
+                                 runtime_options=(("cheetah_2pc_config.enable_mul_lsb_error", True),)),
+}
+DEFAULT_FAMILY = "bolt"                # reproduces the paper's Table 1
+
+
+def family_of(name: str, reduce_forms: str | None = None) -> NonlinearFamily:
+    """``FAMILIES[name]``; ValueError naming the bad value for an unknown family, or for
+    ``reduce_forms`` the family does not pair with its high forms."""
+    if name not in FAMILIES:
+        raise ValueError(f"nonlinear family {name!r}: expected one of {sorted(FAMILIES)}")
+    family = FAMILIES[name]
+    if reduce_forms is not None and reduce_forms not in family.reduce_forms:
+        raise ValueError(f"reduce_forms={reduce_forms!r} with the {name} family: expected one of "
+                         f"{list(family.reduce_forms)} (Π_reduce's low forms must cost less than the family's high forms)")
+    return family
+
 
 # SPU default encoding used by every secure run and by fixed-point emulation in torch.
 FIXED_POINT = FixedPoint(field="FM64", fraction_bits=18)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from models.approx import DEFAULT_FAMILY, family_of
+
 OpsMode = Literal["exact", "emulated"]
 MaskMode = Literal["soft", "hard"]
 
@@ -62,17 +64,20 @@ SHAPE_FIELDS = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_
 class OpsConfig:
     """Which non-linear ops to run.
 
-    ``mode="exact"``: torch GELU/softmax/LayerNorm. ``mode="emulated"``: the polynomial
-    approximations of ``models.approx``; ``fixed_point=True`` additionally rounds every op
-    output to ``FIXED_POINT.fraction_bits`` (straight-through gradients).
+    ``mode="exact"``: torch GELU/softmax/LayerNorm. ``mode="emulated"``: the approximations of
+    ``models.approx``, the high forms of the family ``nonlinear`` (``FAMILIES``);
+    ``fixed_point=True`` additionally rounds every op output to ``FIXED_POINT.fraction_bits``
+    (straight-through gradients).
     """
 
     mode: OpsMode = "exact"
     fixed_point: bool = False
+    nonlinear: str = DEFAULT_FAMILY
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "emulated"):
             raise ValueError(f"ops mode must be 'exact' or 'emulated', got {self.mode!r}")
+        family_of(self.nonlinear)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,14 @@ import torch.nn.functional as F
 from models.approx import (
     ATTENTION_MASK_BIAS,
     DEFAULT_REDUCE_FORMS,
-    EXP_HIGH,
     FIXED_POINT,
-    GELU_HIGH,
     LN2,
     REDUCE_FORMS,
     ExpApprox,
     GeluApprox,
     ReduceForms,
     SquaringExp,
+    family_of,
 )
 from models.config import OpsConfig
 
@@ -63,14 +62,14 @@ def gelu(
 ) -> torch.Tensor:
     """GELU of ``x`` ``[..., n, d]``.
 
-    Emulated: ``0.5x + P(|x|)`` on ``|x| < clip`` else ``relu`` with ``GELU_HIGH``; rows where
+    Emulated: ``0.5x + P(|x|)`` on ``|x| < clip`` else ``relu`` with the family's GELU; rows where
     ``low_rows`` ``[..., n]`` (bool) is true use the low form ``forms.gelu`` (Π_reduce); a float
     ``low_rows`` in [0, 1] mixes the two forms by that weight (Π_reduce's soft mask in training).
     Exact: torch GELU (``exact_kind="erf"`` for BERT, ``"tanh"`` for GPT-2's ``gelu_new``).
     """
     if ops.mode == "exact":
         return F.gelu(x, approximate="tanh" if exact_kind == "tanh" else "none")
-    y = _gelu_poly(x, GELU_HIGH)
+    y = _gelu_poly(x, family_of(ops.nonlinear).gelu)
     if low_rows is not None:
         y = _low_mix(y, _gelu_poly(x, forms.gelu), low_rows.unsqueeze(-1))
     return _fxp(y, ops)
@@ -98,7 +97,7 @@ def exp_approx(x: torch.Tensor, approx: ExpApprox) -> torch.Tensor:
 
 
 def exp_squaring(x: torch.Tensor, approx: SquaringExp) -> torch.Tensor:
-    """``(1 + x/2^r)^(2^r)`` for ``x <= 0``, ``x`` clipped at ``approx.x_min = −2^r`` (0 there)."""
+    """``(1 + x/2^r)^(2^r)`` for ``x <= 0``, ``x`` clipped at ``approx.x_min``."""
     y = 1.0 + torch.clamp(x, min=approx.x_min) * (1.0 / 2**approx.squarings)
     for _ in range(approx.squarings):
         y = y * y
@@ -119,7 +118,7 @@ def softmax(
     """Softmax over the last axis of ``scores`` ``[B, H, n, n]`` (query rows, key columns).
 
     ``bias`` (broadcastable, e.g. ``[B, 1, 1, n]``) is added first (``ATTENTION_MASK_BIAS`` for
-    masked keys). Emulated: subtract the row max, BOLT exp (``EXP_HIGH``; query rows with
+    masked keys). Emulated: subtract the row max, the family's exp (``ops.nonlinear``; query rows with
     ``low_rows`` ``[B, n]`` true use the low exp ``forms.exp``, float weights mix them as in
     :func:`gelu`), divide by the row sum.
     """
@@ -128,7 +127,7 @@ def softmax(
     if ops.mode == "exact":
         return torch.softmax(scores, dim=-1)
     x = scores - scores.amax(dim=-1, keepdim=True).detach()
-    e = exp_approx(x, EXP_HIGH)
+    e = _exp_form(x, family_of(ops.nonlinear).exp)
     if low_rows is not None:
         e = _low_mix(e, _exp_form(x, forms.exp), low_rows[:, None, :, None])
     e = _fxp(e, ops)

@@ -3,7 +3,7 @@
 
 Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
 "temperature": float, "lambda": float, "criterion": "absolute" | "relative",
-"reduce_forms": "fast" | "polynomial"}`` with ``β_l ≥ θ_l``.
+"reduce_forms": "fast" | "polynomial", "nonlinear": "bolt" | "bumblebee"}`` with ``β_l ≥ θ_l``.
 
 ``criterion`` says what θ and β are compared with (``CRITERIA``):
 
@@ -14,7 +14,8 @@ Format (docs/ARCHITECTURE.md): ``{"theta": [L floats], "beta": [L floats],
   ``θ_l ≥ 0``. A θ learned at one length means the same at another.
 
 ``reduce_forms`` names Π_reduce's low-group non-linearities (``models.approx.REDUCE_FORMS``), the
-forms the model was fine-tuned with and the secure run must use (``fast`` unless told otherwise).
+forms the model was fine-tuned with and the secure run must use (``fast`` unless told otherwise);
+``nonlinear`` the family of every token's high forms (``models.approx.FAMILIES``), likewise.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from models.approx import DEFAULT_REDUCE_FORMS, REDUCE_FORMS
+from models.approx import DEFAULT_FAMILY, DEFAULT_REDUCE_FORMS, REDUCE_FORMS, family_of
 
 CRITERIA = ("absolute", "relative")
 
@@ -39,21 +40,24 @@ class ThresholdsArtifact:
     lambda_: float = 0.0
     criterion: str = "absolute"
     reduce_forms: str = DEFAULT_REDUCE_FORMS
+    nonlinear: str = DEFAULT_FAMILY
 
     def to_dict(self) -> dict[str, Any]:
         """JSON dict with the contract's keys (``lambda``, not ``lambda_``)."""
         return {"theta": [float(x) for x in self.theta], "beta": [float(x) for x in self.beta],
                 "temperature": float(self.temperature), "lambda": float(self.lambda_),
-                "criterion": self.criterion, "reduce_forms": self.reduce_forms}
+                "criterion": self.criterion, "reduce_forms": self.reduce_forms, "nonlinear": self.nonlinear}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], layers: int | None = None) -> "ThresholdsArtifact":
-        """Parse and validate (see :func:`validate_thresholds`)."""
+        """Parse and validate (see :func:`validate_thresholds`). ``nonlinear`` may be absent: files
+        written before non-linearity families were BOLT's."""
         missing = [k for k in ("theta", "beta", "temperature", "lambda", "criterion", "reduce_forms") if k not in d]
         if missing:
             raise ValueError(f"thresholds: missing key(s) {missing}; got keys {sorted(d)}")
         a = cls([float(x) for x in d["theta"]], [float(x) for x in d["beta"]],
-                float(d["temperature"]), float(d["lambda"]), str(d["criterion"]), str(d["reduce_forms"]))
+                float(d["temperature"]), float(d["lambda"]), str(d["criterion"]), str(d["reduce_forms"]),
+                str(d.get("nonlinear", DEFAULT_FAMILY)))
         validate_thresholds(a, layers)
         return a
 
@@ -66,6 +70,10 @@ def validate_thresholds(a: ThresholdsArtifact, layers: int | None = None) -> Non
         raise ValueError(f"thresholds: criterion={a.criterion!r}; expected one of {list(CRITERIA)}")
     if a.reduce_forms not in REDUCE_FORMS:
         raise ValueError(f"thresholds: reduce_forms={a.reduce_forms!r}; expected one of {sorted(REDUCE_FORMS)}")
+    try:
+        family_of(a.nonlinear, a.reduce_forms)
+    except ValueError as err:
+        raise ValueError(f"thresholds: {err}") from None
     top = 1.0 if a.criterion == "absolute" else math.inf
     if len(a.theta) != len(a.beta):
         raise ValueError(f"thresholds: len(theta)={len(a.theta)} != len(beta)={len(a.beta)}")

@@ -73,6 +73,7 @@ class FinetuneConfig:
     beta_lambda: float = 0.05
     criterion: str = "relative"
     reduce_forms: str = "fast"   # Π_reduce's low-group forms (models.approx.REDUCE_FORMS)
+    nonlinear: str = "bolt"        # the family of every token's GELU and exp (models.approx.FAMILIES)
     trim_padding: bool = True      # each batch cut to its longest input (``trimmed``)
     length_buckets: bool = False   # batches of similar lengths (``LengthBatches``): less padding to cut
     grad_clip: float = 1.0
@@ -357,7 +358,7 @@ def finetune(
     for ``prune_reduce``), then the hard straight-through phase (``cfg.hard_epochs``).
     """
     set_seed(cfg.seed)
-    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point)  # type: ignore[arg-type]
+    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point, cfg.nonlinear)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     if not methods.trainable(cfg.method).thresholds:
         _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "base", log_metrics, 0, history)
@@ -385,7 +386,7 @@ def continue_unpruned(
     pruned candidate is compared with has then trained as many steps as the candidate, and
     neither side's validation metric is the best of several evaluations."""
     set_seed(cfg.seed)
-    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point)  # type: ignore[arg-type]
+    model.ops_cfg = OpsConfig(cfg.ops, cfg.fixed_point, cfg.nonlinear)  # type: ignore[arg-type]
     history: list[dict[str, float]] = []
     _, ev = _run_phase(model, train_ds, val_ds, task, cfg, "continue", log_metrics, step0, history)
     ev = ev or evaluate(model, val_ds, task, "none", cfg.eval_batch_size)

@@ -113,11 +113,13 @@ def set_thresholds(model: nn.Module, a: ThresholdsArtifact) -> None:
 
 
 def get_thresholds(model: nn.Module, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:
-    """Artifact from ``model.pruning`` (θ clipped to ≥ 0, and ≤ 1 for the absolute criterion; β raised to ≥ θ)."""
+    """Artifact from ``model.pruning`` (θ clipped to ≥ 0, and ≤ 1 for the absolute criterion; β raised to ≥ θ)
+    and the family of ``model.ops_cfg`` (what it trained with)."""
     criterion = model.pruning.criterion
     th = model.pruning.theta.detach().clamp(0, 1 if criterion == "absolute" else None)
     be = torch.maximum(model.pruning.beta.detach(), th)
-    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_, criterion, model.pruning.reduce_forms)
+    return ThresholdsArtifact(th.tolist(), be.tolist(), temperature, lambda_, criterion, model.pruning.reduce_forms,
+                              model.ops_cfg.nonlinear)
 
 
 def to_numpy_weights(model: nn.Module) -> dict[str, np.ndarray]:

@@ -45,10 +45,10 @@ class StageInputs:
 
 STAGE_INPUTS: dict[Stage, StageInputs] = {
     Stage.prepare: StageInputs((), ("model", "data")),
-    Stage.finetune: StageInputs((Stage.prepare,), ("model", "data", "finetune")),
-    Stage.search: StageInputs((Stage.finetune,), ("model", "data", "finetune", "search")),
+    Stage.finetune: StageInputs((Stage.prepare,), ("model", "data", "nonlinear", "finetune")),
+    Stage.search: StageInputs((Stage.finetune,), ("model", "data", "nonlinear", "finetune", "search")),
     Stage.secure_eval: StageInputs((Stage.prepare, Stage.search),
-                                   ("model", "data", "finetune", "search", "protocol", "secure_eval")),
+                                   ("model", "data", "nonlinear", "finetune", "search", "protocol", "secure_eval")),
     Stage.report: StageInputs((), ("report",)),
     Stage.benchmark: StageInputs((), ("benchmark",)),
 }
@@ -74,6 +74,13 @@ class Ops(str, Enum):
 class Criterion(str, Enum):
     absolute = "absolute"  # the paper's: S_i > θ_l
     relative = "relative"  # length-aware: c_l·S_i > θ_l, c_l the real tokens entering layer l
+
+
+class NonlinearName(str, Enum):
+    """The family of every token's GELU and softmax exp (``models.approx.FAMILIES``)."""
+
+    bolt = "bolt"              # BOLT's (the paper's): range-reduced exp, degree-4 GELU
+    bumblebee = "bumblebee"    # BumbleBee's (SPU's Cheetah engine): exp by 5 squarings, 3-segment GELU
 
 
 class ReduceFormsName(str, Enum):
@@ -204,6 +211,15 @@ class SearchConfig:
 
 
 @dataclass
+class NonlinearConfig:
+    """``nonlinear=bolt|bumblebee``: the family of GELU and softmax forms that fine-tuning emulates,
+    the search scores and the secure run computes, with its SPU runtime options (all in
+    ``models.approx.FAMILIES``)."""
+
+    family: NonlinearName = NonlinearName.bolt
+
+
+@dataclass
 class ProtocolConfig:
     protocol: Protocol = Protocol.CHEETAH
     field: str = "FM64"
@@ -301,6 +317,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     secure_eval: SecureEvalConfig = field(default_factory=SecureEvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -330,6 +347,7 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="protocol", name="protocol_schema", node=ProtocolConfig)
+    cs.store(group="nonlinear", name="nonlinear_schema", node=NonlinearConfig)
     cs.store(group="report", name="report_schema", node=ReportConfig)
     from benchmarks.configs import BENCHMARKS
 

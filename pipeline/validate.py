@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from models import methods
-from models.approx import RING_BITS
+from models.approx import DEFAULT_FAMILY, FAMILIES, RING_BITS
 from pipeline.config import CHAIN, Family, PipelineConfig, Stage
 from pipeline.tasks import LM_TASKS, declared_task, task_of
 
@@ -171,6 +171,10 @@ def _validate_training(cfg: PipelineConfig) -> None:
         _positive("data.val_limit", d.val_limit)
     if f.beta_factor < 1:
         raise ConfigError(f"finetune.beta_factor={f.beta_factor}: must be >= 1 so that β >= θ")
+    allowed = FAMILIES[cfg.nonlinear.family.value].reduce_forms
+    if f.reduce_forms.value not in allowed:
+        raise ConfigError(f"finetune.reduce_forms={f.reduce_forms.value} with nonlinear={cfg.nonlinear.family.value}: "
+                          f"expected one of {list(allowed)} (Π_reduce's low forms must cost less than the family's high forms)")
     if cfg.search.max_drop < 0:
         raise ConfigError(f"search.max_drop={cfg.search.max_drop}: must be >= 0 (accuracy points)")
     if cfg.search.reduce_max_drop < 0:
@@ -260,6 +264,10 @@ def _validate_lm(cfg: PipelineConfig) -> None:
                           f"causal language modelling (data.task=wikitext2), not data.task={d.task}; set it to 0")
     if not lm_task:
         return
+    if cfg.nonlinear.family.value != DEFAULT_FAMILY:
+        raise ConfigError(f"nonlinear={cfg.nonlinear.family.value} with data.task={d.task}: the causal LM (GPT-2) runs "
+                          f"BOLT's forms only; the other families are wired for the classification tasks. "
+                          f"Use nonlinear={DEFAULT_FAMILY}")
     if cfg.secure_eval.generate_tokens < 0:
         raise ConfigError(f"secure_eval.generate_tokens={cfg.secure_eval.generate_tokens}: must be >= 0")
     if d.max_length < 2:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from models import methods
-from models.approx import DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, REDUCE_FORMS
+from models.approx import DEFAULT_FAMILY, DEFAULT_REDUCE_FORMS, LAYERNORM_EPS, family_of
 from models.config import hf_shape
 from models.thresholds import CRITERIA
 
@@ -72,7 +72,9 @@ def checked_thresholds(theta: tuple[float, ...], beta: tuple[float, ...], criter
 class PruningSpec:
     """``method``: a registered method's name (``models.methods``); ``theta``/``beta`` one per layer;
     ``criterion`` (``absolute``: θ compares with the score S; ``relative``: with c·S, c the real
-    tokens entering the layer; ``models.thresholds``).
+    tokens entering the layer; ``models.thresholds``); ``reduce_forms``: Π_reduce's low forms;
+    ``nonlinear``: the family of every token's high forms (``models.approx.FAMILIES``; the pair
+    must be one the family allows).
 
     Methods without learned thresholds ignore them (they may be empty). For the others both
     tuples must have one entry per layer, ``0 ≤ θ_l ≤ 1`` (absolute) or
@@ -84,10 +86,10 @@ class PruningSpec:
     beta: tuple[float, ...] = ()
     criterion: str = "absolute"
     reduce_forms: str = DEFAULT_REDUCE_FORMS
+    nonlinear: str = DEFAULT_FAMILY
 
     def __post_init__(self) -> None:
-        if self.reduce_forms not in REDUCE_FORMS:
-            raise ValueError(f"PruningSpec.reduce_forms={self.reduce_forms!r}: expected one of {sorted(REDUCE_FORMS)}")
+        family_of(self.nonlinear, self.reduce_forms)
         learned = methods.get(self.method).thresholds          # ValueError naming an unknown method
         object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))

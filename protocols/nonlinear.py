@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.approx import EXP_HIGH, GELU_HIGH, LN2, REDUCE_FORMS, ExpApprox, GeluApprox, SquaringExp
+from models.approx import EXP_BOLT, GELU_BOLT, LN2, REDUCE_FORMS, ExpApprox, GeluApprox, SquaringExp, family_of
 
 
 def polyval(coeffs: tuple[float, ...], x: jnp.ndarray) -> jnp.ndarray:
@@ -21,7 +21,7 @@ def polyval(coeffs: tuple[float, ...], x: jnp.ndarray) -> jnp.ndarray:
     return acc
 
 
-def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_HIGH) -> jnp.ndarray:
+def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_BOLT) -> jnp.ndarray:
     """BOLT's GELU: ``0.5 x + P(|x|)`` on ``|x| < clip``, else ``relu(x)``.
 
     Cost: 2 comparisons (|x|, the range test) and ``degree`` multiplications per element.
@@ -51,7 +51,7 @@ def _pow2_neg(zi: jnp.ndarray, bits: int, dtype: jnp.dtype) -> jnp.ndarray:
     return out
 
 
-def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_HIGH) -> jnp.ndarray:
+def exp_nonpositive(x: jnp.ndarray, approx: ExpApprox = EXP_BOLT) -> jnp.ndarray:
     """``exp(x)`` for ``x <= 0`` by range reduction (BOLT), 0 below ``approx.x_min``.
 
     ``z = floor(-x / ln2)`` (clipped to ``[0, z_max]``), ``p = x + z ln2 ∈ (-ln2, 0]``,
@@ -83,7 +83,7 @@ def exp_squaring(x: jnp.ndarray, approx: SquaringExp) -> jnp.ndarray:
 
 
 def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None,
-            approx: ExpApprox | SquaringExp = EXP_HIGH) -> jnp.ndarray:
+            approx: ExpApprox | SquaringExp = EXP_BOLT) -> jnp.ndarray:
     """Row softmax over the last axis: subtract the row max, approximate exp (BOLT's range
     reduction for an ``ExpApprox``, repeated squaring for a ``SquaringExp``), divide.
 
@@ -100,15 +100,17 @@ def softmax(x: jnp.ndarray, bias: jnp.ndarray | None = None,
     return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
 
 
-def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None, forms: str) -> jnp.ndarray:
-    """Query rows (axis −2) ``[0:k_high]`` with ``EXP_HIGH``, the rest with the low exp of
-    ``REDUCE_FORMS[forms]``; a ``bias`` with query rows (a causal mask) is split with them."""
+def softmax_split(x: jnp.ndarray, bias: jnp.ndarray | None, k_high: int | None, forms: str,
+                  family: str) -> jnp.ndarray:
+    """Query rows (axis −2) ``[0:k_high]`` with the exp of ``FAMILIES[family]``, the rest with the
+    low exp of ``REDUCE_FORMS[forms]``; a ``bias`` with query rows (a causal mask) is split with them."""
+    high_exp = family_of(family).exp
     if k_high is None or k_high >= x.shape[-2]:
-        return softmax(x, bias, EXP_HIGH)
+        return softmax(x, bias, high_exp)
     bias_high = bias_low = bias
     if bias is not None and bias.shape[-2] > 1:
         bias_high, bias_low = bias[..., :k_high, :], bias[..., k_high:, :]
-    high = softmax(x[..., :k_high, :], bias_high, EXP_HIGH)
+    high = softmax(x[..., :k_high, :], bias_high, high_exp)
     low = softmax(x[..., k_high:, :], bias_low, REDUCE_FORMS[forms].exp)
     return jnp.concatenate([high, low], axis=-2)
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import methods
-from models.approx import DEFAULT_REDUCE_FORMS
+from models.approx import DEFAULT_FAMILY, DEFAULT_REDUCE_FORMS, family_of
 from protocols import transformer as tf
 from protocols.batch import Layout
 from protocols.meter import CostReport
@@ -93,6 +93,7 @@ def run_batch(session: Session, spec: TransformerSpec, weights: dict[str, np.nda
             session.share(name, value, owner=owner)
     return forward(session, spec, sizes, pruning.method, last_only=last_only, record_scores=record_scores,
                    trace_positions=trace_positions, criterion=pruning.criterion, reduce_forms=pruning.reduce_forms,
+                   nonlinear=pruning.nonlinear,
                    layers=layers, heads_per_program=heads_per_program)
 
 
@@ -120,16 +121,17 @@ def check_method(spec: TransformerSpec, method: str, criterion: str = "absolute"
         raise ValueError(f"criterion={criterion!r} is not defined for causal (GPT-2) models; expected 'absolute'")
 
 
-def _attention(s: Session, l: int, layout: Layout, heads: int, causal: bool, reduce_forms: str,
+def _attention(s: Session, l: int, layout: Layout, heads: int, causal: bool, forms: dict[str, str],
                heads_per_program: Optional[int]) -> None:
     """Layer ``l``'s attention from ``q``, ``k``, ``v``: ``A`` (the probs Π_prune reads, flat) and
     the projected output ``a``. With ``heads_per_program`` below ``heads``, scores, softmax and
     context run one program per head range (``tf.head_slices``), so a program's memory grows with
     its own heads·n²; the same values and matmul bytes, more rounds, and each extra softmax program
-    pays the protocol's fixed per-call bytes again (≈ 1.1 MB under CHEETAH)."""
+    pays the protocol's fixed per-call bytes again (≈ 1.1 MB under CHEETAH). ``forms``: the
+    softmax's ``forms`` (Π_reduce's low forms) and ``family`` (the high forms'), public."""
     st = {"heads": heads, "layout": layout}
     vis = ["vis"] if layout.shuffled else []
-    soft = {"layout": layout, "causal": causal, "forms": reduce_forms}
+    soft = {"layout": layout, "causal": causal, **forms}
     p = f"l{l}."
     slices = tf.head_slices(heads, heads_per_program)
     if len(slices) == 1:
@@ -153,13 +155,14 @@ def _attention(s: Session, l: int, layout: Layout, heads: int, causal: bool, red
 
 def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], method: str, *, last_only: bool = False,
             record_scores: bool = False, trace_positions: bool = False, criterion: str = "absolute",
-            reduce_forms: str = DEFAULT_REDUCE_FORMS,
+            reduce_forms: str = DEFAULT_REDUCE_FORMS, nonlinear: str = DEFAULT_FAMILY,
             on_layer: Optional[Callable[[LayerDone], None]] = None,
             layers: Optional[int] = None, heads_per_program: Optional[int] = None) -> list[SecureResult]:
     """The forward pass on inputs already in ``session``: the client's ``h``/``valid`` (and ``pos``
     when tracing) for inputs of ``sizes`` tokens, the server's weights and thresholds
-    (``protocols.provision``), compared by ``criterion``, Π_reduce's low group with the forms
-    ``reduce_forms`` (both public: they fix the programs, not a value). Reveals only the declared
+    (``protocols.provision``), compared by ``criterion``, every token's GELU and exp those of the
+    family ``nonlinear`` (``models.approx.FAMILIES``) and Π_reduce's low group's the forms
+    ``reduce_forms`` (all public: they fix the programs, not a value). Reveals only the declared
     counts and the logits (to the client). ``on_layer`` is called after each layer (``LayerDone``:
     progress, the layer's cost). ``layers``: run only the first ``layers`` layers, then the head
     (``method="none"`` only, for cost: its layers are identical programs on identical shapes, so
@@ -167,6 +170,8 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
     model's); None runs them all. ``heads_per_program``: attention's programs take at most that many
     heads each (``_attention``; None: all), to bound a program's memory at long inputs."""
     check_method(spec, method, criterion)
+    family_of(nonlinear, reduce_forms)
+    forms = {"forms": reduce_forms, "family": nonlinear}
     step = methods.get(method).secure_program()
     run_layers = spec.layers if layers is None else layers
     repeats = methods.get(method).sizes == "unpruned"
@@ -187,7 +192,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
         layer_start, layer_entering = s.meter.mark(), tuple(layout.sizes)
         for b in range(batch):
             entering[b].append(layout.sizes[b])
-        _attention_block(s, spec, l, layout, reduce_forms, heads_per_program)
+        _attention_block(s, spec, l, layout, forms, heads_per_program)
         layout = step(PruneStep(s, l, layout, spec.heads, spec.causal, criterion, record_scores, scores, trace_positions))
         s.delete("A")
         for b in range(batch):
@@ -197,7 +202,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
             opened = np.asarray(s.reveal("pos", to="both", purpose="test only: kept positions", layer=l)).reshape(-1)
             for b, part in enumerate(layout.split(opened)):
                 positions[b].append([int(round(float(v))) for v in part])
-        _ffn_block(s, spec, l, layout, reduce_forms)
+        _ffn_block(s, spec, l, layout, forms)
         if on_layer is not None:
             on_layer(LayerDone(l, run_layers, layer_entering, tuple(layout.sizes), s.meter.since(layer_start)))
     per_input = _head(s, spec, layout, last_only)
@@ -207,7 +212,7 @@ def forward(session: Session, spec: TransformerSpec, sizes: tuple[int, ...], met
                          batch_size=batch, kept_positions=positions[b]) for b in range(batch)]
 
 
-def _attention_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, reduce_forms: str,
+def _attention_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, forms: dict[str, str],
                      heads_per_program: Optional[int]) -> None:
     """Layer ``l``'s attention block on ``h`` ``[Σ n_b, d]``: BERT ``h = LN(h + Attn(h))``, GPT-2
     ``h = h + Attn(LN(h))``; leaves the probabilities ``A`` for the pruning step."""
@@ -216,7 +221,7 @@ def _attention_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, 
         s.run(tf.layernorm, ["h", p + "ln1.g", p + "ln1.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
         x = "x"
     s.run(tf.qkv, [x] + [p + w for w in ("wq", "bq", "wk", "bk", "wv", "bv")], ["q", "k", "v"], op="Linear", layer=l)
-    _attention(s, l, layout, spec.heads, spec.causal, reduce_forms, heads_per_program)
+    _attention(s, l, layout, spec.heads, spec.causal, forms, heads_per_program)
     if spec.causal:
         s.run(_add, ["a", "h"], ["h"], op="Other", layer=l)
     else:
@@ -224,15 +229,15 @@ def _attention_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, 
     s.delete("q", "k", "v", "sc", "a")
 
 
-def _ffn_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, reduce_forms: str) -> None:
-    """Layer ``l``'s FFN on the rows kept (``layout``; Π_reduce's low rows with ``reduce_forms``):
+def _ffn_block(s: Session, spec: TransformerSpec, l: int, layout: Layout, forms: dict[str, str]) -> None:
+    """Layer ``l``'s FFN on the rows kept (``layout``; the GELU of ``forms``, as ``_attention``'s):
     BERT ``h = LN(h + FFN(h))``, GPT-2 ``h = h + FFN(LN(h))``."""
     p, eps, x = f"l{l}.", spec.layer_norm_eps, "h"
     if spec.causal:
         s.run(tf.layernorm, ["h", p + "ln2.g", p + "ln2.b"], ["x"], op="LayerNorm", layer=l, static={"eps": eps})
         x = "x"
     s.run(tf.linear, [x, p + "w1", p + "b1"], ["f"], op="Linear", layer=l)
-    s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout, "forms": reduce_forms})
+    s.run(tf.gelu, ["f"], ["f"], op="GELU", layer=l, static={"layout": layout, **forms})
     if spec.causal:
         s.run(tf.linear_residual, ["f", p + "w2", p + "b2", "h"], ["h"], op="Linear", layer=l)
     else:
@@ -263,7 +268,8 @@ def batch_ranges(count: int, batch_size: int) -> list[range]:
 
 
 def evaluate_request(session: Session, spec: TransformerSpec, request: Any, method: str, *,
-                     criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS, last_only: bool = False,
+                     criterion: str = "absolute", reduce_forms: str = DEFAULT_REDUCE_FORMS,
+                     nonlinear: str = DEFAULT_FAMILY, last_only: bool = False,
                      on_layer: Optional[Callable[[LayerDone], None]] = None, layers: Optional[int] = None,
                      heads_per_program: Optional[int] = None) -> tuple[list[SecureResult], CostReport, dict[str, Any]]:
     """The owner-held counterpart of ``run_batch`` for one batch of the client's inputs: the client's
@@ -271,13 +277,13 @@ def evaluate_request(session: Session, spec: TransformerSpec, request: Any, meth
     ``ContextRequest``; the
     server's party provided its own inputs before, ``session.provide("server", ServerRequest(...))``),
     then ``forward``. Returns the per-example results, the batch's cost and the request's public part
-    (token counts, the client's labels). ``criterion``, ``reduce_forms``: the thresholds'
-    (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``,
+    (token counts, the client's labels). ``criterion``, ``reduce_forms``, ``nonlinear``: the
+    thresholds' (``PruningSpec``), public; ``last_only``: GPT-2's last-position logits only; ``on_layer``,
     ``layers``, ``heads_per_program``: ``forward``'s progress callback, layers run and head ranges."""
     public = session.provide("client", request)
     with session.meter.measure() as m:
         results = forward(session, spec, tuple(public["sizes"]), method, criterion=criterion,
-                          reduce_forms=reduce_forms, last_only=last_only, on_layer=on_layer, layers=layers,
+                          reduce_forms=reduce_forms, nonlinear=nonlinear, last_only=last_only, on_layer=on_layer, layers=layers,
                           heads_per_program=heads_per_program)
     return results, m.report, public
 

@@ -91,7 +91,8 @@ class SessionSpec:
     heartbeat_s: float = 5.0
     sort_method: str = "SORT_RADIX"
     private_owners: tuple[str, ...] = ("server", "client")
-    # further SPU RuntimeConfig fields for experiments, e.g. (("experimental_disable_mmul_split", True),)
+    # further SPU RuntimeConfig fields (a non-linearity family's, experiments'), e.g.
+    # (("experimental_disable_mmul_split", True),); a dotted name sets a nested config's field
     runtime_options: tuple[tuple[str, Any], ...] = ()
     # transport "remote": the control address ``host:port`` of each party daemon, in rank order
     # (``python -m protocols.party``), and the file holding the shared control-channel key
@@ -163,9 +164,13 @@ class SessionSpec:
         # needed on every runtime and on the Io, or make_shares silently drops the owner
         cfg.experimental_enable_colocated_optimization = bool(self.private_owners) and self.supports_private
         for name, value in self.runtime_options:
-            if not hasattr(cfg, name):
+            *path, leaf = name.split(".")
+            target = cfg
+            for part in path:                  # a nested config, e.g. cheetah_2pc_config.enable_mul_lsb_error
+                target = getattr(target, part, None)
+            if target is None or not hasattr(target, leaf):
                 raise ValueError(f"session runtime_options: SPU RuntimeConfig has no field {name!r}")
-            setattr(cfg, name, value)
+            setattr(target, leaf, value)
         return cfg
 
 

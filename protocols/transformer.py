@@ -29,7 +29,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from models.approx import ATTENTION_MASK_BIAS, GELU_HIGH, REDUCE_FORMS
+from models.approx import ATTENTION_MASK_BIAS, REDUCE_FORMS, family_of
 from protocols import nonlinear
 from protocols.batch import Layout, iter_groups, stack_group, unstack_groups, visibility_blocks
 from protocols.model_spec import TransformerSpec
@@ -191,13 +191,13 @@ def attention_scores(q: jnp.ndarray, k: jnp.ndarray, *, heads: int, layout: Layo
 
 
 def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, vis: jnp.ndarray | None = None, *, heads: int,
-                    layout: Layout, causal: bool, forms: str) -> jnp.ndarray:
+                    layout: Layout, causal: bool, forms: str, family: str) -> jnp.ndarray:
     """Softmax of each input's scores (flat, as ``attention_scores``), padding keys biased by
     ``ATTENTION_MASK_BIAS`` (from the client's secret ``valid`` ``[total]``: bias is linear in
     it, local) and, if ``causal``, a causal mask: public while the rows are in their original
     order, the secret visibility ``vis`` once Π_reduce has reordered them (``Layout.shuffled``;
-    its bias is an exact integer product, local). Query rows ``[0:high_b]`` use EXP_HIGH, the rest
-    the low exp of ``REDUCE_FORMS[forms]`` (``layout.high`` None: all high).
+    its bias is an exact integer product, local). Query rows ``[0:high_b]`` use the exp of
+    ``FAMILIES[family]``, the rest the low exp of ``REDUCE_FORMS[forms]`` (``layout.high`` None: all high).
     Cost: Σ_b H·n_b rows of n_b (see ``nonlinear.softmax``), one softmax per group.
     """
     seen = None if vis is None else visibility_blocks(vis, layout)
@@ -209,7 +209,7 @@ def attention_probs(scores: jnp.ndarray, valid: jnp.ndarray, vis: jnp.ndarray | 
         elif causal:
             hidden = jnp.stack([(1 - seen[b]) * int(ATTENTION_MASK_BIAS) for b in members])  # type: ignore[index]
             bias = bias + hidden.astype(scores.dtype)[:, None]
-        parts.append(nonlinear.softmax_split(x, bias, high, forms).reshape(-1))
+        parts.append(nonlinear.softmax_split(x, bias, high, forms, family).reshape(-1))
     return jnp.concatenate(parts)
 
 
@@ -258,16 +258,17 @@ def linear_residual(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray, res: jnp.nda
     return res + x @ w + b
 
 
-def gelu(x: jnp.ndarray, *, layout: Layout, forms: str) -> jnp.ndarray:
-    """BOLT GELU ``[total, f]``; each input's first ``layout.high[b]`` rows use GELU_HIGH, the
-    rest the low form of ``REDUCE_FORMS[forms]`` (Π_reduce; ``layout.high`` None: all high). The
-    high rows of all inputs are evaluated as one array and the low rows as another (static row
-    moves: local)."""
+def gelu(x: jnp.ndarray, *, layout: Layout, forms: str, family: str) -> jnp.ndarray:
+    """GELU ``[total, f]``; each input's first ``layout.high[b]`` rows use the GELU of
+    ``FAMILIES[family]``, the rest the low form of ``REDUCE_FORMS[forms]`` (Π_reduce; ``layout.high``
+    None: all high). The high rows of all inputs are evaluated as one array and the low rows as
+    another (static row moves: local)."""
+    high = family_of(family).gelu
     if layout.high is None:
-        return nonlinear.gelu(x, GELU_HIGH)
+        return nonlinear.gelu(x, high)
     highs = [r[:k] for r, k in zip(layout.split(x), layout.high)]
     lows = [r[k:] for r, k in zip(layout.split(x), layout.high)]
-    y_high = nonlinear.gelu(jnp.concatenate(highs, axis=0), GELU_HIGH)
+    y_high = nonlinear.gelu(jnp.concatenate(highs, axis=0), high)
     y_low = nonlinear.gelu_form(jnp.concatenate(lows, axis=0), REDUCE_FORMS[forms].gelu)
     out, hi, lo = [], 0, 0
     for n, k in zip(layout.sizes, layout.high):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pandas as pd
 import yaml
 
+from models.approx import DEFAULT_FAMILY
 from pipeline.config import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 PARENT = "tags.mlflow.parentRunId"
 KEYS = ("model", "task", "max_length")
-OPTIONAL_KEYS = ("protocol",)  # absent on fine-tuning candidates' own params
+# absent on fine-tuning candidates' own params (protocol) or on runs from before non-linearity
+# families, which all ran BOLT's forms (nonlinear): filled with these
+OPTIONAL_KEYS = {"protocol": "—", "nonlinear": DEFAULT_FAMILY}
 
 
 class ReportDataMissing(RuntimeError):
@@ -79,10 +82,10 @@ def _tidy(children: pd.DataFrame, parents: pd.DataFrame, numeric_tags: tuple[str
         own = children[f"params.{key}"] if f"params.{key}" in children else pd.Series(None, index=children.index)
         inherited = children[PARENT].map(by_parent[f"params.{key}"]) if f"params.{key}" in by_parent else None
         out[key] = own.fillna(inherited) if inherited is not None else own
-    for key in OPTIONAL_KEYS:
+    for key, missing in OPTIONAL_KEYS.items():
         own = children.get(f"params.{key}", pd.Series(None, index=children.index, dtype=object))
         parent = children[PARENT].map(by_parent[f"params.{key}"]) if f"params.{key}" in by_parent else None
-        out[key] = (own.fillna(parent) if parent is not None else own).fillna("—")
+        out[key] = (own.fillna(parent) if parent is not None else own).fillna(missing)
     out["method"] = children["tags.method"] if "tags.method" in children else None
     for tag in numeric_tags:
         out[tag] = pd.to_numeric(children[f"tags.{tag}"], errors="coerce") if f"tags.{tag}" in children else None
@@ -119,6 +122,7 @@ def search_runs(tracker: "Tracker", ids: Mapping[str, str]) -> pd.DataFrame:
     out["seed"] = pd.to_numeric(runs.get("tags.seed", pd.Series(0, index=runs.index)), errors="coerce").fillna(0).astype(int)
     for tag in ("criterion", "reduce_forms"):              # GLUE searches tag them; LM searches have none
         out[tag] = runs.get(f"tags.{tag}", pd.Series("", index=runs.index)).fillna("")
+    out["nonlinear"] = runs.get("tags.nonlinear", pd.Series(None, index=runs.index, dtype=object)).fillna(DEFAULT_FAMILY)
     # the task's dev metrics, primary first (tag ``dev_metrics``, written by the search from its task spec)
     out["dev_metrics"] = runs.get("tags.dev_metrics", pd.Series("", index=runs.index)).fillna("")
     out["run_id"], out["experiment"], out["start_time"] = runs["run_id"], runs["experiment"], runs["start_time"]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from models import methods as registry
+from models.approx import DEFAULT_FAMILY
 from pipeline.reporting import paper
 from pipeline.reporting.tables import GROUP, color_of, in_method_order, label_of, newest
 
@@ -105,7 +106,7 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         raise FigureSkipped("no secure_eval run logged time_s/lan/{op} or comm_mb/{op}")
     rows = newest(methods, GROUP + ["method"])
     paths: list[Path] = []
-    for (model, task, length, protocol), grp in rows.groupby(GROUP):
+    for (model, task, length, protocol, family), grp in rows.groupby(GROUP):
         grp = grp.sort_values("method", key=in_method_order)
         fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
         drawn = [_stack(axes[0], grp, "time_s/lan/", "s per inference", "Ours: LAN time"),
@@ -118,8 +119,9 @@ def breakdown(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
                               for m, ops in paper.BREAKDOWN_LAN_S.items()])
         _stack(axes[3], fig10, "op/", "s", "Paper Fig. 10: BERT-base LAN (128)")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"Cost breakdown: {model}, {task}, {length} tokens, {protocol}")
-        paths.append(_save(fig, out_dir / f"breakdown_{_slug(model, task, length, protocol)}.png"))
+        fig.suptitle(f"Cost breakdown: {model}, {task}, {length} tokens, {protocol}, {family}'s non-linearities")
+        named = (model, task, length, protocol, *(() if family == DEFAULT_FAMILY else (family,)))
+        paths.append(_save(fig, out_dir / f"breakdown_{_slug(*named)}.png"))
     if not paths:
         raise FigureSkipped("no per-op cost metrics in any secure_eval run")
     return paths
@@ -192,12 +194,12 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
     if methods.empty or "time_s/lan" not in methods:
         raise FigureSkipped("no secure_eval run logged time_s/lan")
     rows = newest(methods, GROUP + ["method"])
-    groups = [(k, g) for k, g in rows.groupby(["model", "task", "protocol"]) if g["max_length"].nunique() >= 2]
+    groups = [(k, g) for k, g in rows.groupby(["model", "task", "protocol", "nonlinear"]) if g["max_length"].nunique() >= 2]
     if not groups:
         raise FigureSkipped("scaling needs secure_eval runs of one model and task at two or more max_length "
                             "values (e.g. `python -m pipeline -m experiment=scaling_512`)")
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
-    for ax, ((model, task, protocol), grp) in zip(axes[0], groups):
+    for ax, ((model, task, protocol, family), grp) in zip(axes[0], groups):
         methods_here = grp.drop_duplicates("method").sort_values("method", key=in_method_order)["method"].tolist()
         lengths = sorted(grp["max_length"].unique())
         width = 0.8 / len(lengths)
@@ -214,7 +216,7 @@ def scaling(methods: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xticks(np.arange(len(methods_here)) + width * (len(lengths) - 1) / 2,
                       [label_of(m) for m in methods_here], fontsize=8)
         ax.set(ylabel="LAN time per inference (s)",
-               title=f"{model}, {task}, {protocol}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
+               title=f"{model}, {task}, {protocol}, {family}: scaling with length (× = speed-up vs BOLT w/o WE)\n"
                      f"paper (BERT-base): {paper.SPEEDUP_VS_NONE_BASE}× at 128, {paper.SPEEDUP_512}× at 512")
         ax.title.set_fontsize(9)
         ax.margins(y=0.1)

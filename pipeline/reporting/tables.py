@@ -16,13 +16,14 @@ import pandas as pd
 from tabulate import LATEX_ESCAPE_RULES, tabulate
 
 from models import methods as registry
+from models.approx import DEFAULT_FAMILY
 from pipeline.reporting import paper
 from pipeline.reporting.published import PUBLISHED_DEV
 
 MISSING = "—"
 FIXED_POINT_ROW = next(f"{m.name}_fixed_point" for m in registry.registered() if m.reduce)   # the search's
 FIXED_POINT_LABEL = "CipherPrune, 18-bit fixed point"
-GROUP = ["model", "task", "max_length", "protocol"]
+GROUP = ["model", "task", "max_length", "protocol", "nonlinear"]
 
 
 def newest(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -37,9 +38,11 @@ def task_label(task: str) -> str:
     return TASKS[task].display if task in TASKS else task
 
 
-def label_of(method: str) -> str:
-    """A method's report label (``models.methods``), the name itself for one not registered."""
-    return registry.get(method).label if method in registry.names() else method
+def label_of(method: str, family: str = DEFAULT_FAMILY) -> str:
+    """A method's report label (``models.methods``), the name itself for one not registered; with a
+    non-linearity family other than BOLT's (the paper's, whose labels these are) the family beside it."""
+    label = registry.get(method).label if method in registry.names() else method
+    return label if family == DEFAULT_FAMILY else f"{label} [{family}]"
 
 
 def color_of(method: str) -> Optional[str]:
@@ -85,11 +88,12 @@ def _opt(value: Optional[float]) -> float:
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: one row per (model, task, max_length, method), ours beside the paper's.
+    """Table 1: one row per (model, task, max_length, protocol, nonlinear, method), ours beside the paper's.
 
     Every figure is the secure run's own, measured end to end and averaged over ``inputs`` dev
     inputs. Speed-ups are LAN time of the reference method (``none`` / ``bolt_we``) of the same
-    model, task and length divided by this row's LAN time; NaN where the reference is absent.
+    model, task, length, protocol and non-linearity family divided by this row's LAN time; NaN
+    where the reference is absent.
     ``ideal_vs_none``: Σ over layers of the tokens entering each layer under ``none`` over this
     row's (the speed-up if cost were linear in tokens); ``prune_share_pct``: Π_prune's and
     Π_reduce's share of the LAN time; ``reduce_ceiling``: ``T / (T − T_reducible)`` of the row's own
@@ -104,7 +108,8 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     measured, total = _metric(rows, "layers/measured"), _metric(rows, "layers/total")
     out = pd.DataFrame({
         "model": rows["model"], "task": rows["task"], "max_length": rows["max_length"].astype(int),
-        "protocol": rows["protocol"], "method": rows["method"], "label": rows["method"].map(label_of),
+        "protocol": rows["protocol"], "nonlinear": rows["nonlinear"], "method": rows["method"],
+        "label": [label_of(m, f) for m, f in zip(rows["method"], rows["nonlinear"])],
         "time_lan_s": _metric(rows, "time_s/lan"), "time_wan_s": _metric(rows, "time_s/wan"),
         "comm_gb": _metric(rows, "comm_mb/total") / 1024.0,
         "acc_dev": _metric(rows, "acc/dev"), "acc_secure": _metric(rows, "acc/secure"),
@@ -136,7 +141,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table2(searches: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 (ablation, accuracy): one row per (model, task, max_length, criterion, reduce_forms, method) from
+    """Table 2 (ablation, accuracy): one row per (model, task, max_length, nonlinear, criterion, reduce_forms, method) from
     the search runs (newest per seed; the methods, then CipherPrune with SPU's fixed-point rounding
     emulated too, ``FIXED_POINT_ROW``): the dev metric's name (``metric_name``), mean and standard deviation
     over seeds (``n_seeds``), the task's other dev metrics (``other_metrics``, ``named_dev_metrics``), its
@@ -147,10 +152,10 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
     calibration took (``beta_scales``), the paper's BERT-base value beside it, on the unpruned row a
     published model's value (``published``, ``pipeline.reporting.published``), and the search runs it
     averages. Search runs without dev metrics (GPT-2's) are skipped."""
-    keys = ["model", "task", "max_length", "criterion", "reduce_forms"]
+    keys = ["model", "task", "max_length", "nonlinear", "criterion", "reduce_forms"]
     rows = newest(searches.dropna(subset=["dev/none/metric"]), [*keys, "seed"])
     records: list[dict[str, object]] = []
-    for (model, task, length, criterion, forms), grp in rows.groupby(keys, sort=True):
+    for (model, task, length, nonlinear, criterion, forms), grp in rows.groupby(keys, sort=True):
         base = _metric(grp, "dev/none/metric")
         for method in (*registry.names(), FIXED_POINT_ROW):
             values = _metric(grp, f"dev/{method}/metric")
@@ -164,9 +169,9 @@ def table2(searches: pd.DataFrame) -> pd.DataFrame:
             scales = grp.sort_values("seed").get("reduce/beta_scale")   # in the order of the seeds column
             metric_name, other_metrics = named_dev_metrics(grp, method)
             records.append({
-                "model": model, "task": task, "max_length": int(length), "criterion": criterion,
+                "model": model, "task": task, "max_length": int(length), "nonlinear": nonlinear, "criterion": criterion,
                 "reduce_forms": forms, "method": method,
-                "label": FIXED_POINT_LABEL if method == FIXED_POINT_ROW else label_of(method),
+                "label": label_of(FIXED_POINT_LABEL if method == FIXED_POINT_ROW else method, nonlinear),
                 "metric_name": metric_name, "metric_mean": float(values.mean()),
                 "metric_std": float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan,
                 "drop_mean": float(drop.mean()) if method != registry.UNPRUNED else math.nan,
@@ -250,7 +255,7 @@ def ops_table(methods: pd.DataFrame) -> pd.DataFrame:
     meter measured them; ``lan_<op>``), its total and bytes, and the run id."""
     rows = newest(methods, GROUP + ["method"]).sort_values(GROUP + ["method"], key=in_method_order)
     out = rows[GROUP + ["method"]].copy()
-    out["label"] = out["method"].map(label_of)
+    out["label"] = [label_of(m, f) for m, f in zip(out["method"], out["nonlinear"])]
     for op in (*paper.OPS, "Other"):
         out[f"lan_{op}"] = _metric(rows, f"time_s/lan/{op}")
     out["time_lan_s"] = _metric(rows, "time_s/lan")
@@ -342,6 +347,7 @@ def to_latex(text: pd.DataFrame, caption: str) -> str:
 
 
 PUBLISHED_VIEW = "Unpruned beside a published model of its depth"
+# a family other than BOLT's is named in the label (``label_of``); the CSV has the nonlinear column
 _T1_KEYS = ("model", "task", "max_length", "protocol", "label")
 _T2_KEYS = ("model", "task", "max_length", "criterion", "reduce_forms", "label")
 VIEWS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {

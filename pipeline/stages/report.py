@@ -105,7 +105,8 @@ def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
     """Headline numbers of a table as report-run metrics (speed-ups, accuracies)."""
     out: dict[str, float] = {f"{name}/rows": float(len(table))}
     for _, r in table.iterrows():
-        key = "/".join([*(str(r[k]) for k in ("model", "task", "protocol", "criterion", "reduce_forms") if k in r and pd.notna(r[k])),
+        named = ("model", "task", "protocol", "nonlinear", "criterion", "reduce_forms")
+        key = "/".join([*(str(r[k]) for k in named if k in r and pd.notna(r[k])),
                         f"L{r['max_length']}", str(r["method"])])
         for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s", "metric_mean", "drop_mean", "test_ppl", "test_acc"):
             if col in r and pd.notna(r[col]):

@@ -75,6 +75,7 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
         "hidden": cfg.model.hidden,
         "heads": cfg.model.heads,
         "protocol": cfg.protocol.protocol.value,
+        "nonlinear": cfg.nonlinear.family.value,
         "field": cfg.protocol.field,
         "fraction_bits": cfg.protocol.fraction_bits,
         "transport": cfg.protocol.transport.value,
@@ -160,8 +161,17 @@ class DatasetManifest:
         return torch.from_numpy(np.load(self.splits[split]))
 
 
+def emulated_ops(cfg: PipelineConfig, fixed_point: bool = False) -> Any:
+    """The torch ``OpsConfig`` of the secure run's approximations: ``cfg.nonlinear``'s family."""
+    from models.config import OpsConfig
+
+    return OpsConfig("emulated", fixed_point=fixed_point, nonlinear=cfg.nonlinear.family.value)
+
+
 def session_spec(cfg: PipelineConfig) -> Any:
-    """The ``protocols.session.SessionSpec`` of ``cfg.protocol``."""
+    """The ``protocols.session.SessionSpec`` of ``cfg.protocol``, with the SPU runtime options of
+    ``cfg.nonlinear``'s family."""
+    from models.approx import FAMILIES
     from protocols.session import SessionSpec
 
     p = cfg.protocol
@@ -169,7 +179,8 @@ def session_spec(cfg: PipelineConfig) -> Any:
                        transport=p.transport.value, connect_timeout_s=p.connect_timeout_s,
                        recv_timeout_s=p.recv_timeout_s, silence_timeout_s=p.silence_timeout_s,
                        private_owners=tuple(p.private_owners),
-                       parties=tuple(p.parties), authkey_file=p.authkey_file)
+                       parties=tuple(p.parties), authkey_file=p.authkey_file,
+                       runtime_options=FAMILIES[cfg.nonlinear.family.value].runtime_options)
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def _training_configs(cfg: PipelineConfig) -> tuple[Any, Any]:
     from models.training import FinetuneConfig
 
     f = cfg.finetune
-    base_cfg = training_config(f, FinetuneConfig, method=methods.UNPRUNED)
+    base_cfg = training_config(f, FinetuneConfig, method=methods.UNPRUNED, nonlinear=cfg.nonlinear.family.value)
     return base_cfg, replace(base_cfg, method=f.candidate_method, epochs=f.prune_epochs, lr=f.prune_lr)
 
 

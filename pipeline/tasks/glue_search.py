@@ -5,7 +5,7 @@ The pick's β is calibrated on val: scaled toward θ (``search.beta_scales``, la
 β = θ, nothing reduced); ``thresholds.json`` carries the calibrated β to secure_eval, so the pick
 serves every selected-checkpoint method whatever it was trained as. Only then is the GLUE dev set
 (IMDB: the fixed test subset) evaluated, once per selected model and method, with the secure run's
-approximations (``OpsConfig("emulated")``): ``none`` and ``bolt_we`` on the baseline, ``prune`` and
+approximations (``common.emulated_ops``: the family of ``nonlinear``): ``none`` and ``bolt_we`` on the baseline, ``prune`` and
 ``prune_reduce`` on the pick, plus the pick under fixed-point rounding (``prune_reduce_fixed_point``:
 whether SPU's 18-bit fixed point changes the result).
 
@@ -24,7 +24,7 @@ from typing import Any
 from models import methods
 from pipeline.context import StageContext
 from pipeline.tasks import Selected
-from pipeline.tasks.common import THRESHOLDS, DatasetManifest, Selection, checkpoint_plan, thresholds_of
+from pipeline.tasks.common import THRESHOLDS, DatasetManifest, Selection, checkpoint_plan, emulated_ops, thresholds_of
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,11 @@ def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, t
     (with ``val/high_ratio/scale_<s>``, the share of kept tokens that keep the exact forms),
     ``reduce/beta_scale`` (the scale taken) and ``reduce/within_max_drop``. Cost: one plaintext
     validation pass per scale tried, plus one for Π_prune."""
-    from models.config import OpsConfig
     from models.thresholds import calibrate_beta_scale, with_beta_scale
     from models.training import evaluate
     from models.weights import set_thresholds
 
-    emulated = OpsConfig("emulated")
+    emulated = emulated_ops(ctx.cfg)
     pruning = next(m.name for m in methods.registered() if m.thresholds and not m.reduce)
     reducing = next(m.name for m in methods.registered() if m.reduce)
     reference = evaluate(model, val, task, pruning, ops_cfg=emulated).metrics["metric"]
@@ -65,15 +64,15 @@ def _calibrated_thresholds(ctx: StageContext, model: Any, val: Any, task: str, t
     return calibrated, metrics
 
 
-def _dev_metrics(models: dict[str, Any], dev: Any, task: str, baseline_id: str, selected_id: str) -> dict[str, float]:
+def _dev_metrics(ctx: StageContext, models: dict[str, Any], dev: Any, task: str, baseline_id: str,
+                 selected_id: str) -> dict[str, float]:
     """The dev evaluation of the picked models (see the module docstring), as metrics."""
-    from models.config import OpsConfig
     from models.training import evaluate
 
-    emulated = OpsConfig("emulated")
+    emulated = emulated_ops(ctx.cfg)
     learned = next(m.name for m in methods.registered() if m.reduce)         # β calibrated: the pick serves all
     plan = [(m, run, m, emulated) for m, run in checkpoint_plan(methods.names(), baseline_id, selected_id, learned)]
-    plan += [(f"{m.name}_fixed_point", selected_id, m.name, OpsConfig("emulated", fixed_point=True))
+    plan += [(f"{m.name}_fixed_point", selected_id, m.name, emulated_ops(ctx.cfg, fixed_point=True))
              for m in methods.registered() if m.reduce]
     out: dict[str, float] = {"dev/examples": float(len(dev))}
     for name, run, method, ops in plan:
@@ -98,11 +97,14 @@ def after_selection(ctx: StageContext, selection: Selection, manifest: DatasetMa
         raise RuntimeError(f"no FINISHED pruned candidate trained from baseline {base}; run stage=finetune "
                            "with finetune.lambdas")
     models = {run: load_checkpoint(ctx.tracker.artifact_location(run, "checkpoint"))[0] for run in (base, pick)}
-    thresholds, reduce_metrics = _calibrated_thresholds(
-        ctx, models[pick], manifest.load("val"), manifest.task, thresholds_of(ctx.tracker, pick))
+    picked = thresholds_of(ctx.tracker, pick)
+    if picked.nonlinear != ctx.cfg.nonlinear.family.value:
+        raise RuntimeError(f"candidate {pick} trained with nonlinear={picked.nonlinear}, this search scores "
+                           f"nonlinear={ctx.cfg.nonlinear.family.value}: launch the search with the candidate's family")
+    thresholds, reduce_metrics = _calibrated_thresholds(ctx, models[pick], manifest.load("val"), manifest.task, picked)
     ctx.run.log_dict(thresholds.to_dict(), THRESHOLDS)
-    dev = _dev_metrics(models, manifest.load("dev"), manifest.task, base, pick)
-    tags = {"criterion": thresholds.criterion, "reduce_forms": thresholds.reduce_forms,
+    dev = _dev_metrics(ctx, models, manifest.load("dev"), manifest.task, base, pick)
+    tags = {"criterion": thresholds.criterion, "reduce_forms": thresholds.reduce_forms, "nonlinear": thresholds.nonlinear,
             "dev_metrics": ",".join(get_task(manifest.task).dev_metrics)}
     calibrated = next(m.name for m in methods.registered() if m.reduce)       # β calibrated: the pick serves all
     return Selected({**reduce_metrics, **dev}, tags, tuple(m.name for m in methods.served_by(calibrated)))

@@ -25,7 +25,7 @@ import numpy as np
 from models import methods
 from pipeline.context import StageContext
 from pipeline.stages.secure_inputs import InputRecord, run_method
-from pipeline.tasks.common import DatasetManifest, Selection, thresholds_of
+from pipeline.tasks.common import DatasetManifest, Selection, emulated_ops, thresholds_of
 from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def _secure_step(ctx: StageContext, method_run: StageRun, method: str, checkpoin
     layers = ctx.cfg.secure_eval.unpruned_layers if methods.get(method).sizes == "unpruned" else None
     return run_method(ctx, method_run, method, checkpoint, n,
                       lambda chunk, release: ClientRequest(manifest.splits["dev"], chunk, release),
-                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms, layers=layers,
+                      criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms,
+                      nonlinear=thresholds.nonlinear, layers=layers,
                       heads_per_program=ctx.cfg.secure_eval.heads_per_program)
 
 
@@ -66,7 +67,6 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_i
     plaintext twin's agreement one input at a time and the torch emulation's schedule on the same
     inputs; the emulation's whole-dev metric and schedule come from the search run (``dev``).
     Returns the metrics and the leakage record."""
-    from models.config import OpsConfig
     from models.training import evaluate
     from protocols.model_spec import PruningSpec
     from protocols.secure_model import plaintext_forward
@@ -81,7 +81,8 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_i
     ran = int(metrics.get("layers/measured", spec.layers))
     cut = replace(spec, layers=ran)                    # the model the secure run ran (all of it unless composed)
     pruning = PruningSpec(method=method, theta=tuple(thresholds.theta), beta=tuple(thresholds.beta),
-                          criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms)
+                          criterion=thresholds.criterion, reduce_forms=thresholds.reduce_forms,
+                          nonlinear=thresholds.nonlinear)
     agree = correct = 0
     errors, scale = [], 0.0
     for i, (result, label) in enumerate(zip(logits, labels)):
@@ -103,7 +104,7 @@ def _evaluate_method(ctx: StageContext, method_run: StageRun, method: str, run_i
     prefix = f"dev/{method}/entering/layer_"                  # tokens entering each layer, whole dev
     metrics.update({f"tokens_entering_emulated/layer_{k[len(prefix):]}": v for k, v in searched.items() if k.startswith(prefix)})
     # the torch emulation (hard masks) on the very inputs run securely: its schedule must be the secure one
-    same = evaluate(model, dev.select(range(n)), manifest.task, method, ops_cfg=OpsConfig("emulated"))
+    same = evaluate(model, dev.select(range(n)), manifest.task, method, ops_cfg=emulated_ops(ctx.cfg))
     same_entering = [float(same.n0), *same.kept_tokens[:-1]]
     gap = float(np.max(np.abs(mean_kept - np.asarray(same_entering))))
     metrics["tokens_entering/secure_vs_emulated_max_abs_diff"] = gap

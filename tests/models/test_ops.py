@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.approx import ATTENTION_MASK_BIAS, EXP_HIGH, EXP_LOW, EXP_SQUARING, FIXED_POINT, REDUCE_FORMS
+from models.approx import ATTENTION_MASK_BIAS, EXP_BOLT, EXP_LOW, EXP_SQUARING, FIXED_POINT, REDUCE_FORMS
 from models.config import OpsConfig
 from models.ops import exp_approx, exp_squaring, fixed_point, gelu, layernorm, mask_bias, softmax
 
@@ -25,13 +25,13 @@ def test_gelu_within_error() -> None:
 
 
 def test_exp_range_reduction_and_zero_below_xmin() -> None:
-    x = torch.linspace(EXP_HIGH.x_min + 1e-3, 0, 2001)
-    assert ((exp_approx(x, EXP_HIGH) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.0032  # stated: 0.0031
+    x = torch.linspace(EXP_BOLT.x_min + 1e-3, 0, 2001)
+    assert ((exp_approx(x, EXP_BOLT) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.0032  # stated: 0.0031
     assert ((exp_approx(x, EXP_LOW) - torch.exp(x)).abs() / torch.exp(x)).max() < 0.07  # 0.031 abs on (-ln2, 0]
     sq = exp_squaring(torch.linspace(-12, 0, 12001, dtype=torch.float64), EXP_SQUARING)
     assert 0.03 < (sq - torch.exp(torch.linspace(-12, 0, 12001, dtype=torch.float64))).abs().max() < 0.0354  # stated 0.0353
     assert torch.all(sq[:4001] == 0)                                        # x <= -8 = EXP_SQUARING.x_min
-    assert torch.all(exp_approx(torch.tensor([EXP_HIGH.x_min - 0.01, -30.0, ATTENTION_MASK_BIAS]), EXP_HIGH) == 0)
+    assert torch.all(exp_approx(torch.tensor([EXP_BOLT.x_min - 0.01, -30.0, ATTENTION_MASK_BIAS]), EXP_BOLT) == 0)
 
 
 def test_softmax_and_mask_bias() -> None:
@@ -66,7 +66,7 @@ def test_straight_through_gradients() -> None:
     fixed_point(x).sum().backward()
     assert torch.equal(x.grad, torch.ones(50))
     z = torch.linspace(-5, 0, 50, requires_grad=True)
-    exp_approx(z, EXP_HIGH).sum().backward()
+    exp_approx(z, EXP_BOLT).sum().backward()
     assert torch.all(z.grad > 0) and (z.grad - torch.exp(z)).abs().max() < 0.05
     s = torch.randn(1, 1, 4, 4, requires_grad=True)
     softmax(s, EMU_FXP).pow(2).sum().backward()

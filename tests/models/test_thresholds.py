@@ -21,7 +21,7 @@ def test_roundtrip_and_keys(tmp_path) -> None:
     a = ThresholdsArtifact([0.0, 0.1], [0.2, 0.1], 1e-3, 0.1)
     p = write_thresholds(tmp_path / "thresholds.json", a)
     assert set(json.loads(p.read_text())) == {"theta", "beta", "temperature", "lambda", "criterion",
-                                                "reduce_forms"}
+                                                "reduce_forms", "nonlinear"}
     assert read_thresholds(p, layers=2) == a
 
 
@@ -36,6 +36,11 @@ def test_criterion_bounds_and_incomplete_files(tmp_path) -> None:
     assert ThresholdsArtifact([0.1], [0.2]).reduce_forms == "fast"
     with pytest.raises(ValueError, match="reduce_forms='cubic'"):
         ThresholdsArtifact.from_dict({**legacy, "reduce_forms": "cubic"})
+    assert ThresholdsArtifact.from_dict(legacy).nonlinear == "bolt"       # before families: all BOLT's
+    with pytest.raises(ValueError, match="nonlinear family 'secdtd'"):
+        ThresholdsArtifact.from_dict({**legacy, "nonlinear": "secdtd"})
+    with pytest.raises(ValueError, match="reduce_forms='polynomial' with the bumblebee family"):
+        ThresholdsArtifact.from_dict({**legacy, "nonlinear": "bumblebee", "reduce_forms": "polynomial"})
     with pytest.raises(ValueError, match="criterion='uniform'"):
         ThresholdsArtifact.from_dict({**legacy, "criterion": "uniform"})
     with pytest.raises(ValueError, match=r"theta\[0\]=-0.1 outside \[0, inf\]"):

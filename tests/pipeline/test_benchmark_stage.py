@@ -43,20 +43,31 @@ def test_prune_benchmark_logs_its_measurements_and_report(tracker_for) -> None:
 
 
 def test_reduce_benchmark_measures_each_form_side_by_side(tracker_for) -> None:
-    """Every form of every kernel is a measured row; the ``fast`` low forms send fewer bytes than
-    BOLT's high forms (ReLU: one comparison per element against GELU's two and four products)."""
+    """Every form of every kernel (each family's high forms, Π_reduce's low forms) is a measured row
+    under each SPU option set; the ``fast`` low forms send fewer bytes than BOLT's high forms (ReLU:
+    one comparison per element against GELU's two and four products), BumbleBee's exp fewer than
+    BOLT's range reduction, and each row's error against the exact function is its form's."""
+    lsb = "cheetah_2pc_config.enable_mul_lsb_error"
     tracker = tracker_for("benchmark=reduce", "benchmark.shape=tiny", "benchmark.tokens=16", "benchmark.rows=4",
-                          "benchmark.protocol=SEMI2K", "benchmark.repeats=2")
+                          "benchmark.protocol=SEMI2K", "benchmark.repeats=2", f"benchmark.option_sets=[[],[{lsb}]]")
     run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
     m = tracker.client.get_run(run_id).data.metrics
-    for kernel in ("softmax", "gelu"):
-        for form in ("high", "fast", "polynomial"):
-            assert m[f"{kernel}/{form}/mb"] > 0 and m[f"{kernel}/{form}/rounds"] > 0
-            assert m[f"{kernel}/{form}/wan_s"] > m[f"{kernel}/{form}/lan_s"] >= m[f"{kernel}/{form}/s"]
-        assert m[f"{kernel}/fast/mb"] < m[f"{kernel}/high/mb"]
+    forms = ("high_bolt", "high_bumblebee", "fast", "polynomial")
+    for options in ("defaults", lsb):
+        for kernel in ("softmax", "gelu"):
+            for form in forms:
+                key = f"{options}/{kernel}/{form}"
+                assert m[f"{key}/mb"] > 0 and m[f"{key}/rounds"] > 0
+                assert m[f"{key}/wan_s"] > m[f"{key}/lan_s"] >= m[f"{key}/s"]
+            assert m[f"{options}/{kernel}/fast/mb"] < m[f"{options}/{kernel}/high_bolt/mb"]
+        assert m[f"{options}/softmax/high_bumblebee/mb"] < m[f"{options}/softmax/high_bolt/mb"]
+    errors = {form: m[f"defaults/gelu/{form}/max_err"] for form in forms}
+    assert errors["high_bumblebee"] < errors["high_bolt"] < 0.012 and 0.16 < errors["fast"] < 0.171
+    assert m["defaults/softmax/high_bolt/max_err"] < 0.005 < m["defaults/softmax/high_bumblebee/max_err"] < 0.1
     rows = json.loads(tracker.download(run_id, "rows.json").read_text())
-    assert {(r["kernel"], r["form"]) for r in rows} == {(k, f) for k in ("softmax", "gelu")
-                                                          for f in ("high (BOLT)", "low: fast", "low: polynomial")}
+    assert {(r["options"], r["kernel"], r["form"]) for r in rows} == {
+        (o, k, f) for o in ("defaults", lsb) for k in ("softmax", "gelu")
+        for f in ("high: bolt", "high: bumblebee", "low: fast", "low: polynomial")}
 
 
 def test_failing_benchmark_leaves_a_failed_run(tracker_for) -> None:
