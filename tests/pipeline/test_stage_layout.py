@@ -22,8 +22,8 @@ def test_a_stage_is_its_module_and_its_inputs(stage: Stage) -> None:
     assert callable(module.params) and callable(module.run)
     assert all(up in CHAIN and CHAIN.index(up) < CHAIN.index(stage) for up in STAGE_INPUTS[stage].upstream
                if stage in CHAIN)
-    assert set(STAGE_INPUTS[stage].sections) <= {"model", "data", "finetune", "search", "protocol", "secure_eval",
-                                                 "report", "benchmark"}
+    assert set(STAGE_INPUTS[stage].sections) <= {"model", "data", "nonlinear", "finetune", "search", "protocol",
+                                                 "secure_eval", "report", "benchmark"}
 
 
 def test_identity_reads_the_sections_a_stage_declares(compose_cfg) -> None:
@@ -31,6 +31,7 @@ def test_identity_reads_the_sections_a_stage_declares(compose_cfg) -> None:
     base = identity_key(cfg, Stage.finetune)
     assert identity_key(compose_cfg("secure_eval.num_examples=3"), Stage.finetune) == base    # not finetune's
     assert identity_key(compose_cfg("finetune.seed=5"), Stage.finetune) != base
+    assert identity_key(compose_cfg("nonlinear=bumblebee"), Stage.finetune) != base        # trained with other forms
 
 
 @pytest.mark.parametrize("task", ["synthetic", "sst2", "wikitext2"])

@@ -27,6 +27,9 @@ from pipeline.validate import ConfigError, validate
         (["secure_eval.methods=[none,none]"], "names a method twice"),
         (["finetune.candidate_method=bolt_we"], "finetune.candidate_method=bolt_we: candidates are trained with a "
                                                 "method that learns thresholds, one of ['prune', 'prune_reduce']"),
+        (["nonlinear=bumblebee", "finetune.reduce_forms=polynomial"],
+         "finetune.reduce_forms=polynomial with nonlinear=bumblebee: expected one of ['fast']"),
+        (["experiment=gpt2_wikitext2", "nonlinear=bumblebee"], "nonlinear=bumblebee with data.task=wikitext2"),
     ],
 )
 def test_bad_values_are_named(compose_cfg, overrides, needle):

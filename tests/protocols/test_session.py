@@ -34,6 +34,18 @@ def test_spec_defaults_come_from_approx() -> None:
     assert SessionSpec(protocol="ABY3").world_size == 3
 
 
+def test_runtime_options_set_nested_fields_and_name_unknown_ones() -> None:
+    """A family's SPU options reach the runtime config, a dotted name a nested config's field."""
+    spec = SessionSpec(protocol="CHEETAH", runtime_options=(("cheetah_2pc_config.enable_mul_lsb_error", True),
+                                                            ("experimental_disable_mmul_split", True)))
+    cfg = spec.runtime_config(profile=False)
+    assert cfg.cheetah_2pc_config.enable_mul_lsb_error and cfg.experimental_disable_mmul_split
+    assert not SessionSpec(protocol="CHEETAH").runtime_config(profile=False).cheetah_2pc_config.enable_mul_lsb_error
+    for name in ("cheetah_2pc_config.no_such_field", "no_such_config.enable_mul_lsb_error"):
+        with pytest.raises(ValueError, match=f"RuntimeConfig has no field '{name}'"):
+            SessionSpec(runtime_options=((name, True),)).runtime_config(profile=False)
+
+
 def _two_outputs(x: jnp.ndarray, w: jnp.ndarray, scale: float) -> tuple[jnp.ndarray, jnp.ndarray]:
     y = x @ w
     return y * scale, jnp.sum(y, axis=0)
