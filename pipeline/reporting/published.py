@@ -1,4 +1,5 @@
-"""Published dev metrics of unpruned models of MiniLM-L6's size, printed beside our baselines.
+"""Published figures printed beside ours: dev metrics of unpruned models of MiniLM-L6's size beside
+our baselines (Table 2), and other engines' published pruning speed-ups (Table 1).
 
 A baseline's dev metric means little without what a model of its size reaches when fine-tuned
 well. The closest published, peer-reviewed numbers are DistilBERT's (6 layers like MiniLM-L6, but
@@ -40,3 +41,21 @@ PUBLISHED_DEV: Mapping[str, PublishedMetric] = MappingProxyType({
     "imdb": PublishedMetric(92.82, "test acc", DISTILBERT),
 })
 """Per task, the published unpruned value beside our unpruned baseline (module docstring)."""
+
+
+PUBLISHED_SPEEDUP: Mapping[str, PublishedMetric] = MappingProxyType({
+    "bumblebee": PublishedMetric(4.47, "× end to end", "SecDTD, token dropping on BumbleBee"),
+})
+"""Per non-linearity family, a published token-pruning speed-up over that family's own unpruned
+engine, printed beside our pruned rows of the family: SecDTD (EuroS&P 2026) drops tokens
+dynamically on BumbleBee's engine. BOLT's family has the paper's own figures (``paper``)."""
+
+
+def published_speedup(family: str, method: str) -> str:
+    """The published speed-up cell of a Table 1 row: ``PUBLISHED_SPEEDUP[family]`` on a pruned
+    method's row (one with learned thresholds), else empty."""
+    from models import methods
+
+    cell = PUBLISHED_SPEEDUP.get(family)
+    known = method in methods.names() and methods.get(method).thresholds
+    return cell.label() if cell is not None and known else ""

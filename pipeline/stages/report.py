@@ -215,7 +215,7 @@ def run(ctx: StageContext) -> None:
 def _build(ctx: StageContext, tracker: Any) -> None:
     """The report from ``tracker``'s runs (see ``run``)."""
     from pipeline import reporting
-    from pipeline.reporting import figures, tables
+    from pipeline.reporting import figures, views
 
     cfg = ctx.cfg
     _check_names(cfg)
@@ -234,7 +234,7 @@ def _build(ctx: StageContext, tracker: Any) -> None:
     metrics: dict[str, float] = {"method_runs": float(len(methods)), "candidate_runs": float(len(candidates))}
     for name in cfg.report.tables:
         table = _recorded_ids(_table(name, methods, searches, names, tracker.uri), back)
-        tables.write_table(table, out_dir, name, TABLES[name])
+        views.write_table(table, out_dir, name, TABLES[name])
         metrics.update(_table_metrics(name, table))
         built.append(name)
         log.info(f"report: {name} with {len(table)} rows -> {out_dir / name}.md")

@@ -6,6 +6,7 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 
 from pipeline.runner import run_pipeline
 
@@ -35,4 +36,8 @@ def test_bumblebee_chain_beside_bolt(tmp_path, compose_cfg, monkeypatch) -> None
     table = pd.read_csv(tmp_path / "reports" / "default" / "table1.csv")
     assert sorted(table["nonlinear"]) == ["bolt"] * 4 + ["bumblebee"] * 4
     assert table["speedup_vs_none"].notna().all()                     # each family against its own unpruned
-    assert "CipherPrune [bumblebee]" in (tmp_path / "reports" / "default" / "table1.md").read_text()
+    md = (tmp_path / "reports" / "default" / "table1.md").read_text()
+    assert "CipherPrune [bumblebee]" in md and "*Across non-linearity families (LAN)*" in md and "SecDTD" in md
+    lan = table.set_index(["nonlinear", "method"])["time_lan_s"]
+    across = table.set_index(["nonlinear", "method"])["speedup_vs_bolt_none"]
+    assert across[("bumblebee", "prune")] == pytest.approx(lan[("bolt", "none")] / lan[("bumblebee", "prune")], rel=1e-12)

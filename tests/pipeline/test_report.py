@@ -308,7 +308,7 @@ def test_unknown_table_is_rejected(compose_cfg, monkeypatch) -> None:
 
 
 def test_latex_escapes_aligns_and_keeps_display_formatting() -> None:
-    from pipeline.reporting.tables import to_latex
+    from pipeline.reporting.views import to_latex
 
     text = pd.DataFrame({"method": ["CipherPrune†", "w/o WE"], "LAN (s)": ["1.20", "—"], "× vs BOLT": ["2.10", "3.40"]})
     tex = to_latex(text, "Table 1: 50% & more_x")
