@@ -50,6 +50,7 @@ class EngineBench:
     # all heads in one program. With transport=processes each configuration's party processes are
     # fresh, so their peak RSS is that configuration's.
     heads_per_program: list[Optional[int]] = field(default_factory=lambda: [None])
+    families: list[str] = field(default_factory=lambda: ["bolt"])   # models.approx.FAMILIES keys, each measured
 
 
 @dataclass

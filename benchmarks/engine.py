@@ -2,6 +2,7 @@
 by side for token counts × batch sizes × ownership, in one run.
 
     python -m pipeline stage=benchmark benchmark=engine benchmark.tokens=[16,128] benchmark.batch=[1,8]
+    python -m pipeline stage=benchmark benchmark=engine benchmark.families=[bolt,bumblebee] benchmark.batch=[1]
 
 For every configuration one session runs ``batch`` random inputs of ``tokens`` tokens as one
 batch (their rows stacked, ``protocols.batch``) through one unpruned layer of the shape (random
@@ -10,7 +11,9 @@ one-time setup. Reported per op class of the layer (attention-block Linear, Soft
 GELU, LayerNorm, Other), seconds and MB for the batch, then the whole layer per input. Ownership
 ``server``: weights private to the server (secret × private matmuls, ``mmul_sv``); ``none``:
 weights secret-shared (``mmul_aa``); ``server_client``: the client's embedded sequence private
-to the client as well. The embedding LayerNorm and the classifier head are reported apart.
+to the client as well. Each non-linearity family of ``benchmark.families`` (``models.approx.FAMILIES``:
+its GELU and softmax forms and SPU runtime options) is a configuration of its own. The embedding
+LayerNorm and the classifier head are reported apart.
 Latency (batch 1) and cost per input at a batch size are different figures: the table keeps
 them in separate rows and the ratios name the batch sizes they compare.
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from benchmarks.common import BenchResult, LogMetrics, markdown, shape_spec, warm_up
 from benchmarks.configs import OWNERSHIP, EngineBench
+from models.approx import DEFAULT_FAMILY, family_of
 from protocols.model_spec import PruningSpec, TransformerSpec
 from protocols.plaintext import random_weights
 from protocols.secure_model import run_batch
@@ -38,8 +42,9 @@ PARTS = ("attn/Linear", "Softmax", "ffn/Linear", "GELU", "LayerNorm", "Other")
 
 
 def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int,
-            heads_per_program: Optional[int] = None) -> dict[str, float]:
-    """One layer for ``batch`` inputs of ``tokens`` tokens: ``{part/s, part/mb, ...}`` for the batch,
+            heads_per_program: Optional[int] = None, family: str = DEFAULT_FAMILY) -> dict[str, float]:
+    """One layer for ``batch`` inputs of ``tokens`` tokens with the non-linearities of ``family``
+    (its runtime options are ``spec``'s to carry): ``{part/s, part/mb, ...}`` for the batch,
     ``layer_s``/``layer_mb`` (layer 0 only), ``emb_ln_*`` and ``head_*`` (outside the layer), kernels,
     ``rounds``, each party's peak RSS ``peak_rss_mb/{client,server}`` (the session's processes)."""
     weights = random_weights(shape, scale=0.02)
@@ -49,7 +54,8 @@ def measure(spec: SessionSpec, shape: TransformerSpec, tokens: int, batch: int,
     with TwoPartySession(spec) as s:
         warm_up(s)
         with s.meter.measure() as measured:
-            run_batch(s, shape, weights, examples, PruningSpec("none"), heads_per_program=heads_per_program)
+            run_batch(s, shape, weights, examples, PruningSpec("none", nonlinear=family),
+                      heads_per_program=heads_per_program)
         cost = measured.report
         rss = s.peak_rss_mb()
     out: dict[str, float] = {f"{p}/{q}": 0.0 for p in PARTS for q in ("s", "mb")}
@@ -83,12 +89,12 @@ def layer_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         m = r["m"]
         kernels = ", ".join(f"{k.split('/')[1]} {v:.0f}" for k, v in sorted(m.items()) if k.startswith("kernel/"))
-        cells.append([r["tokens"], r["batch"], r["owners"], r["heads"] or "all",
+        cells.append([r["tokens"], r["batch"], r["owners"], r["family"], r["heads"] or "all",
                       *[f"{m[f'{p}/s']:.1f} s / {m[f'{p}/mb']:.1f}" for p in PARTS],
                       f"{m['layer_s']:.1f} s / {m['layer_mb']:.1f} / {m['layer_rounds']:.0f}",
                       f"{m['per_input_s']:.1f} s / {m['per_input_mb']:.1f}",
                       f"{m['peak_rss_mb/client']:.0f} / {m['peak_rss_mb/server']:.0f}", kernels])
-    return markdown(cells, ["tokens", "batch", "owners", "heads / program", *PARTS, "layer (batch): s / MB / rounds",
+    return markdown(cells, ["tokens", "batch", "owners", "nonlinear", "heads / program", *PARTS, "layer (batch): s / MB / rounds",
                             "per input", "peak RSS MiB client / server", "matmul kernels"])
 
 
@@ -96,15 +102,15 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     """Per-input cost at the largest token count (batch 1) over that at each smaller count and batch,
     per ownership: how far a pruned (small) layer is from the ideal ratio of the token counts."""
     lines = []
-    for owners in dict.fromkeys(r["owners"] for r in rows):
-        mine = [r for r in rows if r["owners"] == owners and r["heads"] is None]
+    for owners, family in dict.fromkeys((r["owners"], r["family"]) for r in rows):
+        mine = [r for r in rows if r["owners"] == owners and r["family"] == family and r["heads"] is None]
         big = max(r["tokens"] for r in mine)
         ref = next((r for r in mine if r["tokens"] == big and r["batch"] == 1), None)
         for r in mine if ref is not None else []:
             if r["tokens"] == big:
                 continue
-            lines.append(f"- weights/owners `{owners}`: layer at {big} tokens (batch 1) / per input at {r['tokens']} "
-                         f"tokens, batch {r['batch']}: **{ref['m']['layer_s'] / r['m']['per_input_s']:.2f}x** time, "
+            lines.append(f"- weights/owners `{owners}`, {family}'s non-linearities: layer at {big} tokens (batch 1) / per "
+                         f"input at {r['tokens']} tokens, batch {r['batch']}: **{ref['m']['layer_s'] / r['m']['per_input_s']:.2f}x** time, "
                          f"{ref['m']['layer_mb'] / r['m']['per_input_mb']:.2f}x bytes (ideal {big / r['tokens']:.0f}x)")
     return lines
 
@@ -179,16 +185,16 @@ def run(cfg: EngineBench, log_metrics: LogMetrics) -> BenchResult:
     if cfg.matmuls:
         return matmul_levers(cfg, log_metrics)
     shape, rows = shape_spec(cfg.shape), []
-    for owners in cfg.owners:
+    for owners, family in itertools.product(cfg.owners, cfg.families):
         spec = SessionSpec(protocol="CHEETAH", transport=cfg.transport, recv_timeout_s=cfg.recv_timeout_s,
-                           private_owners=OWNERSHIP[owners])
+                           private_owners=OWNERSHIP[owners], runtime_options=family_of(family).runtime_options)
         for tokens, batch, heads in itertools.product(cfg.tokens, cfg.batch, cfg.heads_per_program):
             if tokens * batch > cfg.max_rows and batch > 1:
                 continue
-            m = measure(spec, shape, tokens, batch, heads)
-            rows.append({"tokens": tokens, "batch": batch, "owners": owners, "heads": heads, "m": m})
+            m = measure(spec, shape, tokens, batch, heads, family)
+            rows.append({"tokens": tokens, "batch": batch, "owners": owners, "family": family, "heads": heads, "m": m})
             log_metrics({f"{_key(rows[-1])}/{k}": v for k, v in m.items()})
-            log.info(f"{owners} {batch}x{tokens} heads/program {heads or 'all'}: layer {m['layer_s']:.1f} s / "
+            log.info(f"{owners} {family} {batch}x{tokens} heads/program {heads or 'all'}: layer {m['layer_s']:.1f} s / "
                      f"{m['layer_mb']:.1f} MB, per input {m['per_input_s']:.1f} s, peak RSS "
                      f"{m['peak_rss_mb/client']:.0f} / {m['peak_rss_mb/server']:.0f} MiB")
     rss = "per configuration's party processes" if cfg.transport == "processes" else "of this one process so far (threads)"
@@ -199,6 +205,8 @@ def run(cfg: EngineBench, log_metrics: LogMetrics) -> BenchResult:
 
 
 def _key(row: dict[str, Any]) -> str:
-    """``{owners}/{tokens}x{batch}``, with ``/heads{k}`` when attention ran k heads a program."""
+    """``{owners}/{tokens}x{batch}``, with ``/heads{k}`` when attention ran k heads a program and
+    ``/{family}`` for a non-linearity family other than BOLT's."""
     base = f"{row['owners']}/{row['tokens']}x{row['batch']}"
+    base = base if row["family"] == DEFAULT_FAMILY else f"{base}/{row['family']}"
     return base if row["heads"] is None else f"{base}/heads{row['heads']}"

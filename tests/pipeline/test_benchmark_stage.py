@@ -108,6 +108,21 @@ def test_engine_benchmark_measures_ownership_by_kernel(tracker_for) -> None:
         assert parts == pytest.approx(m[f"{owners}/4x2/layer_mb"])
 
 
+def test_engine_benchmark_measures_each_family(tracker_for) -> None:
+    """``benchmark.families=[bolt,bumblebee]``: one layer with each family's forms and SPU options;
+    BumbleBee's softmax sends fewer bytes than BOLT's (its exp has no range reduction), its GELU no
+    more than BOLT's (the same operations, with Cheetah's last-bit-error multiplication), and so does
+    the layer."""
+    tracker = tracker_for("benchmark=engine", "benchmark.shape=tiny", "benchmark.tokens=[8]", "benchmark.batch=[1]",
+                          "benchmark.owners=[server]", "benchmark.families=[bolt,bumblebee]")
+    run_id = run_stages(tracker.cfg, tracker, (Stage.benchmark,), [])[Stage.benchmark]
+    m = tracker.client.get_run(run_id).data.metrics
+    bolt, bumblebee = "server/8x1", "server/8x1/bumblebee"
+    assert m[f"{bumblebee}/Softmax/mb"] < 0.8 * m[f"{bolt}/Softmax/mb"]
+    assert m[f"{bumblebee}/GELU/mb"] <= m[f"{bolt}/GELU/mb"]
+    assert m[f"{bumblebee}/layer_mb"] < m[f"{bolt}/layer_mb"]
+
+
 def test_engine_benchmark_measures_attention_in_head_ranges(tracker_for) -> None:
     """``benchmark.heads_per_program=[null,1]`` over party processes (tiny shape: 2 heads, so one
     extra program each for scores, softmax and context): the matmuls cost the same bytes (to 0.1 %);
