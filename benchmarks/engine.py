@@ -182,6 +182,8 @@ def run(cfg: EngineBench, log_metrics: LogMetrics) -> BenchResult:
     bad = [o for o in cfg.owners if o not in OWNERSHIP]
     if bad:
         raise ValueError(f"benchmark.owners: {bad} not in {sorted(OWNERSHIP)}")
+    for family in cfg.families:                      # a typo fails here, before any measurement
+        family_of(family)
     if cfg.matmuls:
         return matmul_levers(cfg, log_metrics)
     shape, rows = shape_spec(cfg.shape), []

@@ -58,7 +58,8 @@ def run(cfg: LengthBench, log_metrics: LogMetrics) -> BenchResult:
         plan += [(label, cfg.method) for label in cfg.checkpoints if label != cfg.reference]
         reference_metric = None
         for label, method in plan:
-            ev = evaluate(models[label], data, task, method, cfg.batch_size, ops_cfg=OpsConfig("emulated"))
+            ops = OpsConfig("emulated", nonlinear=models[label].ops_cfg.nonlinear)   # the family it trained with
+            ev = evaluate(models[label], data, task, method, cfg.batch_size, ops_cfg=ops)
             entering = [float(ev.n0), *ev.kept_tokens[:-1]]
             metric = ev.metrics["metric"]
             reference_metric = metric if reference_metric is None else reference_metric

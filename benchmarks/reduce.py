@@ -83,7 +83,7 @@ def run(cfg: ReduceBench, log_metrics: LogMetrics) -> BenchResult:
     for options in map(tuple, cfg.option_sets):
         for (kernel, form), reports in _measure(cfg, options, inputs).items():
             costs = [r for r, _ in reports]
-            rows.append({"options": "+".join(options) or "defaults", "kernel": kernel, "form": form,
+            rows.append({"options": "__".join(options) or "defaults", "kernel": kernel, "form": form,
                          "max_err": float(max(np.max(np.abs(y - exact[kernel])) for _, y in reports)),
                          **{q: float(np.median([get(r) for r in costs])) for q, get in (
                              ("s", lambda r: r.wall_s), ("mb", lambda r: r.bytes_total / 2**20),

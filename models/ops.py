@@ -49,7 +49,8 @@ def polyval(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
 
 
 def _gelu_poly(x: torch.Tensor, approx: GeluApprox | None) -> torch.Tensor:
-    """BOLT's GELU form with ``approx``, or ReLU for ``None`` (Π_reduce's ``fast`` low form)."""
+    """The GELU form ``0.5x + P(|x|)`` on ``|x| < clip`` with ``approx`` (BOLT's, BumbleBee's), or ReLU
+    for ``None`` (Π_reduce's ``fast`` low form)."""
     if approx is None:
         return F.relu(x)
     inside = 0.5 * x + polyval(approx.coeffs, x.abs())

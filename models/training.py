@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from models import methods
+from models.approx import DEFAULT_FAMILY
 from models.bert import BertClassifier
 from models.config import OpsConfig
 from models.data import compute_metrics
@@ -73,7 +74,7 @@ class FinetuneConfig:
     beta_lambda: float = 0.05
     criterion: str = "relative"
     reduce_forms: str = "fast"   # Π_reduce's low-group forms (models.approx.REDUCE_FORMS)
-    nonlinear: str = "bolt"        # the family of every token's GELU and exp (models.approx.FAMILIES)
+    nonlinear: str = DEFAULT_FAMILY  # the family of every token's GELU and exp (models.approx.FAMILIES)
     trim_padding: bool = True      # each batch cut to its longest input (``trimmed``)
     length_buckets: bool = False   # batches of similar lengths (``LengthBatches``): less padding to cut
     grad_clip: float = 1.0

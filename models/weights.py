@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +104,14 @@ def load_hf_bert(
 
 
 def set_thresholds(model: nn.Module, a: ThresholdsArtifact) -> None:
-    """Copy ``a.theta`` / ``a.beta``, ``a.criterion`` and ``a.reduce_forms`` into ``model.pruning``."""
+    """Copy ``a.theta`` / ``a.beta``, ``a.criterion`` and ``a.reduce_forms`` into ``model.pruning``, and
+    ``a.nonlinear`` (the family the model was trained with) into ``model.ops_cfg``."""
     with torch.no_grad():
         model.pruning.theta.copy_(torch.tensor(a.theta))
         model.pruning.beta.copy_(torch.tensor(a.beta))
     model.pruning.criterion = a.criterion
     model.pruning.reduce_forms = a.reduce_forms
+    model.ops_cfg = replace(model.ops_cfg, nonlinear=a.nonlinear)
 
 
 def get_thresholds(model: nn.Module, temperature: float = 1e-3, lambda_: float = 0.0) -> ThresholdsArtifact:

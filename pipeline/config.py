@@ -54,6 +54,9 @@ STAGE_INPUTS: dict[Stage, StageInputs] = {
 }
 """Every stage but ``all``: a new stage is its module in ``pipeline/stages/``, its ``Stage`` member
 and its entry here (and in ``CHAIN`` when the chain runs it)."""
+LATE_SECTIONS: tuple[str, ...] = ("nonlinear",)
+"""Sections added after runs existed: a stage's identity leaves one out while it holds its defaults,
+so the runs from before it keep their identity (``pipeline.identity``)."""
 
 
 class Family(str, Enum):

@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.config import STAGE_INPUTS, PipelineConfig, Stage
+from pipeline.config import LATE_SECTIONS, STAGE_INPUTS, PipelineConfig, Stage
 
 
 def plain(obj: Any) -> Any:
@@ -93,14 +93,16 @@ def identity_key(cfg: PipelineConfig, stage: Stage, *, upstream: Optional[Mappin
     """The one identity hash (16 hex digits) of ``stage``'s result under ``cfg``: its config sections
     (``pipeline.config.STAGE_INPUTS``) less the ``ignored`` keys per section and, unless ``local``, less where this
     machine keeps the data (``LOCAL_PATHS``), with, when given, its upstream runs' identities
-    (``Tracker.lineage``) and the code tree (``CodeVersion.tree``). Equal keys: the same result,
+    (``Tracker.lineage``) and the code tree (``CodeVersion.tree``); a ``LATE_SECTIONS`` section at its
+    defaults is left out. Equal keys: the same result,
     computed once, on any machine.
 
     Uses: without upstream and code, the tag ``sections_hash`` (the latest FINISHED run of a stage
     for a config); with ``local``, the prepare cache on this machine; with upstream and code, the tag
     ``config_hash`` (a stage run to reuse); with ``ignored=RESUME_IGNORED[stage]``, a unit's
     ``resume_key`` (one secure_eval batch; a shared baseline with the candidates' own keys ignored)."""
-    sections = {name: plain(getattr(cfg, name)) for name in STAGE_INPUTS[stage].sections}
+    sections = {name: plain(getattr(cfg, name)) for name in STAGE_INPUTS[stage].sections
+                if not (name in LATE_SECTIONS and getattr(cfg, name) == type(getattr(cfg, name))())}
     for section, keys in [*(() if local else LOCAL_PATHS.items()), *(ignored or {}).items()]:
         if section in sections:
             sections[section] = {k: v for k, v in sections[section].items() if k not in keys}

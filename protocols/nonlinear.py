@@ -22,7 +22,8 @@ def polyval(coeffs: tuple[float, ...], x: jnp.ndarray) -> jnp.ndarray:
 
 
 def gelu(x: jnp.ndarray, approx: GeluApprox = GELU_BOLT) -> jnp.ndarray:
-    """BOLT's GELU: ``0.5 x + P(|x|)`` on ``|x| < clip``, else ``relu(x)``.
+    """GELU as BOLT computes it: ``0.5 x + P(|x|)`` on ``|x| < clip``, else ``relu(x)`` (BumbleBee's
+    seg3 GELU is this form with clip 3, ``models.approx.GELU_BUMBLEBEE``).
 
     Cost: 2 comparisons (|x|, the range test) and ``degree`` multiplications per element.
     """

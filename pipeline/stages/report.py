@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from models.approx import DEFAULT_FAMILY
 from pipeline.config import PipelineConfig
 from pipeline.context import StageContext
 from protocols.meter import NETWORKS, ROUNDS_PER_SEND_ACTION
@@ -106,7 +107,8 @@ def _table_metrics(name: str, table: pd.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {f"{name}/rows": float(len(table))}
     for _, r in table.iterrows():
         named = ("model", "task", "protocol", "nonlinear", "criterion", "reduce_forms")
-        key = "/".join([*(str(r[k]) for k in named if k in r and pd.notna(r[k])),
+        shown = [k for k in named if k in r and pd.notna(r[k]) and not (k == "nonlinear" and r[k] == DEFAULT_FAMILY)]
+        key = "/".join([*(str(r[k]) for k in shown),
                         f"L{r['max_length']}", str(r["method"])])
         for col in ("speedup_vs_none", "speedup_vs_bolt_we", "time_lan_s", "metric_mean", "drop_mean", "test_ppl", "test_acc"):
             if col in r and pd.notna(r[col]):

@@ -164,7 +164,7 @@ def run_method(ctx: StageContext, method_run: StageRun, method: str, checkpoint:
     ``resume_key`` are reused, not run). The server's party releases the embedding tables and loads
     ``checkpoint`` itself (``ServerRequest``); the client's party loads each batch itself from
     ``request_for(indices, release directory)`` (a ``ClientRequest`` or ``ContextRequest``);
-    ``options``: ``evaluate_request``'s (criterion, reduce forms, last_only, layers: with fewer
+    ``options``: ``evaluate_request``'s (criterion, reduce forms, non-linearity family, last_only, layers: with fewer
     than the model's, the cost is composed, ``CostReport.with_layers_repeated``, and metrics
     ``layers/measured`` < ``layers/total`` say so). Returns the cost per
     input (each batch's cost spread over its inputs, plus ``examples/reused``), the batches' records

@@ -75,7 +75,6 @@ def curated_params(cfg: PipelineConfig) -> dict[str, Any]:
         "hidden": cfg.model.hidden,
         "heads": cfg.model.heads,
         "protocol": cfg.protocol.protocol.value,
-        "nonlinear": cfg.nonlinear.family.value,
         "field": cfg.protocol.field,
         "fraction_bits": cfg.protocol.fraction_bits,
         "transport": cfg.protocol.transport.value,

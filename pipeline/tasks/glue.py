@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
     """The stage's own params (beside ``curated_params``)."""
     d, f, s = cfg.data, cfg.finetune, cfg.secure_eval
+    family = {"nonlinear": cfg.nonlinear.family.value}      # what fine-tuning emulated and the secure run computes
     return {
         Stage.prepare: lambda: {"glue_dir": d.glue_dir, "truncation": d.truncation.value,
                                 "train_limit": d.train_limit, "dev_limit": d.dev_limit, "val_fraction": d.val_fraction,
@@ -57,13 +58,13 @@ def params(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
                                  "reduce_forms": f.reduce_forms.value,
                                  "beta_lambda": f.beta_lambda, "hard_epochs": f.hard_epochs, "ops": f.ops.value,
                                  "fixed_point": f.fixed_point, "seed": f.seed, "batch_size": f.batch_size,
-                                 "length_buckets": f.length_buckets},
+                                 "length_buckets": f.length_buckets, **family},
         Stage.search: lambda: {"max_drop": cfg.search.max_drop, "reduce_max_drop": cfg.search.reduce_max_drop,
-                               "beta_scales": list(cfg.search.beta_scales), "seed": f.seed},
+                               "beta_scales": list(cfg.search.beta_scales), "seed": f.seed, **family},
         Stage.secure_eval: lambda: {"methods": list(s.methods), "num_examples": s.num_examples,
                                     "batch_size": s.batch_size, "private_owners": list(cfg.protocol.private_owners),
                                     "seed": f.seed, "unpruned_layers": s.unpruned_layers,
-                                    "heads_per_program": s.heads_per_program},
+                                    "heads_per_program": s.heads_per_program, **family},
     }[stage]()
 
 

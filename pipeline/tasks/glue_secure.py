@@ -47,9 +47,10 @@ def _secure_step(ctx: StageContext, method_run: StageRun, method: str, checkpoin
     """The two-party run of the first ``n`` dev inputs, input by input (``secure_inputs.run_method``):
     the server's party loads the checkpoint, the client's party the tokenised dev rows (with the
     transports ``processes`` and ``remote`` this process opens neither; with ``threads`` it loads
-    both, as the one process holding both parties); ``thresholds``' public criterion and reduce forms
-    fix the programs; ``none`` runs ``secure_eval.unpruned_layers`` layers when set (its cost composed).
-    Returns the cost per input, the batches' records (in dev order) and the leakage."""
+    both, as the one process holding both parties); ``thresholds``' public criterion, reduce forms
+    and non-linearity family fix the programs (the family's SPU options come with the session);
+    ``none`` runs ``secure_eval.unpruned_layers`` layers when set (its cost composed). Returns the
+    cost per input, the batches' records (in dev order) and the leakage."""
     from protocols.provision import ClientRequest
 
     layers = ctx.cfg.secure_eval.unpruned_layers if methods.get(method).sizes == "unpruned" else None
@@ -125,11 +126,15 @@ class GlueEvaluator:
         search_id = ctx.upstream["search"]
         self.ctx, self.manifest = ctx, manifest
         self.thresholds = thresholds_of(ctx.tracker, search_id)
+        if self.thresholds.nonlinear != ctx.cfg.nonlinear.family.value:
+            raise RuntimeError(f"search run {search_id} selected a model trained with nonlinear={self.thresholds.nonlinear}; "
+                               f"this launch runs nonlinear={ctx.cfg.nonlinear.family.value}: launch secure_eval with the "
+                               f"search's family")
         self.dev = manifest.load("dev")
         self.searched = ctx.tracker.run_metrics(search_id)
         if "dev/none/metric" not in self.searched:
             raise RuntimeError(f"search run {search_id} has no dev metrics; re-run stage=search")
-        self.params: dict[str, Any] = {}
+        self.params: dict[str, Any] = {"nonlinear": ctx.cfg.nonlinear.family.value}   # on every method run
 
     def evaluate(self, run: StageRun, method: str, checkpoint_run: str) -> tuple[dict[str, float], dict[str, Any]]:
         metrics, leakage = _evaluate_method(self.ctx, run, method, checkpoint_run, self.thresholds, self.manifest,

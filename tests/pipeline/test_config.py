@@ -21,15 +21,17 @@ def test_default_composes(compose_cfg):
 
 def test_config_enums_are_the_library_names(compose_cfg):
     """The Hydra enums are the one list of each name the libraries define (no second spelling)."""
-    from models.approx import RING_BITS
+    from models.approx import FAMILIES, REDUCE_FORMS, RING_BITS
     from models.methods import builtin_names
-    from pipeline.config import Transport
+    from pipeline.config import NonlinearName, ReduceFormsName, Transport
     from protocols.spec import FIELDS, PROTOCOLS, TRANSPORTS
 
     assert tuple(compose_cfg().secure_eval.methods) == builtin_names()
     assert tuple(p.value for p in Protocol) == PROTOCOLS
     assert tuple(t.value for t in Transport) == TRANSPORTS
     assert FIELDS == tuple(RING_BITS) == ("FM32", "FM64", "FM128")
+    assert tuple(n.value for n in NonlinearName) == tuple(FAMILIES)
+    assert tuple(n.value for n in ReduceFormsName) == tuple(REDUCE_FORMS)
 
 
 def test_there_are_experiments():
@@ -102,3 +104,12 @@ def test_every_finetune_field_reaches_a_training_config() -> None:
     built = training_config(section, TrainConfig, method="none")
     assert (built.lr, built.warmup_ratio, built.patience, built.ops, built.method) == (0.123, 0.2, None, "emulated", "none")
     assert training_config(section, LMTrainConfig, steps=7).steps == 7
+
+
+
+def test_a_family_s_spu_options_reach_the_secure_session(compose_cfg) -> None:
+    from pipeline.tasks.common import session_spec
+
+    assert session_spec(compose_cfg("nonlinear=bumblebee")).runtime_options == (
+        ("cheetah_2pc_config.enable_mul_lsb_error", True),)
+    assert session_spec(compose_cfg()).runtime_options == ()
