@@ -41,3 +41,7 @@ def test_bumblebee_chain_beside_bolt(tmp_path, compose_cfg, monkeypatch) -> None
     lan = table.set_index(["nonlinear", "method"])["time_lan_s"]
     across = table.set_index(["nonlinear", "method"])["speedup_vs_bolt_none"]
     assert across[("bumblebee", "prune")] == pytest.approx(lan[("bolt", "none")] / lan[("bumblebee", "prune")], rel=1e-12)
+    bumblebee_search = searches.loc["bumblebee", "run_id"]
+    with pytest.raises(RuntimeError, match="selected a model trained with nonlinear=bumblebee; this launch runs nonlinear=bolt"):
+        run_pipeline(compose_cfg(*SMALL, "stage=secure_eval", f"upstream.search={bumblebee_search}",
+                                 f"upstream.prepare={searches.loc['bumblebee', 'tags.prepare_run_id']}"))
